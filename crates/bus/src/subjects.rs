@@ -1,0 +1,91 @@
+//! Subject names and partitions.
+//!
+//! Where order matters, subjects end in a partition token: `events.raw.<partition>`.
+//! The partition is a stable hash of a key (the profile id, or before identity the
+//! first identifier) modulo the configured partition count, so one person's messages go
+//! to one partition and are handled in order by one consumer at a time. The hash is
+//! FNV-1a 64, fixed here forever: changing it would reshuffle every person.
+
+/// The number of partitions, and the hash that picks one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitions {
+    count: u32,
+}
+
+impl Partitions {
+    /// `count` is at least 1.
+    pub fn new(count: u32) -> Self {
+        Self {
+            count: count.max(1),
+        }
+    }
+
+    pub fn count(self) -> u32 {
+        self.count
+    }
+
+    /// The partition of `key`, in `0..count`.
+    pub fn of(self, key: &str) -> u32 {
+        (fnv1a64(key.as_bytes()) % u64::from(self.count)) as u32
+    }
+}
+
+/// FNV-1a, 64 bits.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
+    })
+}
+
+/// Raw events as the collector stored them: `events.raw.<partition>`.
+pub const EVENTS_RAW_PREFIX: &str = "events.raw";
+
+/// The subject of a raw event in `partition`.
+pub fn events_raw(partition: u32) -> String {
+    format!("{EVENTS_RAW_PREFIX}.{partition}")
+}
+
+/// The wildcard covering every raw event.
+pub fn events_raw_all() -> String {
+    format!("{EVENTS_RAW_PREFIX}.>")
+}
+
+/// Reads the partition token, the last subject token, back out of a subject.
+pub fn partition_of_subject(subject: &str) -> Option<u32> {
+    subject.rsplit('.').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_is_fixed() {
+        // Published FNV-1a 64 test vectors: a changed hash would move every person.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn partitions_spread_and_stay_in_range() {
+        let partitions = Partitions::new(16);
+        let mut seen = [0u32; 16];
+        for visitor in 0..16_000 {
+            let partition = partitions.of(&format!("anon-{visitor}"));
+            seen[partition as usize] += 1;
+        }
+        assert!(seen.iter().all(|count| (700..1300).contains(count)), "{seen:?}");
+        assert_eq!(partitions.of("u1"), partitions.of("u1"));
+        assert_eq!(Partitions::new(0).count(), 1);
+    }
+
+    #[test]
+    fn subjects_carry_the_partition() {
+        assert_eq!(events_raw(7), "events.raw.7");
+        assert_eq!(partition_of_subject("events.raw.7"), Some(7));
+        assert_eq!(events_raw_all(), "events.raw.>");
+    }
+}

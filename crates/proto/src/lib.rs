@@ -1,0 +1,26 @@
+//! Cairn's wire types, generated at build time from the `.proto` files under the
+//! repository's `proto/` directory (packages `cairn.<area>.v1`).
+//!
+//! The modules mirror the protobuf packages. [`FILE_DESCRIPTOR_SET`] is the encoded
+//! descriptor set of every Cairn proto, which gRPC servers hand to reflection.
+
+#![forbid(unsafe_code)]
+
+/// The encoded `FileDescriptorSet` of every Cairn proto, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cairn_descriptor.bin"));
+
+/// `cairn.event.v1`: the envelope around every raw event.
+pub mod event {
+    pub mod v1 {
+        #![allow(clippy::all, unused_qualifications)]
+        include!(concat!(env!("OUT_DIR"), "/cairn.event.v1.rs"));
+    }
+}
+
+/// `cairn.collector.v1`: gRPC ingest.
+pub mod collector {
+    pub mod v1 {
+        #![allow(clippy::all, unused_qualifications)]
+        include!(concat!(env!("OUT_DIR"), "/cairn.collector.v1.rs"));
+    }
+}

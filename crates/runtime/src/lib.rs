@@ -1,0 +1,46 @@
+//! What every Cairn process shares, so that each service is only its own logic:
+//!
+//! - [`config`]: `CAIRN_*` variables (and an optional TOML file), declared once each,
+//!   with errors that name the variable and the bad value;
+//! - [`telemetry`]: `tracing` logs, OpenTelemetry traces and metrics (OTLP when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set; Prometheus text always);
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`;
+//! - [`auth`]: write keys and bearer tokens with roles;
+//! - [`grpc`]: the gRPC server with health, reflection and the shared tower stack;
+//! - [`error`]: the one mapping of errors to gRPC statuses and HTTP responses;
+//! - [`host`]: modules, listeners, the supervisor and the drain on SIGTERM/SIGINT;
+//! - [`shutdown`]: the shutdown signal every part watches.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod host;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use admin::Readiness;
+pub use auth::{Credentials, Principal, Role};
+pub use config::{ConfigError, Settings, Var};
+pub use error::{Classify, ErrorKind};
+pub use host::{BoxError, Listeners, Module, ModuleContext};
+pub use shutdown::Shutdown;
+pub use telemetry::Metrics;
+
+/// Every variable the runtime reads.
+pub const VARS: &[Var] = &[
+    config::CONFIG_FILE,
+    telemetry::LOG,
+    telemetry::LOG_FORMAT,
+    auth::WRITE_KEYS,
+    auth::ADMIN_TOKENS,
+    host::HTTP_ADDR,
+    host::GRPC_ADDR,
+    host::ADMIN_ADDR,
+    host::DATA_DIR,
+    host::REQUEST_TIMEOUT,
+    host::SHUTDOWN_TIMEOUT,
+];

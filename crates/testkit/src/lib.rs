@@ -1,0 +1,132 @@
+//! Test support shared by every crate's integration tests:
+//!
+//! - [`TestNats`]: a real nats-server with JetStream on a free port and a temporary
+//!   store, stopped and restarted on demand, killed when dropped;
+//! - [`TestHost`]: modules served in-process on free ports, exactly as `cairn serve` and
+//!   `cairn up` serve them, with a handle to shut them down;
+//! - [`events`]: Segment-spec event builders.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cairn_bus::server::{NatsServer, find_binary};
+use cairn_bus::{Bus, BusConfig};
+use cairn_runtime::host::{self, HostError, Listeners, Module, ModuleContext};
+use cairn_runtime::{Credentials, Metrics, Readiness, Settings, Shutdown, Var};
+
+pub mod events;
+
+/// A nats-server for one test.
+#[derive(Debug)]
+pub struct TestNats {
+    server: NatsServer,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNats {
+    /// Starts nats-server with JetStream on a free port. Panics with the install hint when
+    /// the binary cannot be found.
+    pub async fn start() -> Self {
+        let binary = find_binary().unwrap_or_else(|err| panic!("{err}"));
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let addr = free_addr();
+        let server = NatsServer::start(&binary, addr, &dir.path().join("jetstream"), None)
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        Self { server, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Bus settings pointed at this server.
+    pub fn bus_config(&self) -> BusConfig {
+        BusConfig::for_url(&self.url())
+    }
+
+    /// A connected bus.
+    pub async fn bus(&self) -> Bus {
+        Bus::connect(&self.bus_config(), "test").await.unwrap()
+    }
+
+    /// Stops the server (SIGTERM); its data stays for `restart`.
+    pub async fn stop(&mut self) {
+        self.server.stop().await;
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub async fn restart(&mut self) {
+        self.server.restart().await.unwrap();
+    }
+}
+
+/// A free TCP address on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address")
+}
+
+/// Modules served in-process, as `cairn serve`/`cairn up` serve them.
+#[derive(Debug)]
+pub struct TestHost {
+    pub http: Option<SocketAddr>,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub context: ModuleContext,
+    task: tokio::task::JoinHandle<Result<(), HostError>>,
+}
+
+impl TestHost {
+    /// Module context from `pairs` over the defaults of `vars`.
+    pub fn context<'a>(vars: &[Var], pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> ModuleContext {
+        let settings = Settings::from_pairs(vars, pairs);
+        let credentials = Credentials::from_settings(&settings).expect("credentials");
+        ModuleContext {
+            settings: Arc::new(settings),
+            credentials: Arc::new(credentials),
+            readiness: Readiness::default(),
+            metrics: Metrics::prometheus_only("cairn-test").expect("metrics"),
+            shutdown: Shutdown::new(),
+        }
+    }
+
+    /// Serves `modules` on free ports.
+    pub async fn serve(modules: Vec<Module>, context: ModuleContext) -> Self {
+        let with_http = modules.iter().any(|module| module.http.is_some());
+        let listeners = Listeners::ephemeral(with_http).await.expect("listeners");
+        let (http, grpc, admin) = (
+            listeners.http_addr(),
+            listeners.grpc_addr().expect("grpc address"),
+            listeners.admin_addr().expect("admin address"),
+        );
+        let serving = context.clone();
+        let task = tokio::spawn(async move { host::serve(modules, listeners, &serving).await });
+        Self {
+            http,
+            grpc,
+            admin,
+            context,
+            task,
+        }
+    }
+
+    /// `http://<http addr>`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http.expect("this host serves no HTTP"))
+    }
+
+    /// `http://<grpc addr>`, for tonic clients.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Requests shutdown and waits for the drain to finish.
+    pub async fn shutdown(self) -> Result<(), HostError> {
+        self.context.shutdown.trigger();
+        self.task.await.expect("host task")
+    }
+}

@@ -1,0 +1,46 @@
+//! The collector's errors.
+
+use cairn_runtime::auth::AuthError;
+use cairn_runtime::error::{Classify, ErrorKind};
+
+use crate::event::Rejection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Bus(#[from] cairn_bus::BusError),
+    #[error(transparent)]
+    Config(#[from] cairn_runtime::ConfigError),
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+impl Classify for CollectorError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            CollectorError::Rejected(_) | CollectorError::Body(_) => ErrorKind::InvalidArgument,
+            CollectorError::Auth(err) => err.kind(),
+            CollectorError::Bus(err) => err.kind(),
+            CollectorError::NotFound(_) => ErrorKind::NotFound,
+            CollectorError::Config(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl axum::response::IntoResponse for CollectorError {
+    fn into_response(self) -> axum::response::Response {
+        cairn_runtime::error::to_response(&self)
+    }
+}
+
+impl From<CollectorError> for tonic::Status {
+    fn from(err: CollectorError) -> Self {
+        cairn_runtime::error::to_status(&err)
+    }
+}

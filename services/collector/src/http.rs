@@ -1,0 +1,180 @@
+//! The Segment-spec HTTP API: `POST /v1/{track,identify,page,screen,group,alias,batch}`
+//! (and analytics.js's short forms `/v1/t`, `/v1/i`, ... `/v1/b`, and `/v1/import`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use cairn_runtime::Credentials;
+use cairn_runtime::auth::{AuthError, Presented, Principal, authenticate_headers};
+use http::{HeaderMap, Method, header};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::CollectorConfig;
+use crate::error::CollectorError;
+use crate::event::{self, AcceptedRequest, CallType, MAX_BATCH_BYTES, MAX_EVENT_BYTES};
+use crate::ingest::{Ingest, RequestMeta};
+
+#[derive(Clone)]
+struct HttpState {
+    ingest: Ingest,
+    credentials: Arc<Credentials>,
+    config: Arc<CollectorConfig>,
+}
+
+/// Which endpoint was called.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Single(CallType),
+    Batch,
+}
+
+/// The collector's HTTP routes, with CORS for browser tags.
+pub fn router(ingest: Ingest, credentials: Arc<Credentials>, config: CollectorConfig) -> Router {
+    let cors = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            http::HeaderName::from_static("traceparent"),
+            http::HeaderName::from_static("tracestate"),
+        ])
+        .max_age(std::time::Duration::from_secs(86_400))
+        .allow_origin(match &config.cors_origins {
+            None => AllowOrigin::any(),
+            Some(origins) => AllowOrigin::list(origins.clone()),
+        });
+    let state = HttpState {
+        ingest,
+        credentials,
+        config: Arc::new(config),
+    };
+    let mut router = Router::new();
+    for call in CallType::ALL {
+        let long = format!("/v1/{}", call.name());
+        let short = format!("/v1/{}", &call.name()[..1]);
+        router = router
+            .route(&long, post(move |state, connect, headers, body| handle(state, connect, headers, body, Endpoint::Single(call))))
+            .route(&short, post(move |state, connect, headers, body| handle(state, connect, headers, body, Endpoint::Single(call))));
+    }
+    for path in ["/v1/batch", "/v1/b", "/v1/import"] {
+        router = router.route(path, post(|state, connect, headers, body| handle(state, connect, headers, body, Endpoint::Batch)));
+    }
+    router.layer(cors).with_state(state)
+}
+
+async fn handle(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+) -> Response {
+    match ingest(&state, peer, &headers, body, endpoint).await {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"success\":true}",
+        )
+            .into_response(),
+        Err(err) => {
+            state.ingest.count_rejection(&err);
+            err.into_response()
+        }
+    }
+}
+
+async fn ingest(
+    state: &HttpState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+) -> Result<(), CollectorError> {
+    let header_principal = authenticate_headers(headers, &state.credentials)?;
+    let (limit, per) = match endpoint {
+        Endpoint::Single(_) => (MAX_EVENT_BYTES, "per call"),
+        Endpoint::Batch => (MAX_BATCH_BYTES, "per batch"),
+    };
+    let body = axum::body::to_bytes(body, limit + 1)
+        .await
+        .map_err(|err| match err.into_inner().downcast::<http_body_util::LengthLimitError>() {
+            Ok(_) => CollectorError::Rejected(event::Rejection::TooLarge {
+                size: limit + 1,
+                limit_kb: limit / 1024,
+                per,
+            }),
+            Err(other) => CollectorError::Body(other.to_string()),
+        })?;
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("gzip"));
+    let body = event::decode_body(body, gzip, limit, per)?;
+    let parsed = match endpoint {
+        Endpoint::Single(call) => event::parse_single(call, &body),
+        Endpoint::Batch => event::parse_batch(&body),
+    };
+
+    let source = match header_principal {
+        Some(principal) => source_of(principal)?,
+        None => {
+            // No header: the write key may be in the body (some clients put it there).
+            let body_key = match &parsed {
+                Ok(request) => request.body_write_key().map(str::to_string),
+                Err(_) => write_key_in(&body),
+            };
+            let key = body_key.ok_or(AuthError::MissingWriteKey)?;
+            source_of(state.credentials.authenticate(Presented::WriteKey(&key))?)?
+        }
+    };
+    let request: AcceptedRequest = parsed?;
+    let meta = RequestMeta {
+        source,
+        client_ip: client_ip(headers, peer, state.config.trust_forwarded_for),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    state.ingest.store(request, &meta).await?;
+    Ok(())
+}
+
+fn source_of(principal: Principal) -> Result<String, CollectorError> {
+    match principal {
+        Principal::Source(source) => Ok(source),
+        Principal::Operator(_) => Err(AuthError::NotASource.into()),
+    }
+}
+
+/// A top-level `writeKey` in a body that failed validation, so that the client still
+/// gets the validation message rather than a 401.
+fn write_key_in(body: &Bytes) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct WithKey {
+        #[serde(rename = "writeKey")]
+        write_key: Option<String>,
+    }
+    serde_json::from_slice::<WithKey>(body).ok()?.write_key
+}
+
+fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -> String {
+    if trust_forwarded_for
+        && let Some(first) = headers
+            .get("x-forwarded-for")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(',').next())
+            .map(str::trim)
+            .filter(|value| value.parse::<std::net::IpAddr>().is_ok())
+    {
+        return first.to_string();
+    }
+    peer.ip().to_string()
+}
