@@ -61,7 +61,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             (server.url(), Some(server))
         }
     };
-    println!("cairn bench ingest: {events} events of ~0.5 KB in batches of {batch}, {} concurrent requests, NATS at {url}", args.concurrency);
+    println!(
+        "cairn bench ingest: {events} events of ~0.5 KB in batches of {batch}, {} concurrent requests, NATS at {url}",
+        args.concurrency
+    );
 
     // The same events for both paths; message ids differ so neither path deduplicates
     // against the other.
@@ -72,7 +75,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 
     let settings = Settings::from_pairs(
         &modules::all_vars(),
-        [("CAIRN_NATS_URL", url.as_str()), ("CAIRN_WRITE_KEYS", "bench:wk_bench")],
+        [
+            ("CAIRN_NATS_URL", url.as_str()),
+            ("CAIRN_WRITE_KEYS", "bench:wk_bench"),
+        ],
     );
     let context = ModuleContext {
         credentials: Arc::new(Credentials::from_settings(&settings)?),
@@ -87,7 +93,13 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let serving = context.clone();
     let host = tokio::spawn(async move { host::serve(vec![collector], listeners, &serving).await });
 
-    let collector_eps = http_phase(&format!("http://{http_addr}/v1/batch"), bodies, args.concurrency, events).await?;
+    let collector_eps = http_phase(
+        &format!("http://{http_addr}/v1/batch"),
+        bodies,
+        args.concurrency,
+        events,
+    )
+    .await?;
     println!("  collector (HTTP -> JetStream ack): {collector_eps:>10.0} events/s");
 
     let bus = Bus::connect(&BusConfig::for_url(&url), "cairn-bench").await?;
@@ -117,7 +129,9 @@ fn http_bodies(batches: usize, batch: usize) -> Vec<Bytes> {
                     event
                 })
                 .collect();
-            Bytes::from(serde_json::to_vec(&serde_json::json!({"batch": events})).unwrap_or_default())
+            Bytes::from(
+                serde_json::to_vec(&serde_json::json!({"batch": events})).unwrap_or_default(),
+            )
         })
         .collect()
 }
@@ -128,7 +142,10 @@ fn raw_payloads(events: usize) -> Vec<Outgoing> {
     (0..events as u64)
         .map(|n| {
             let event = cairn_testkit::events::realistic(n);
-            let anonymous_id = event["anonymousId"].as_str().unwrap_or_default().to_string();
+            let anonymous_id = event["anonymousId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let envelope = Envelope {
                 raw: Bytes::from(serde_json::to_vec(&event).unwrap_or_default()),
                 received_at: Some(prost_types_now()),
@@ -152,7 +169,12 @@ fn prost_types_now() -> prost_types::Timestamp {
     prost_types::Timestamp::from(std::time::SystemTime::now())
 }
 
-async fn http_phase(url: &str, bodies: Arc<Vec<Bytes>>, concurrency: usize, events: usize) -> anyhow::Result<f64> {
+async fn http_phase(
+    url: &str,
+    bodies: Arc<Vec<Bytes>>,
+    concurrency: usize,
+    events: usize,
+) -> anyhow::Result<f64> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)
@@ -165,7 +187,13 @@ async fn http_phase(url: &str, bodies: Arc<Vec<Bytes>>, concurrency: usize, even
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (client, url, auth, next, bodies) = (client.clone(), url.to_string(), auth.clone(), next.clone(), bodies.clone());
+        let (client, url, auth, next, bodies) = (
+            client.clone(),
+            url.to_string(),
+            auth.clone(),
+            next.clone(),
+            bodies.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
@@ -180,7 +208,11 @@ async fn http_phase(url: &str, bodies: Arc<Vec<Bytes>>, concurrency: usize, even
                     .send()
                     .await?;
                 if !response.status().is_success() {
-                    anyhow::bail!("collector answered {}: {}", response.status(), response.text().await.unwrap_or_default());
+                    anyhow::bail!(
+                        "collector answered {}: {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    );
                 }
             }
         }));

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cairn_bus::config::NATS_URL;
 use cairn_bus::server::{NatsServer, find_binary};
-use cairn_runtime::auth::{ADMIN_TOKENS, WRITE_KEYS};
-use cairn_runtime::host::{DATA_DIR, GRPC_ADDR, HTTP_ADDR, ADMIN_ADDR};
 use cairn_runtime::Settings;
+use cairn_runtime::auth::{ADMIN_TOKENS, WRITE_KEYS};
+use cairn_runtime::host::{ADMIN_ADDR, DATA_DIR, GRPC_ADDR, HTTP_ADDR};
 use rand::Rng as _;
 
 use crate::modules::{self, MODULES};
@@ -25,10 +25,14 @@ pub const DEV_ADMIN_TOKEN_FILE: &str = "dev-admin-token";
 pub async fn up() -> anyhow::Result<()> {
     let mut settings = Settings::from_env(&modules::all_vars())?;
     let data_dir = settings.path(&DATA_DIR);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {} (CAIRN_DATA_DIR)", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (CAIRN_DATA_DIR)",
+            data_dir.display()
+        )
+    })?;
 
-    let _nats = ensure_nats(&settings, &data_dir).await?;
+    let nats = ensure_nats(&settings, &data_dir).await?;
 
     let write_key = match settings.optional(&WRITE_KEYS) {
         Some(_) => None,
@@ -47,10 +51,15 @@ pub async fn up() -> anyhow::Result<()> {
     println!("Cairn is starting: {}", modules::names().join(", "));
     println!("  HTTP   http://{http}   (Segment-spec API: POST /v1/track, /v1/batch, ...)");
     println!("  gRPC   {}", settings.string(&GRPC_ADDR));
-    println!("  admin  http://{}/metrics /healthz /readyz", settings.string(&ADMIN_ADDR));
+    println!(
+        "  admin  http://{}/metrics /healthz /readyz",
+        settings.string(&ADMIN_ADDR)
+    );
     println!("  data   {}", data_dir.display());
     if let Some(key) = &write_key {
-        println!("  development write key: {key}   (source \"dev\"; set CAIRN_WRITE_KEYS for your own)");
+        println!(
+            "  development write key: {key}   (source \"dev\"; set CAIRN_WRITE_KEYS for your own)"
+        );
         println!("  try:   cairn send --event \"Hello\"     or");
         println!(
             "          curl -u {key}: http://{http}/v1/track -d '{{\"userId\":\"u1\",\"event\":\"Hello\"}}'"
@@ -61,7 +70,12 @@ pub async fn up() -> anyhow::Result<()> {
         data_dir.join(DEV_ADMIN_TOKEN_FILE).display()
     );
     let specs: Vec<_> = MODULES.iter().collect();
-    process::run(&specs, settings, "cairn").await
+    let result = process::run(&specs, settings, "cairn").await;
+    // NATS goes last, once every module has drained.
+    if let Some(mut nats) = nats {
+        nats.stop().await;
+    }
+    result
 }
 
 /// Returns a nats-server this process started, or `None` when one already answers.
@@ -82,7 +96,10 @@ async fn ensure_nats(settings: &Settings, data_dir: &Path) -> anyhow::Result<Opt
     let binary = find_binary()?;
     let store = data_dir.join("nats");
     let log = store.join("nats-server.log");
-    println!("Starting nats-server on {addr} (data and log in {})", store.display());
+    println!(
+        "Starting nats-server on {addr} (data and log in {})",
+        store.display()
+    );
     let server = NatsServer::start(&binary, addr, &store, Some(&log)).await?;
     Ok(Some(server))
 }
@@ -116,7 +133,10 @@ fn dev_secret(path: &PathBuf, prefix: &str) -> anyhow::Result<String> {
     let bytes: [u8; 16] = rand::rng().random();
     let secret = format!(
         "{prefix}{}",
-        bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>()
+        bytes
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
     );
     write_private(path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(secret)
@@ -153,7 +173,10 @@ mod tests {
             local_addr_of("nats://127.0.0.1:4222"),
             Some("127.0.0.1:4222".parse().unwrap())
         );
-        assert_eq!(local_addr_of("nats://127.0.0.1"), Some("127.0.0.1:4222".parse().unwrap()));
+        assert_eq!(
+            local_addr_of("nats://127.0.0.1"),
+            Some("127.0.0.1:4222".parse().unwrap())
+        );
         assert_eq!(local_addr_of("nats://10.1.2.3:4222"), None);
         assert_eq!(local_addr_of("nats://a:4222,nats://b:4222"), None);
     }

@@ -4,33 +4,46 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use cairn_runtime::host::{self, Listeners};
-use cairn_runtime::{ConfigError, Credentials, ModuleContext, Readiness, Settings, Shutdown, Var, telemetry};
+use cairn_runtime::{
+    ConfigError, Credentials, ModuleContext, Readiness, Settings, Shutdown, Var, telemetry,
+};
 
 use crate::modules::{self, ModuleSpec};
 
 /// Variables only the command-line tools read.
-pub const CLI_VARS: [Var; 2] = [
-    Var {
-        name: "CAIRN_TOKEN",
-        default: "",
-        doc: "Bearer token the CLI's admin commands send to CAIRN_GRPC_ADDR; without it they use the development token `cairn up` wrote into the data directory.",
-    },
-    Var {
-        name: cairn_bus::server::NATS_SERVER_ENV,
-        default: "",
-        doc: "Path of the nats-server binary `cairn up` and the tests start; by default .cairn/tools/bin/nats-server (installed by the Quickstart) or PATH.",
-    },
-];
+pub const CLI_VARS: [Var; 1] = [Var {
+    name: cairn_bus::server::NATS_SERVER_ENV,
+    default: "",
+    doc: "Path of the nats-server binary `cairn up` and the tests start; by default .cairn/tools/bin/nats-server (installed by the Quickstart) or PATH.",
+}];
 
 /// A mistake in how the program was called or configured: exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// The error and its causes on one line, each cause only when it adds something (many
+/// errors already include their cause's text).
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// 2 for usage and configuration errors anywhere in the chain, 1 for everything else.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     let usage = err.chain().any(|cause| {
-        cause.downcast_ref::<ConfigError>().is_some() || cause.downcast_ref::<UsageError>().is_some()
+        cause.downcast_ref::<ConfigError>().is_some()
+            || cause.downcast_ref::<UsageError>().is_some()
     });
     if usage { 2 } else { 1 }
 }
@@ -48,7 +61,11 @@ pub async fn serve(name: &str) -> anyhow::Result<()> {
 }
 
 /// Starts `specs` in order and serves them until SIGTERM/SIGINT, then drains.
-pub async fn run(specs: &[&ModuleSpec], settings: Settings, service_name: &str) -> anyhow::Result<()> {
+pub async fn run(
+    specs: &[&ModuleSpec],
+    settings: Settings,
+    service_name: &str,
+) -> anyhow::Result<()> {
     let telemetry = telemetry::init(service_name, &settings)?;
     let credentials = Credentials::from_settings(&settings)?;
     let context = ModuleContext {
@@ -59,6 +76,9 @@ pub async fn run(specs: &[&ModuleSpec], settings: Settings, service_name: &str) 
         shutdown: Shutdown::new(),
     };
     host::shutdown_on_signals(&context.shutdown);
+    // Listeners first: a bad or busy address fails before anything connects anywhere.
+    let with_http = specs.iter().any(|spec| spec.http);
+    let listeners = Listeners::bind(&context.settings, with_http).await?;
 
     let mut started = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -68,8 +88,6 @@ pub async fn run(specs: &[&ModuleSpec], settings: Settings, service_name: &str) 
             .with_context(|| format!("cannot start {}", spec.name))?;
         started.push(module);
     }
-    let with_http = specs.iter().any(|spec| spec.http);
-    let listeners = Listeners::bind(&context.settings, with_http).await?;
     let result = host::serve(started, listeners, &context).await;
     telemetry.shutdown();
     Ok(result?)

@@ -41,7 +41,10 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         .post(&url)
         .header(
             reqwest::header::AUTHORIZATION,
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))),
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+            ),
         )
         .json(&body)
         .send()
@@ -54,7 +57,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     }
     println!(
         "{status}: stored {call} {}",
-        body.get("messageId").and_then(Value::as_str).unwrap_or_default()
+        body.get("messageId")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     );
     Ok(())
 }
@@ -66,7 +71,8 @@ fn build(args: &SendArgs) -> anyhow::Result<(String, Value)> {
         } else {
             source.clone()
         };
-        let body: Value = serde_json::from_str(&text).map_err(|err| UsageError(format!("--json: {err}")))?;
+        let body: Value =
+            serde_json::from_str(&text).map_err(|err| UsageError(format!("--json: {err}")))?;
         let call = body
             .get("type")
             .and_then(Value::as_str)
@@ -75,7 +81,9 @@ fn build(args: &SendArgs) -> anyhow::Result<(String, Value)> {
         return Ok((call, body));
     }
     let payload: Value = match &args.properties {
-        Some(text) => serde_json::from_str(text).map_err(|err| UsageError(format!("--properties: {err}")))?,
+        Some(text) => {
+            serde_json::from_str(text).map_err(|err| UsageError(format!("--properties: {err}")))?
+        }
         None => json!({}),
     };
     if !payload.is_object() {

@@ -80,8 +80,8 @@ pub struct BusConfig {
 impl BusConfig {
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
         let partitions = settings.number(&PARTITIONS, 1)?;
-        let partitions = u32::try_from(partitions)
-            .map_err(|_| settings.invalid(&PARTITIONS, "too large"))?;
+        let partitions =
+            u32::try_from(partitions).map_err(|_| settings.invalid(&PARTITIONS, "too large"))?;
         let window = settings.duration(&EVENTS_DUPLICATE_WINDOW)?;
         if window.is_zero() {
             return Err(settings.invalid(&EVENTS_DUPLICATE_WINDOW, "must be longer than 0"));

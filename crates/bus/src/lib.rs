@@ -209,12 +209,11 @@ impl Bus {
                 .map_err(|err| classify_publish(&subject, &err))?;
             pending.push((subject, ack));
         }
-        let results = futures::future::join_all(
-            pending
-                .into_iter()
-                .map(|(subject, ack)| async move { ack.await.map_err(|err| classify_publish(&subject, &err)) }),
-        )
-        .await;
+        let results =
+            futures::future::join_all(pending.into_iter().map(|(subject, ack)| async move {
+                ack.await.map_err(|err| classify_publish(&subject, &err))
+            }))
+            .await;
         results.into_iter().collect()
     }
 }

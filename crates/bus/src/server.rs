@@ -114,7 +114,10 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // Its own process group: Ctrl-C in a terminal must not stop NATS before the
+            // services have drained; the owner stops it last.
+            .process_group(0);
         if let Some(log) = &self.log_file {
             command.arg("--log").arg(log);
         }

@@ -77,7 +77,10 @@ mod tests {
             let partition = partitions.of(&format!("anon-{visitor}"));
             seen[partition as usize] += 1;
         }
-        assert!(seen.iter().all(|count| (700..1300).contains(count)), "{seen:?}");
+        assert!(
+            seen.iter().all(|count| (700..1300).contains(count)),
+            "{seen:?}"
+        );
         assert_eq!(partitions.of("u1"), partitions.of("u1"));
         assert_eq!(Partitions::new(0).count(), 1);
     }

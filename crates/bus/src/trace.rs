@@ -43,7 +43,9 @@ pub fn extract(headers: &async_nats::HeaderMap) -> Context {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
 
     use super::*;
 
@@ -65,5 +67,33 @@ mod tests {
         );
         let extracted = extract(&headers);
         assert_eq!(extracted.span().span_context(), &span);
+    }
+}
+
+#[cfg(test)]
+mod current_span_tests {
+    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    #[test]
+    fn the_current_span_travels_in_headers() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("ingest");
+            let _entered = span.enter();
+            let trace_id = span.context().span().span_context().trace_id();
+            let mut headers = async_nats::HeaderMap::new();
+            inject_current(&mut headers);
+            let traceparent = headers.get("traceparent").expect("a traceparent header");
+            assert!(
+                traceparent.as_str().contains(&trace_id.to_string()),
+                "{traceparent:?}"
+            );
+            assert_eq!(extract(&headers).span().span_context().trace_id(), trace_id);
+        });
     }
 }

@@ -7,7 +7,8 @@
 #![forbid(unsafe_code)]
 
 /// The encoded `FileDescriptorSet` of every Cairn proto, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cairn_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cairn_descriptor.bin"));
 
 /// `cairn.event.v1`: the envelope around every raw event.
 pub mod event {

@@ -30,13 +30,19 @@ struct ReadinessInner {
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Readiness").field("state", &self.check()).finish()
+        f.debug_struct("Readiness")
+            .field("state", &self.check())
+            .finish()
     }
 }
 
 impl Readiness {
     /// Adds a named condition that must hold for the process to be ready.
-    pub fn add_check(&self, name: impl Into<String>, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+    pub fn add_check(
+        &self,
+        name: impl Into<String>,
+        check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) {
         if let Ok(mut checks) = self.inner.checks.write() {
             checks.push((name.into(), Box::new(check)));
         }
@@ -68,7 +74,11 @@ impl Readiness {
                 }
             }
         }
-        if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
     }
 }
 

@@ -129,10 +129,7 @@ impl Credentials {
         let mut credentials = Credentials::default();
         for (index, entry) in entries(&settings.string(&WRITE_KEYS)) {
             let (source, key) = split_pair(entry).ok_or_else(|| {
-                settings.invalid_secret(
-                    &WRITE_KEYS,
-                    format!("entry {index} is not `source:key`"),
-                )
+                settings.invalid_secret(&WRITE_KEYS, format!("entry {index} is not `source:key`"))
             })?;
             credentials.add_write_key(source, key);
         }
@@ -140,16 +137,17 @@ impl Credentials {
             let (role, token) = split_pair(entry).ok_or_else(|| {
                 settings.invalid_secret(&ADMIN_TOKENS, format!("entry {index} is not `role:token`"))
             })?;
-            let role: Role = role
-                .parse()
-                .map_err(|err: String| settings.invalid_secret(&ADMIN_TOKENS, format!("entry {index}: {err}")))?;
+            let role: Role = role.parse().map_err(|err: String| {
+                settings.invalid_secret(&ADMIN_TOKENS, format!("entry {index}: {err}"))
+            })?;
             credentials.add_token(role, token);
         }
         Ok(credentials)
     }
 
     pub fn add_write_key(&mut self, source: &str, key: &str) {
-        self.write_keys.push((source.to_string(), key.as_bytes().to_vec()));
+        self.write_keys
+            .push((source.to_string(), key.as_bytes().to_vec()));
     }
 
     pub fn add_token(&mut self, role: Role, token: &str) {
@@ -166,7 +164,10 @@ impl Credentials {
 
     /// The configured source names.
     pub fn sources(&self) -> Vec<&str> {
-        self.write_keys.iter().map(|(source, _)| source.as_str()).collect()
+        self.write_keys
+            .iter()
+            .map(|(source, _)| source.as_str())
+            .collect()
     }
 
     /// The source owning `key`. Every configured key is compared, in constant time.
@@ -213,9 +214,9 @@ pub fn parse_authorization<'a>(
     scratch: &'a mut String,
 ) -> Result<Presented<'a>, AuthError> {
     let header = header.trim();
-    let (scheme, rest) = header
-        .split_once(' ')
-        .ok_or(AuthError::Malformed("expected `Basic <base64>` or `Bearer <token>`"))?;
+    let (scheme, rest) = header.split_once(' ').ok_or(AuthError::Malformed(
+        "expected `Basic <base64>` or `Bearer <token>`",
+    ))?;
     if scheme.eq_ignore_ascii_case("bearer") {
         let token = rest.trim();
         if token.is_empty() {
@@ -269,6 +270,24 @@ fn split_pair(entry: &str) -> Option<(&str, &str)> {
     let (name, secret) = entry.split_once(':')?;
     let (name, secret) = (name.trim(), secret.trim());
     (!name.is_empty() && !secret.is_empty()).then_some((name, secret))
+}
+
+/// Authenticates the `authorization` header of a request: `Ok(None)` when there is none
+/// (each call then decides whether it needs a principal), an error when there is one
+/// that is malformed or unknown.
+pub fn authenticate_headers(
+    headers: &http::HeaderMap,
+    credentials: &Credentials,
+) -> Result<Option<Principal>, AuthError> {
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("header is not ASCII"))?;
+    let mut scratch = String::new();
+    let presented = parse_authorization(value, &mut scratch)?;
+    credentials.authenticate(presented).map(Some)
 }
 
 #[cfg(test)]
@@ -330,29 +349,16 @@ mod tests {
             &[WRITE_KEYS, ADMIN_TOKENS],
             [("CAIRN_ADMIN_TOKENS", "root:supersecret")],
         );
-        let err = Credentials::from_settings(&settings).unwrap_err().to_string();
+        let err = Credentials::from_settings(&settings)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("entry 1: unknown role \"root\""), "{err}");
         assert!(!err.contains("supersecret"), "{err}");
-        let settings = Settings::from_pairs(&[WRITE_KEYS, ADMIN_TOKENS], [("CAIRN_WRITE_KEYS", "nokey")]);
-        let err = Credentials::from_settings(&settings).unwrap_err().to_string();
+        let settings =
+            Settings::from_pairs(&[WRITE_KEYS, ADMIN_TOKENS], [("CAIRN_WRITE_KEYS", "nokey")]);
+        let err = Credentials::from_settings(&settings)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("entry 1 is not `source:key`"), "{err}");
     }
-}
-
-/// Authenticates the `authorization` header of a request: `Ok(None)` when there is none
-/// (each call then decides whether it needs a principal), an error when there is one
-/// that is malformed or unknown.
-pub fn authenticate_headers(
-    headers: &http::HeaderMap,
-    credentials: &Credentials,
-) -> Result<Option<Principal>, AuthError> {
-    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| AuthError::Malformed("header is not ASCII"))?;
-    let mut scratch = String::new();
-    let presented = parse_authorization(value, &mut scratch)?;
-    credentials.authenticate(presented).map(Some)
 }

@@ -111,7 +111,10 @@ impl Settings {
 
     /// Settings from explicit pairs (`("CAIRN_HTTP_ADDR", "127.0.0.1:0")`) over the
     /// defaults; for tests and for the binary's own overrides.
-    pub fn from_pairs<'a>(known: &[Var], pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+    pub fn from_pairs<'a>(
+        known: &[Var],
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
         let env: BTreeMap<String, String> = pairs
             .into_iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
@@ -142,7 +145,8 @@ impl Settings {
     /// Sets a value as if it came from the environment (the binary's own choices, such as
     /// `cairn up` pointing every module at the NATS server it started).
     pub fn set(&mut self, var: &Var, value: impl Into<String>) {
-        self.values.insert(var.name, (value.into(), Origin::Environment));
+        self.values
+            .insert(var.name, (value.into(), Origin::Environment));
     }
 
     /// The value as a string; "" when unset. Panics never: an undeclared variable reads
@@ -231,7 +235,9 @@ impl Settings {
         if value.is_empty() || value == "-1" {
             return Ok(None);
         }
-        parse_size(value).map(Some).map_err(|reason| self.invalid(var, reason))
+        parse_size(value)
+            .map(Some)
+            .map_err(|reason| self.invalid(var, reason))
     }
 
     /// A directory path.
@@ -279,18 +285,27 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
         "MB" | "M" | "MIB" => 1 << 20,
         "GB" | "G" | "GIB" => 1 << 30,
         "TB" | "T" | "TIB" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?} (use KB, MB, GB or TB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use KB, MB, GB or TB)"
+            ));
+        }
     };
     Ok(number.saturating_mul(factor))
 }
 
-fn read_file(path: &PathBuf, known: &[Var]) -> Result<(PathBuf, BTreeMap<String, String>), ConfigError> {
+fn read_file(
+    path: &PathBuf,
+    known: &[Var],
+) -> Result<(PathBuf, BTreeMap<String, String>), ConfigError> {
     let file_error = |reason: String| ConfigError::File {
         path: path.clone(),
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|err| file_error(err.to_string()))?;
-    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| file_error(err.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|err: toml::de::Error| file_error(err.to_string()))?;
     let mut values = BTreeMap::new();
     for (key, value) in table {
         let Some(var) = known.iter().find(|var| var.file_key() == key) else {
@@ -342,7 +357,10 @@ mod tests {
     fn errors_name_the_variable_and_the_value() {
         let settings = Settings::from_pairs(&[ADDR], [("CAIRN_TEST_ADDR", "localhost")]);
         let err = settings.socket_addr(&ADDR).unwrap_err().to_string();
-        assert!(err.starts_with("CAIRN_TEST_ADDR=\"localhost\": not a socket address"), "{err}");
+        assert!(
+            err.starts_with("CAIRN_TEST_ADDR=\"localhost\": not a socket address"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -357,8 +375,16 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
-        assert!(parse_duration("5y").unwrap_err().contains("unknown duration unit"));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(
+            parse_duration("5y")
+                .unwrap_err()
+                .contains("unknown duration unit")
+        );
         assert_eq!(parse_size("64KB").unwrap(), 65_536);
         assert_eq!(parse_size("10mb").unwrap(), 10 << 20);
         assert!(parse_size("lots").is_err());

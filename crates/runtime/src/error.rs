@@ -134,9 +134,10 @@ pub fn to_response<E: Classify>(err: &E) -> Response {
     )
         .into_response();
     if let Some(after) = kind.retry_after() {
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(after.as_secs()));
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(after.as_secs()),
+        );
     }
     response
 }

@@ -142,7 +142,7 @@ pub struct GrpcServices {
 
 impl GrpcServices {
     /// Adds one generated tonic server.
-    pub fn add<S>(mut self, service: S) -> Self
+    pub fn with<S>(mut self, service: S) -> Self
     where
         S: Service<http::Request<tonic::body::Body>, Error = Infallible>
             + tonic::server::NamedService
@@ -182,20 +182,30 @@ pub async fn serve(
     services: GrpcServices,
     credentials: Arc<Credentials>,
     request_timeout: Duration,
-    health: (HealthReporter, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>),
+    health: (
+        HealthReporter,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ),
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health_service) = health;
     for name in &services.names {
-        reporter.set_service_status(*name, ServingStatus::Serving).await;
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
     }
-    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1();
-    let mut routes = services.routes.unwrap_or_default().add_service(health_service);
+    let mut routes = services
+        .routes
+        .unwrap_or_default()
+        .add_service(health_service);
     match reflection {
         Ok(reflection) => routes = routes.add_service(reflection),
         Err(err) => tracing::warn!(error = %err, "gRPC reflection unavailable"),
@@ -218,7 +228,11 @@ pub async fn serve(
 /// Marks every service NOT_SERVING (on drain).
 pub async fn set_not_serving(reporter: &HealthReporter, names: &[&'static str]) {
     for name in names {
-        reporter.set_service_status(*name, ServingStatus::NotServing).await;
+        reporter
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
     }
-    reporter.set_service_status("", ServingStatus::NotServing).await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
 }

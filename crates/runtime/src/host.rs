@@ -56,11 +56,9 @@ pub const SHUTDOWN_TIMEOUT: Var = Var {
     doc: "On SIGTERM/SIGINT, how long in-flight work may take to finish before the process exits anyway.",
 };
 
-
-
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error(transparent)]
+    #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr} ({var}): {source}")]
     Bind {
@@ -121,11 +119,13 @@ impl Listeners {
     pub async fn bind(settings: &Settings, with_http: bool) -> Result<Self, HostError> {
         async fn bind(settings: &Settings, var: &'static Var) -> Result<TcpListener, HostError> {
             let addr = settings.socket_addr(var)?;
-            TcpListener::bind(addr).await.map_err(|source| HostError::Bind {
-                var: var.name,
-                addr,
-                source,
-            })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| HostError::Bind {
+                    var: var.name,
+                    addr,
+                    source,
+                })
         }
         Ok(Self {
             http: if with_http {
@@ -149,7 +149,9 @@ impl Listeners {
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|listener| listener.local_addr().ok())
+        self.http
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
@@ -246,9 +248,14 @@ pub async fn serve(
 
     let mut failure = None;
     tokio::select! {
+        biased;
         () = shutdown.requested() => {}
         Some(finished) = work.join_next() => {
-            failure = Some(failure_of(finished));
+            // A server that ends cleanly because shutdown began is not a failure.
+            let clean = matches!(&finished, Ok(Finished::Task(_, Ok(()))));
+            if !(clean && shutdown.is_requested()) {
+                failure = Some(failure_of(finished));
+            }
             shutdown.trigger();
         }
     }

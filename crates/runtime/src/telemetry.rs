@@ -37,7 +37,7 @@ pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error(transparent)]
+    #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("OTLP exporter: {0}")]
     Otlp(String),
@@ -132,7 +132,9 @@ impl Telemetry {
 }
 
 fn resource(service: &str) -> Resource {
-    Resource::builder().with_service_name(service.to_string()).build()
+    Resource::builder()
+        .with_service_name(service.to_string())
+        .build()
 }
 
 /// Installs the process-wide subscriber, tracer and propagator. Call once, from `main`,
@@ -169,6 +171,7 @@ pub fn init(service: &str, settings: &Settings) -> Result<Telemetry, TelemetryEr
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
 
     let tracer = tracer_provider.tracer("cairn");
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt_layer = if json {
         tracing_subscriber::fmt::layer()
             .json()
@@ -176,17 +179,26 @@ pub fn init(service: &str, settings: &Settings) -> Result<Telemetry, TelemetryEr
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .boxed()
     };
+    // The log filter applies to logs only: spans must exist for tracing even when logs
+    // are quiet, or a caller's trace would stop at this process.
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt_layer)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(fmt_layer.with_filter(filter))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
         .try_init()
         .map_err(|err| TelemetryError::Subscriber(err.to_string()))?;
     if otlp {
-        tracing::info!(endpoint_env = OTLP_ENDPOINT_ENV, "exporting traces and metrics over OTLP");
+        tracing::info!(
+            endpoint_env = OTLP_ENDPOINT_ENV,
+            "exporting traces and metrics over OTLP"
+        );
     }
     Ok(Telemetry {
         metrics,
@@ -210,7 +222,12 @@ pub fn parent_from_headers(headers: &http::HeaderMap) -> opentelemetry::Context 
 }
 
 /// A server span for one request, continuing the caller's trace when it sent one.
-pub fn request_span(kind: &'static str, method: &str, path: &str, headers: &http::HeaderMap) -> tracing::Span {
+pub fn request_span(
+    kind: &'static str,
+    method: &str,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let span = tracing::info_span!(
         "request",

@@ -59,7 +59,7 @@ pub fn realistic(n: u64) -> Value {
     let sections = ["shoes", "bags", "jackets", "sale", "new-in"];
     let section = sections[(n % sections.len() as u64) as usize];
     json!({
-        "type": if n % 3 == 0 { "page" } else { "track" },
+        "type": if n.is_multiple_of(3) { "page" } else { "track" },
         "event": "Product Viewed",
         "anonymousId": format!("anon-{:016x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 8),
         "properties": {

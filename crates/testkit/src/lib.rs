@@ -64,6 +64,42 @@ impl TestNats {
     }
 }
 
+/// A message as the EVENTS stream holds it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub subject: String,
+    pub headers: async_nats::HeaderMap,
+    pub envelope: cairn_proto::event::v1::Envelope,
+}
+
+/// Every message in the EVENTS stream, in order.
+pub async fn stored_events(bus: &Bus) -> Vec<StoredEvent> {
+    use prost::Message as _;
+    let stream = bus
+        .jetstream()
+        .get_stream(cairn_bus::streams::EVENTS)
+        .await
+        .expect("EVENTS stream");
+    let info = stream.get_info().await.expect("stream info");
+    let mut stored = Vec::new();
+    for sequence in info.state.first_sequence..=info.state.last_sequence {
+        if info.state.messages == 0 {
+            break;
+        }
+        let message = stream
+            .get_raw_message(sequence)
+            .await
+            .expect("stored message");
+        stored.push(StoredEvent {
+            subject: message.subject.to_string(),
+            headers: message.headers,
+            envelope: cairn_proto::event::v1::Envelope::decode(message.payload)
+                .expect("an envelope"),
+        });
+    }
+    stored
+}
+
 /// A free TCP address on 127.0.0.1.
 pub fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -82,7 +118,10 @@ pub struct TestHost {
 
 impl TestHost {
     /// Module context from `pairs` over the defaults of `vars`.
-    pub fn context<'a>(vars: &[Var], pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> ModuleContext {
+    pub fn context<'a>(
+        vars: &[Var],
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> ModuleContext {
         let settings = Settings::from_pairs(vars, pairs);
         let credentials = Credentials::from_settings(&settings).expect("credentials");
         ModuleContext {

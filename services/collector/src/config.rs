@@ -30,18 +30,23 @@ impl CollectorConfig {
             None
         } else {
             let mut parsed = Vec::new();
-            for origin in origins.split(',').map(str::trim).filter(|origin| !origin.is_empty()) {
+            for origin in origins
+                .split(',')
+                .map(str::trim)
+                .filter(|origin| !origin.is_empty())
+            {
                 if !(origin.starts_with("http://") || origin.starts_with("https://")) {
                     return Err(settings.invalid(
                         &CORS_ORIGINS,
                         format!("{origin:?} is not an origin (scheme://host[:port])"),
                     ));
                 }
-                parsed.push(
-                    origin
-                        .parse()
-                        .map_err(|_| settings.invalid(&CORS_ORIGINS, format!("{origin:?} is not a valid header value")))?,
-                );
+                parsed.push(origin.parse().map_err(|_| {
+                    settings.invalid(
+                        &CORS_ORIGINS,
+                        format!("{origin:?} is not a valid header value"),
+                    )
+                })?);
             }
             Some(parsed)
         };

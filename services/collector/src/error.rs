@@ -11,9 +11,11 @@ pub enum CollectorError {
     Rejected(#[from] Rejection),
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error(transparent)]
+    #[error("{0}")]
     Bus(#[from] cairn_bus::BusError),
-    #[error(transparent)]
+    /// Not transparent: the configuration error stays visible in the source chain, where
+    /// the binary looks for it to choose its exit code.
+    #[error("{0}")]
     Config(#[from] cairn_runtime::ConfigError),
     #[error("cannot read the request body: {0}")]
     Body(String),

@@ -94,9 +94,11 @@ pub struct AcceptedRequest {
 impl AcceptedRequest {
     /// The write key sent in the body, if any (batch level first).
     pub fn body_write_key(&self) -> Option<&str> {
-        self.write_key
-            .as_deref()
-            .or_else(|| self.events.iter().find_map(|event| event.write_key.as_deref()))
+        self.write_key.as_deref().or_else(|| {
+            self.events
+                .iter()
+                .find_map(|event| event.write_key.as_deref())
+        })
     }
 }
 
@@ -127,14 +129,15 @@ pub enum Rejection {
     Gzip(String),
 }
 
-/// Where in the request an error is: nothing for a single call, `batch[i].` in a batch.
+/// Where in the request an error is: nothing for a single call, `batch[i].` in an HTTP
+/// batch, `events[i].` in a gRPC request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct At(Option<usize>);
+pub struct At(Option<(&'static str, usize)>);
 
 impl std::fmt::Display for At {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(index) => write!(f, "batch[{index}]."),
+            Some((list, index)) => write!(f, "{list}[{index}]."),
             None => Ok(()),
         }
     }
@@ -214,16 +217,24 @@ fn is_null(raw: &RawValue) -> bool {
 }
 
 /// A present, non-null field.
-fn present<'a>(raw: Option<&'a RawValue>) -> Option<&'a RawValue> {
+fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
     raw.filter(|raw| !is_null(raw))
 }
 
-fn string_field<'a>(at: At, name: &'static str, raw: &'a RawValue) -> Result<Cow<'a, str>, Rejection> {
+fn string_field<'a>(
+    at: At,
+    name: &'static str,
+    raw: &'a RawValue,
+) -> Result<Cow<'a, str>, Rejection> {
     serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| field(at, name, "must be a string"))
 }
 
 /// An identifier: Segment allows strings and numbers. Empty strings count as absent.
-fn id_field(at: At, name: &'static str, raw: Option<&RawValue>) -> Result<Option<String>, Rejection> {
+fn id_field(
+    at: At,
+    name: &'static str,
+    raw: Option<&RawValue>,
+) -> Result<Option<String>, Rejection> {
     let Some(raw) = present(raw) else {
         return Ok(None);
     };
@@ -248,13 +259,21 @@ fn object_field(at: At, name: &'static str, raw: Option<&RawValue>) -> Result<()
     }
 }
 
-fn timestamp_field(at: At, name: &'static str, raw: Option<&RawValue>) -> Result<Option<String>, Rejection> {
+fn timestamp_field(
+    at: At,
+    name: &'static str,
+    raw: Option<&RawValue>,
+) -> Result<Option<String>, Rejection> {
     let Some(raw) = present(raw) else {
         return Ok(None);
     };
     let value = string_field(at, name, raw)?;
     if parse_timestamp(&value).is_none() {
-        return Err(field(at, name, format!("not an ISO 8601 date-time: {value:?}")));
+        return Err(field(
+            at,
+            name,
+            format!("not an ISO 8601 date-time: {value:?}"),
+        ));
     }
     Ok(Some(value.into_owned()))
 }
@@ -268,14 +287,22 @@ pub fn parse_timestamp(value: &str) -> Option<chrono::DateTime<chrono::FixedOffs
 
 /// Validates one event. `endpoint` is the call type of a single-call endpoint; `None`
 /// for a batch element, whose `type` field decides.
-fn validate_event(raw: &RawValue, at: At, endpoint: Option<CallType>) -> Result<ValidEvent, Rejection> {
+fn validate_event(
+    raw: &RawValue,
+    at: At,
+    endpoint: Option<CallType>,
+) -> Result<ValidEvent, Rejection> {
     let size = raw.get().len();
     if size > MAX_EVENT_BYTES {
         return Err(Rejection::EventTooLarge { at, size });
     }
     if !raw.get().trim_start().starts_with('{') {
         return Err(match at.0 {
-            Some(index) => field(At(None), "batch", format!("element {index} must be a JSON object")),
+            Some((list, index)) => field(
+                At(None),
+                list,
+                format!("element {index} must be a JSON object"),
+            ),
             None => field(at, "body", "must be a JSON object"),
         });
     }
@@ -332,7 +359,8 @@ fn validate_event(raw: &RawValue, at: At, endpoint: Option<CallType>) -> Result<
         }
     }
     if call == CallType::Track {
-        let event = present(fields.event).ok_or_else(|| field(at, "event", "required for track"))?;
+        let event =
+            present(fields.event).ok_or_else(|| field(at, "event", "required for track"))?;
         if string_field(at, "event", event)?.trim().is_empty() {
             return Err(field(at, "event", "must not be empty"));
         }
@@ -342,7 +370,9 @@ fn validate_event(raw: &RawValue, at: At, endpoint: Option<CallType>) -> Result<
     }
 
     let message_id = match present(fields.message_id) {
-        Some(raw) => Some(string_field(at, "messageId", raw)?.trim().to_string()).filter(|id| !id.is_empty()),
+        Some(raw) => {
+            Some(string_field(at, "messageId", raw)?.trim().to_string()).filter(|id| !id.is_empty())
+        }
         None => None,
     };
     if message_id.as_ref().is_some_and(|id| id.len() > 256) {
@@ -410,11 +440,16 @@ pub fn parse_batch(body: &Bytes) -> Result<AcceptedRequest, Rejection> {
     let parsed: BatchBody<'_> = match serde_json::from_slice(body) {
         Ok(parsed) => parsed,
         Err(err) if err.is_data() => {
-            return Err(field(At(None), "body", "must be a JSON object with a \"batch\" array"));
+            return Err(field(
+                At(None),
+                "body",
+                "must be a JSON object with a \"batch\" array",
+            ));
         }
         Err(err) => return Err(json_error(&err)),
     };
-    let batch = present(parsed.batch).ok_or_else(|| field(At(None), "batch", "required: an array of events"))?;
+    let batch = present(parsed.batch)
+        .ok_or_else(|| field(At(None), "batch", "required: an array of events"))?;
     let elements: Vec<&RawValue> = serde_json::from_str(batch.get())
         .map_err(|_| field(At(None), "batch", "must be an array of events"))?;
     if elements.is_empty() {
@@ -428,7 +463,7 @@ pub fn parse_batch(body: &Bytes) -> Result<AcceptedRequest, Rejection> {
     };
     let mut events = Vec::with_capacity(elements.len());
     for (index, element) in elements.into_iter().enumerate() {
-        let valid = validate_event(element, At(Some(index)), None)?;
+        let valid = validate_event(element, At(Some(("batch", index))), None)?;
         events.push(AcceptedEvent {
             raw: slice_of(body, element.get()),
             call: valid.call,
@@ -453,18 +488,26 @@ pub fn parse_events(events: &[Bytes]) -> Result<AcceptedRequest, Rejection> {
     }
     let mut accepted = Vec::with_capacity(events.len());
     for (index, bytes) in events.iter().enumerate() {
-        let at = At(Some(index));
+        let at = At(Some(("events", index)));
         if bytes.len() > MAX_EVENT_BYTES {
-            return Err(Rejection::EventTooLarge { at, size: bytes.len() });
-        }
-        let raw: &RawValue = serde_json::from_slice(bytes).map_err(|err| match json_error(&err) {
-            Rejection::Json { line, column, reason } => field(
+            return Err(Rejection::EventTooLarge {
                 at,
-                "json",
-                format!("invalid JSON at line {line}, column {column}: {reason}"),
-            ),
-            other => other,
-        })?;
+                size: bytes.len(),
+            });
+        }
+        let raw: &RawValue =
+            serde_json::from_slice(bytes).map_err(|err| match json_error(&err) {
+                Rejection::Json {
+                    line,
+                    column,
+                    reason,
+                } => field(
+                    at,
+                    "json",
+                    format!("invalid JSON at line {line}, column {column}: {reason}"),
+                ),
+                other => other,
+            })?;
         let valid = validate_event(raw, at, None)?;
         accepted.push(AcceptedEvent {
             raw: bytes.clone(),
@@ -493,7 +536,12 @@ fn check_batch_size(size: usize) -> Result<(), Rejection> {
 
 /// The body, gunzipped when it is gzip (by `Content-Encoding` or by its magic bytes),
 /// refusing to inflate past `limit` bytes.
-pub fn decode_body(body: Bytes, gzip_header: bool, limit: usize, per: &'static str) -> Result<Bytes, Rejection> {
+pub fn decode_body(
+    body: Bytes,
+    gzip_header: bool,
+    limit: usize,
+    per: &'static str,
+) -> Result<Bytes, Rejection> {
     let is_gzip = gzip_header || body.starts_with(&[0x1f, 0x8b]);
     if !is_gzip {
         return Ok(body);
@@ -519,7 +567,9 @@ mod tests {
     use super::*;
 
     fn batch(elements: &str) -> Bytes {
-        Bytes::from(format!("{{\"batch\":[{elements}],\"sentAt\":\"2026-11-22T10:00:00Z\"}}"))
+        Bytes::from(format!(
+            "{{\"batch\":[{elements}],\"sentAt\":\"2026-11-22T10:00:00Z\"}}"
+        ))
     }
 
     fn error(result: Result<AcceptedRequest, Rejection>) -> String {
@@ -528,7 +578,8 @@ mod tests {
 
     #[test]
     fn batch_elements_keep_their_exact_bytes() {
-        let first = r#"{"type":"track","event":"Signed Up","userId":"u1",  "properties":{"plan":"pro"}}"#;
+        let first =
+            r#"{"type":"track","event":"Signed Up","userId":"u1",  "properties":{"plan":"pro"}}"#;
         let second = r#"{ "type" : "identify", "anonymousId":"a1", "traits": {"email":"A@B.C"} }"#;
         let body = batch(&format!("{first},\n  {second}"));
         let request = parse_batch(&body).unwrap();
@@ -538,7 +589,10 @@ mod tests {
         assert_eq!(request.events[0].call, CallType::Track);
         assert_eq!(request.events[0].partition_key, "u1");
         assert_eq!(request.events[1].partition_key, "a1");
-        assert_eq!(request.batch_sent_at.as_deref(), Some("2026-11-22T10:00:00Z"));
+        assert_eq!(
+            request.batch_sent_at.as_deref(),
+            Some("2026-11-22T10:00:00Z")
+        );
     }
 
     #[test]
@@ -552,11 +606,15 @@ mod tests {
     #[test]
     fn missing_required_fields_are_named_with_their_index() {
         assert_eq!(
-            error(parse_batch(&batch(r#"{"type":"track","userId":"u"},{"type":"track","userId":"u"}"#))),
+            error(parse_batch(&batch(
+                r#"{"type":"track","userId":"u"},{"type":"track","userId":"u"}"#
+            ))),
             "batch[0].event: required for track"
         );
         assert_eq!(
-            error(parse_batch(&batch(r#"{"type":"page","userId":"u"},{"type":"page"}"#))),
+            error(parse_batch(&batch(
+                r#"{"type":"page","userId":"u"},{"type":"page"}"#
+            ))),
             "batch[1].userId: userId or anonymousId is required"
         );
         assert_eq!(
@@ -576,11 +634,17 @@ mod tests {
             "batch[0].type: unknown call type \"click\" (use track, identify, page, screen, group or alias)"
         );
         assert_eq!(
-            error(parse_single(CallType::Track, &Bytes::from(r#"{"userId":"u"}"#))),
+            error(parse_single(
+                CallType::Track,
+                &Bytes::from(r#"{"userId":"u"}"#)
+            )),
             "event: required for track"
         );
         assert_eq!(
-            error(parse_single(CallType::Identify, &Bytes::from(r#"{"userId":""}"#))),
+            error(parse_single(
+                CallType::Identify,
+                &Bytes::from(r#"{"userId":""}"#)
+            )),
             "userId: userId or anonymousId is required"
         );
     }
@@ -588,23 +652,38 @@ mod tests {
     #[test]
     fn wrong_types_are_named() {
         assert_eq!(
-            error(parse_single(CallType::Track, &Bytes::from(r#"{"userId":"u","event":5}"#))),
+            error(parse_single(
+                CallType::Track,
+                &Bytes::from(r#"{"userId":"u","event":5}"#)
+            )),
             "event: must be a string"
         );
         assert_eq!(
-            error(parse_single(CallType::Page, &Bytes::from(r#"{"userId":true}"#))),
+            error(parse_single(
+                CallType::Page,
+                &Bytes::from(r#"{"userId":true}"#)
+            )),
             "userId: must be a string or a number"
         );
         assert_eq!(
-            error(parse_single(CallType::Page, &Bytes::from(r#"{"userId":"u","properties":[1]}"#))),
+            error(parse_single(
+                CallType::Page,
+                &Bytes::from(r#"{"userId":"u","properties":[1]}"#)
+            )),
             "properties: must be a JSON object"
         );
         assert_eq!(
-            error(parse_single(CallType::Page, &Bytes::from(r#"{"userId":"u","timestamp":"yesterday"}"#))),
+            error(parse_single(
+                CallType::Page,
+                &Bytes::from(r#"{"userId":"u","timestamp":"yesterday"}"#)
+            )),
             "timestamp: not an ISO 8601 date-time: \"yesterday\""
         );
         assert_eq!(
-            error(parse_single(CallType::Page, &Bytes::from(r#"{"type":"track","userId":"u"}"#))),
+            error(parse_single(
+                CallType::Page,
+                &Bytes::from(r#"{"type":"track","userId":"u"}"#)
+            )),
             "type: \"track\" sent to /v1/page"
         );
         assert_eq!(
@@ -615,15 +694,21 @@ mod tests {
 
     #[test]
     fn numbers_are_identifiers_and_timestamps_may_use_basic_offsets() {
-        let body = Bytes::from(r#"{"userId":42,"originalTimestamp":"2026-11-22T10:00:00.123+0100"}"#);
+        let body =
+            Bytes::from(r#"{"userId":42,"originalTimestamp":"2026-11-22T10:00:00.123+0100"}"#);
         let request = parse_single(CallType::Identify, &body).unwrap();
         assert_eq!(request.events[0].partition_key, "42");
     }
 
     #[test]
     fn invalid_json_reports_the_position() {
-        let err = error(parse_batch(&Bytes::from("{\"batch\": [\n  {\"type\": \"track\",, }]}")));
-        assert_eq!(err, "invalid JSON at line 2, column 20: key must be a string");
+        let err = error(parse_batch(&Bytes::from(
+            "{\"batch\": [\n  {\"type\": \"track\",, }]}",
+        )));
+        assert_eq!(
+            err,
+            "invalid JSON at line 2, column 20: key must be a string"
+        );
         let err = error(parse_single(CallType::Track, &Bytes::from("")));
         assert!(err.starts_with("invalid JSON at line 1, column 0"), "{err}");
     }
@@ -650,12 +735,18 @@ mod tests {
         encoder.write_all(&vec![b' '; 600 * 1024]).unwrap();
         let bomb = Bytes::from(encoder.finish().unwrap());
         let err = decode_body(bomb, false, MAX_BATCH_BYTES, "per batch").unwrap_err();
-        assert!(err.to_string().ends_with("the limit is 500 KB per batch"), "{err}");
+        assert!(
+            err.to_string().ends_with("the limit is 500 KB per batch"),
+            "{err}"
+        );
 
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(b"{\"batch\":[]}").unwrap();
         let body = Bytes::from(encoder.finish().unwrap());
-        assert_eq!(decode_body(body, false, 100, "per batch").unwrap(), "{\"batch\":[]}".as_bytes());
+        assert_eq!(
+            decode_body(body, false, 100, "per batch").unwrap(),
+            "{\"batch\":[]}".as_bytes()
+        );
         assert!(decode_body(Bytes::from("nope"), true, 100, "per batch").is_err());
     }
 }

@@ -41,7 +41,11 @@ impl CollectorService {
         })
     }
 
-    async fn store(&self, events: &[bytes::Bytes], meta: &RequestMeta) -> Result<Vec<String>, CollectorError> {
+    async fn store(
+        &self,
+        events: &[bytes::Bytes],
+        meta: &RequestMeta,
+    ) -> Result<Vec<String>, CollectorError> {
         let accepted = event::parse_events(events)?;
         self.ingest.store(accepted, meta).await
     }
@@ -54,7 +58,10 @@ impl CollectorService {
 
 #[tonic::async_trait]
 impl Collector for CollectorService {
-    async fn ingest(&self, request: Request<IngestRequest>) -> Result<Response<IngestResponse>, Status> {
+    async fn ingest(
+        &self,
+        request: Request<IngestRequest>,
+    ) -> Result<Response<IngestResponse>, Status> {
         let meta = Self::meta(&request).map_err(|err| self.refuse(err))?;
         let message_ids = self
             .store(&request.get_ref().events, &meta)
@@ -71,22 +78,19 @@ impl Collector for CollectorService {
         let mut stream = request.into_inner();
         let mut totals = IngestStreamResponse::default();
         while let Some(batch) = stream.message().await? {
-            let stored = self
-                .store(&batch.events, &meta)
-                .await
-                .map_err(|err| {
-                    // Earlier batches are stored; say how many so the client resumes there.
-                    let status = self.refuse(err);
-                    Status::new(
-                        status.code(),
-                        format!(
-                            "batch {} (after {} events stored): {}",
-                            totals.batches,
-                            totals.accepted,
-                            status.message()
-                        ),
-                    )
-                })?;
+            let stored = self.store(&batch.events, &meta).await.map_err(|err| {
+                // Earlier batches are stored; say how many so the client resumes there.
+                let status = self.refuse(err);
+                Status::new(
+                    status.code(),
+                    format!(
+                        "batch {} (after {} events stored): {}",
+                        totals.batches,
+                        totals.accepted,
+                        status.message()
+                    ),
+                )
+            })?;
             totals.accepted += stored.len() as u64;
             totals.batches += 1;
         }

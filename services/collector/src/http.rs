@@ -60,11 +60,26 @@ pub fn router(ingest: Ingest, credentials: Arc<Credentials>, config: CollectorCo
         let long = format!("/v1/{}", call.name());
         let short = format!("/v1/{}", &call.name()[..1]);
         router = router
-            .route(&long, post(move |state, connect, headers, body| handle(state, connect, headers, body, Endpoint::Single(call))))
-            .route(&short, post(move |state, connect, headers, body| handle(state, connect, headers, body, Endpoint::Single(call))));
+            .route(
+                &long,
+                post(move |state, connect, headers, body| {
+                    handle(state, connect, headers, body, Endpoint::Single(call))
+                }),
+            )
+            .route(
+                &short,
+                post(move |state, connect, headers, body| {
+                    handle(state, connect, headers, body, Endpoint::Single(call))
+                }),
+            );
     }
     for path in ["/v1/batch", "/v1/b", "/v1/import"] {
-        router = router.route(path, post(|state, connect, headers, body| handle(state, connect, headers, body, Endpoint::Batch)));
+        router = router.route(
+            path,
+            post(|state, connect, headers, body| {
+                handle(state, connect, headers, body, Endpoint::Batch)
+            }),
+        );
     }
     router.layer(cors).with_state(state)
 }
@@ -101,16 +116,19 @@ async fn ingest(
         Endpoint::Single(_) => (MAX_EVENT_BYTES, "per call"),
         Endpoint::Batch => (MAX_BATCH_BYTES, "per batch"),
     };
-    let body = axum::body::to_bytes(body, limit + 1)
-        .await
-        .map_err(|err| match err.into_inner().downcast::<http_body_util::LengthLimitError>() {
+    let body = axum::body::to_bytes(body, limit + 1).await.map_err(|err| {
+        match err
+            .into_inner()
+            .downcast::<http_body_util::LengthLimitError>()
+        {
             Ok(_) => CollectorError::Rejected(event::Rejection::TooLarge {
                 size: limit + 1,
                 limit_kb: limit / 1024,
                 per,
             }),
             Err(other) => CollectorError::Body(other.to_string()),
-        })?;
+        }
+    })?;
     let gzip = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|value| value.to_str().ok())

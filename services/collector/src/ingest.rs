@@ -62,7 +62,11 @@ impl Ingest {
 
     /// Stores every event of `request` and returns their message ids, once JetStream
     /// has acknowledged all of them. Nothing is acknowledged to the client otherwise.
-    pub async fn store(&self, request: AcceptedRequest, meta: &RequestMeta) -> Result<Vec<String>, CollectorError> {
+    pub async fn store(
+        &self,
+        request: AcceptedRequest,
+        meta: &RequestMeta,
+    ) -> Result<Vec<String>, CollectorError> {
         let received_at = prost_types::Timestamp::from(SystemTime::now());
         let partitions = self.bus.partitions();
         let batch_sent_at = request.batch_sent_at.unwrap_or_default();

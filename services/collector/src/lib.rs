@@ -52,13 +52,17 @@ pub async fn start(context: &ModuleContext) -> Result<Module, CollectorError> {
         }
     });
     if !context.credentials.has_write_keys() {
-        tracing::warn!("no write keys configured (CAIRN_WRITE_KEYS): every ingest request will get 401");
+        tracing::warn!(
+            "no write keys configured (CAIRN_WRITE_KEYS): every ingest request will get 401"
+        );
     }
 
     let ingest = Ingest::new(bus, &context.metrics.meter("cairn.collector"));
     Ok(Module {
         name: "collector",
-        grpc: GrpcServices::default().add(CollectorServer::new(grpc::CollectorService::new(ingest.clone()))),
+        grpc: GrpcServices::default().with(CollectorServer::new(grpc::CollectorService::new(
+            ingest.clone(),
+        ))),
         http: Some(http::router(ingest, context.credentials.clone(), config)),
         tasks: Vec::new(),
     })

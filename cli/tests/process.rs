@@ -1,0 +1,255 @@
+//! The `cairn` binary as a user and Kubernetes run it: exit codes, messages, SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use cairn_testkit::{TestNats, free_addr};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::process::{Child, Command};
+
+fn cairn() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CAIRN_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Waits for the exit and returns the status code with what it printed on stderr.
+async fn exit_of(child: &mut Child) -> (Option<i32>, String) {
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exited within 30s")
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    (status.code(), stderr)
+}
+
+async fn output(command: &mut Command) -> (i32, String, String) {
+    let output = command.output().await.unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+fn sigterm(child: &Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+}
+
+async fn wait_ready(admin: std::net::SocketAddr, child: &mut Child) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = reqwest::get(format!("http://{admin}/readyz")).await
+            && response.status() == 200
+        {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .await
+                .unwrap();
+            panic!("cairn exited with {status} before becoming ready: {stderr}");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not ready in 30s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_service_is_a_usage_error() {
+    let (code, _, stderr) = output(cairn().args(["serve", "colector"])).await;
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("unknown service \"colector\"; the services are: collector"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn bad_configuration_names_the_variable_and_exits_2() {
+    let (code, _, stderr) = output(
+        cairn()
+            .args(["serve", "collector"])
+            .env("CAIRN_HTTP_ADDR", "localhost"),
+    )
+    .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("CAIRN_HTTP_ADDR=\"localhost\": not a socket address"),
+        "{stderr}"
+    );
+
+    let nats = TestNats::start().await;
+    let (code, _, stderr) = output(
+        cairn()
+            .args(["serve", "collector"])
+            .env("CAIRN_NATS_URL", nats.url())
+            .env("CAIRN_HTTP_ADDR", free_addr().to_string())
+            .env("CAIRN_GRPC_ADDR", free_addr().to_string())
+            .env("CAIRN_ADMIN_ADDR", free_addr().to_string())
+            .env("CAIRN_PARTITIONS", "0"),
+    )
+    .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("CAIRN_PARTITIONS=\"0\": must be at least 1"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_nats_is_a_clear_runtime_error() {
+    let port = free_addr();
+    let (code, _, stderr) = output(
+        cairn()
+            .args(["serve", "collector"])
+            .env("CAIRN_NATS_URL", format!("nats://{port}"))
+            .env("CAIRN_HTTP_ADDR", free_addr().to_string())
+            .env("CAIRN_GRPC_ADDR", free_addr().to_string())
+            .env("CAIRN_ADMIN_ADDR", free_addr().to_string()),
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot connect to NATS at nats://{port} (CAIRN_NATS_URL)"
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
+    let nats = TestNats::start().await;
+    let (http, admin) = (free_addr(), free_addr());
+    let mut child = cairn()
+        .args(["serve", "collector"])
+        .env("CAIRN_NATS_URL", nats.url())
+        .env("CAIRN_HTTP_ADDR", http.to_string())
+        .env("CAIRN_GRPC_ADDR", free_addr().to_string())
+        .env("CAIRN_ADMIN_ADDR", admin.to_string())
+        .env("CAIRN_WRITE_KEYS", "web:wk_web")
+        .spawn()
+        .unwrap();
+    wait_ready(admin, &mut child).await;
+
+    let body = br#"{"userId":"u-1","event":"Signed Up","messageId":"sigterm-1"}"#;
+    let head = format!(
+        "POST /v1/track HTTP/1.1\r\nhost: x\r\nauthorization: Basic d2tfd2ViOg==\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..5]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still draining the request in flight"
+    );
+    let ready = reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "not ready while draining");
+
+    stream.write_all(&body[5..]).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200"));
+
+    let (code, stderr) = exit_of(&mut child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let stored = cairn_testkit::stored_events(&nats.bus().await).await;
+    assert_eq!(stored[0].envelope.message_id, "sigterm-1");
+}
+
+#[tokio::test]
+async fn up_starts_nats_and_prints_a_write_key_that_send_uses() {
+    let data = tempfile::tempdir().unwrap();
+    let (nats, http, admin) = (free_addr(), free_addr(), free_addr());
+    let env = [
+        ("CAIRN_NATS_URL", format!("nats://{nats}")),
+        ("CAIRN_HTTP_ADDR", http.to_string()),
+        ("CAIRN_GRPC_ADDR", free_addr().to_string()),
+        ("CAIRN_ADMIN_ADDR", admin.to_string()),
+        ("CAIRN_DATA_DIR", data.path().display().to_string()),
+    ];
+    let mut up = cairn();
+    up.arg("up").current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (name, value) in &env {
+        up.env(name, value);
+    }
+    let mut child = up.spawn().unwrap();
+    wait_ready(admin, &mut child).await;
+
+    let mut send = cairn();
+    send.args(["send", "--event", "Hello", "--user-id", "u-1"]);
+    for (name, value) in &env {
+        send.env(name, value);
+    }
+    let (code, stdout, stderr) = output(&mut send).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("200 OK: stored track"), "{stdout}");
+
+    sigterm(&child);
+    let (code, stderr) = exit_of(&mut child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .await
+        .unwrap();
+    let key = std::fs::read_to_string(data.path().join("dev-write-key")).unwrap();
+    assert!(
+        stdout.contains(&format!("development write key: {}", key.trim())),
+        "{stdout}"
+    );
+    assert!(data.path().join("dev-admin-token").is_file());
+    assert!(data.path().join("nats/nats-server.log").is_file());
+    // The nats-server it started is gone with it.
+    assert!(
+        std::net::TcpStream::connect(nats).is_err(),
+        "nats-server still running"
+    );
+}
+
+#[tokio::test]
+async fn the_readme_documents_every_variable() {
+    let (code, table, _) = output(cairn().arg("config")).await;
+    assert_eq!(code, 0);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for line in table.lines().skip(2) {
+        assert!(
+            readme.contains(line),
+            "README.md lacks (or has an old version of) this row of `cairn config`:\n{line}"
+        );
+    }
+}
