@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod bench;
 mod dev;
 mod modules;
@@ -40,6 +41,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Ask the running Cairn at CAIRN_GRPC_ADDR what it runs and whether it is ready.
+    Status,
     /// List the services and what each serves.
     Modules,
     /// Print every configuration variable with its default and meaning.
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
             Command::Up => dev::up().await,
             Command::Send(args) => send::run(args).await,
             Command::Bench(command) => bench::run(command).await,
+            Command::Status => admin::status().await,
             Command::Modules => modules::print(),
             Command::Config => process::print_config(),
         }

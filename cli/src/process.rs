@@ -11,11 +11,14 @@ use cairn_runtime::{
 use crate::modules::{self, ModuleSpec};
 
 /// Variables only the command-line tools read.
-pub const CLI_VARS: [Var; 1] = [Var {
-    name: cairn_bus::server::NATS_SERVER_ENV,
-    default: "",
-    doc: "Path of the nats-server binary `cairn up` and the tests start; by default .cairn/tools/bin/nats-server (installed by the Quickstart) or PATH.",
-}];
+pub const CLI_VARS: [Var; 2] = [
+    crate::admin::TOKEN,
+    Var {
+        name: cairn_bus::server::NATS_SERVER_ENV,
+        default: "",
+        doc: "Path of the nats-server binary `cairn up` and the tests start; by default .cairn/tools/bin/nats-server (installed by the Quickstart) or PATH.",
+    },
+];
 
 /// A mistake in how the program was called or configured: exit code 2.
 #[derive(Debug, thiserror::Error)]

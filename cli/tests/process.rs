@@ -215,6 +215,24 @@ async fn up_starts_nats_and_prints_a_write_key_that_send_uses() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("200 OK: stored track"), "{stdout}");
 
+    // The admin API takes the development token `cairn up` wrote, found by the CLI...
+    let mut status = cairn();
+    status.arg("status");
+    for (name, value) in &env {
+        status.env(name, value);
+    }
+    let (code, stdout, stderr) = output(&mut status).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("modules: collector"), "{stdout}");
+    assert!(stdout.contains("ready"), "{stdout}");
+    // ...and refuses a wrong one.
+    let (code, _, stderr) = output(status.env("CAIRN_TOKEN", "tk_wrong")).await;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("the server refused the token (CAIRN_TOKEN)"),
+        "{stderr}"
+    );
+
     sigterm(&child);
     let (code, stderr) = exit_of(&mut child).await;
     assert_eq!(code, Some(0), "{stderr}");

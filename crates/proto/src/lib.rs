@@ -18,6 +18,14 @@ pub mod event {
     }
 }
 
+/// `cairn.admin.v1`: process status for operators.
+pub mod admin {
+    pub mod v1 {
+        #![allow(clippy::all, unused_qualifications)]
+        include!(concat!(env!("OUT_DIR"), "/cairn.admin.v1.rs"));
+    }
+}
+
 /// `cairn.collector.v1`: gRPC ingest.
 pub mod collector {
     pub mod v1 {

@@ -16,6 +16,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use cairn_proto::admin::v1::admin_server::AdminServer;
+
 use crate::admin::{self, Readiness};
 use crate::auth::Credentials;
 use crate::config::{ConfigError, Settings, Var};
@@ -208,6 +210,11 @@ pub async fn serve(
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let admin_service = crate::status::AdminService::new(
+        names.iter().map(|name| name.to_string()).collect(),
+        context.readiness.clone(),
+    );
+    let grpc_services = grpc_services.with(AdminServer::new(admin_service));
     let service_names = grpc_services.names.clone();
     {
         let credentials = context.credentials.clone();

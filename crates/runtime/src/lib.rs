@@ -9,7 +9,8 @@
 //! - [`grpc`]: the gRPC server with health, reflection and the shared tower stack;
 //! - [`error`]: the one mapping of errors to gRPC statuses and HTTP responses;
 //! - [`host`]: modules, listeners, the supervisor and the drain on SIGTERM/SIGINT;
-//! - [`shutdown`]: the shutdown signal every part watches.
+//! - [`shutdown`]: the shutdown signal every part watches;
+//! - [`status`]: `cairn.admin.v1.Admin`, the process status for operators.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod grpc;
 pub mod host;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 
 pub use admin::Readiness;
