@@ -60,7 +60,9 @@ pub async fn up() -> anyhow::Result<()> {
         println!(
             "  development write key: {key}   (source \"dev\"; set CAIRN_WRITE_KEYS for your own)"
         );
-        let me = std::env::args().next().unwrap_or_else(|| "cairn".to_string());
+        let me = std::env::args()
+            .next()
+            .unwrap_or_else(|| "cairn".to_string());
         println!("  try:   {me} send --event \"Hello\"     or");
         println!(
             "          curl -u {key}: http://{http}/v1/track -d '{{\"userId\":\"u1\",\"event\":\"Hello\"}}'"
