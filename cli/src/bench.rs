@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use base64::Engine as _;
 use bytes::Bytes;
-use cairn_bus::server::{NatsServer, find_binary};
+use cairn_bus::config::NATS_URL;
+use cairn_bus::server::{NATS_SERVER, NatsServer, find_binary, free_local_addr};
 use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
 use cairn_proto::event::v1::{Envelope, EventType};
 use cairn_runtime::host::{self, Listeners};
@@ -72,14 +73,19 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let batches = args.events.div_ceil(batch);
     let events = batches * batch;
 
+    let settings = Settings::from_env(&modules::all_vars())?;
     let store = tempfile::tempdir()?;
-    let (url, _server) = match std::env::var("CAIRN_NATS_URL") {
-        Ok(url) if !url.is_empty() => (url, None),
-        _ => {
-            let addr = cairn_testkit::free_addr();
-            let server = NatsServer::start(&find_binary()?, addr, store.path(), None).await?;
-            (server.url(), Some(server))
-        }
+    let (url, _server) = if settings.is_set(&NATS_URL) {
+        (settings.string(&NATS_URL), None)
+    } else {
+        let binary = find_binary(
+            settings
+                .optional(&NATS_SERVER)
+                .map(std::path::PathBuf::from)
+                .as_deref(),
+        )?;
+        let server = NatsServer::start(&binary, free_local_addr()?, store.path(), None).await?;
+        (server.url(), Some(server))
     };
     println!(
         "cairn bench ingest: {events} events of ~0.5 KB in batches of {batch}, {} concurrent requests, NATS at {url}",
@@ -144,7 +150,7 @@ fn http_bodies(batches: usize, batch: usize) -> Vec<Bytes> {
             let events: Vec<serde_json::Value> = (0..batch)
                 .map(|i| {
                     let n = (b * batch + i) as u64;
-                    let mut event = cairn_testkit::events::realistic(n);
+                    let mut event = realistic_event(n);
                     event["messageId"] = serde_json::json!(format!("bench-http-{n}"));
                     event
                 })
@@ -161,14 +167,14 @@ fn raw_payloads(events: usize) -> Vec<Outgoing> {
     let partitions = cairn_bus::Partitions::new(16);
     (0..events as u64)
         .map(|n| {
-            let event = cairn_testkit::events::realistic(n);
+            let event = realistic_event(n);
             let anonymous_id = event["anonymousId"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
             let envelope = Envelope {
                 raw: Bytes::from(serde_json::to_vec(&event).unwrap_or_default()),
-                received_at: Some(prost_types_now()),
+                received_at: Some(std::time::SystemTime::now().into()),
                 source: "bench".into(),
                 message_id: format!("bench-raw-{n}"),
                 r#type: EventType::Track.into(),
@@ -183,10 +189,6 @@ fn raw_payloads(events: usize) -> Vec<Outgoing> {
             }
         })
         .collect()
-}
-
-fn prost_types_now() -> prost_types::Timestamp {
-    prost_types::Timestamp::from(std::time::SystemTime::now())
 }
 
 async fn http_phase(
@@ -342,4 +344,31 @@ async fn store(args: StoreArgs) -> anyhow::Result<()> {
     println!("  read-modify-write + timeline append: {eps:>10.0} events/s");
     println!("{}", serde_json::json!({"store_rmw_eps": eps.round()}));
     Ok(())
+}
+
+/// A realistic ~0.5 KB page/track event for benchmarks: visitor `n` of a site.
+fn realistic_event(n: u64) -> serde_json::Value {
+    let sections = ["shoes", "bags", "jackets", "sale", "new-in"];
+    let section = sections[(n % sections.len() as u64) as usize];
+    serde_json::json!({
+        "type": if n.is_multiple_of(3) { "page" } else { "track" },
+        "event": "Product Viewed",
+        "anonymousId": format!("anon-{:016x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 8),
+        "properties": {
+            "section": section,
+            "product_id": format!("sku-{}", n % 5000),
+            "price": 49.99,
+            "currency": "EUR",
+            "url": format!("https://shop.example.com/{section}/item-{}", n % 5000)
+        },
+        "context": {
+            "ip": "81.2.69.142",
+            "userAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+            "locale": "en-GB",
+            "timezone": "Europe/London",
+            "page": {"referrer": "https://www.google.com/", "title": "Shop"}
+        },
+        "originalTimestamp": "2026-11-22T10:00:00.000Z",
+        "sentAt": "2026-11-22T10:00:01.000Z"
+    })
 }

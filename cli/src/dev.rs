@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_bus::config::NATS_URL;
-use cairn_bus::server::{NatsServer, find_binary};
+use cairn_bus::server::{NATS_SERVER, NatsServer, find_binary};
 use cairn_runtime::Settings;
 use cairn_runtime::auth::{ADMIN_TOKENS, WRITE_KEYS};
 use cairn_runtime::host::{ADMIN_ADDR, DATA_DIR, GRPC_ADDR, HTTP_ADDR};
@@ -87,16 +87,22 @@ async fn ensure_nats(settings: &Settings, data_dir: &Path) -> anyhow::Result<Opt
     let probe = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(1))
         .connect(url.as_str());
+    let shown = cairn_bus::config::redact_url(&url);
     if let Ok(Ok(_client)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
-        println!("Using the NATS server at {url}");
+        println!("Using the NATS server at {shown}");
         return Ok(None);
     }
     let addr = local_addr_of(&url).ok_or_else(|| {
         UsageError(format!(
-            "no NATS server answers at {url} (CAIRN_NATS_URL), and it is not a local address where `cairn up` could start one"
+            "no NATS server answers at {shown} (CAIRN_NATS_URL), and it is not a local address where `cairn up` could start one"
         ))
     })?;
-    let binary = find_binary()?;
+    let binary = find_binary(
+        settings
+            .optional(&NATS_SERVER)
+            .map(PathBuf::from)
+            .as_deref(),
+    )?;
     let store = data_dir.join("nats");
     let log = store.join("nats-server.log");
     println!(

@@ -11,14 +11,7 @@ use cairn_runtime::{
 use crate::modules::{self, ModuleSpec};
 
 /// Variables only the command-line tools read.
-pub const CLI_VARS: [Var; 2] = [
-    crate::admin::TOKEN,
-    Var {
-        name: cairn_bus::server::NATS_SERVER_ENV,
-        default: "",
-        doc: "Path of the nats-server binary `cairn up` and the tests start; by default .cairn/tools/bin/nats-server (installed by the Quickstart) or PATH.",
-    },
-];
+pub const CLI_VARS: [Var; 2] = [crate::admin::TOKEN, cairn_bus::server::NATS_SERVER];
 
 /// A mistake in how the program was called or configured: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +71,8 @@ pub async fn run(
         metrics: telemetry.metrics.clone(),
         shutdown: Shutdown::new(),
     };
-    host::shutdown_on_signals(&context.shutdown);
+    cairn_runtime::shutdown::on_signals(&context.shutdown)
+        .context("cannot install the SIGTERM/SIGINT handlers")?;
     // Listeners first: a bad or busy address fails before anything connects anywhere.
     let with_http = specs.iter().any(|spec| spec.http);
     let listeners = Listeners::bind(&context.settings, with_http).await?;

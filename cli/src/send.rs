@@ -2,9 +2,8 @@
 
 use anyhow::Context as _;
 use base64::Engine as _;
-use cairn_runtime::Settings;
-use cairn_runtime::auth::WRITE_KEYS;
 use cairn_runtime::host::{DATA_DIR, HTTP_ADDR};
+use cairn_runtime::{Credentials, Settings};
 use serde_json::{Value, json};
 
 use crate::dev::{DEV_WRITE_KEY_FILE, read_dev_secret};
@@ -91,8 +90,8 @@ fn build(args: &SendArgs) -> anyhow::Result<(String, Value)> {
     }
     let mut body = json!({
         "type": args.call,
-        "messageId": format!("cairn-send-{}", uuid_like()),
-        "timestamp": chrono_now(),
+        "messageId": format!("cairn-send-{}", random_id()),
+        "timestamp": now_rfc3339(),
         "context": {"library": {"name": "cairn-cli", "version": env!("CARGO_PKG_VERSION")}},
     });
     if let Some(user_id) = &args.user_id {
@@ -102,7 +101,7 @@ fn build(args: &SendArgs) -> anyhow::Result<(String, Value)> {
         body["anonymousId"] = json!(anonymous_id);
     }
     if args.user_id.is_none() && args.anonymous_id.is_none() {
-        body["anonymousId"] = json!(format!("anon-{}", uuid_like()));
+        body["anonymousId"] = json!(format!("anon-{}", random_id()));
     }
     match args.call.as_str() {
         "track" => {
@@ -119,9 +118,17 @@ fn build(args: &SendArgs) -> anyhow::Result<(String, Value)> {
             body["traits"] = payload;
         }
         "alias" => {
-            body["previousId"] = body["anonymousId"].take();
-            if body.get("userId").is_none() {
-                return Err(UsageError("alias needs --user-id".into()).into());
+            let (Some(user_id), Some(previous_id)) = (&args.user_id, &args.anonymous_id) else {
+                return Err(UsageError(
+                    "alias needs --user-id (the new id) and --anonymous-id (the previous id)"
+                        .into(),
+                )
+                .into());
+            };
+            body["userId"] = json!(user_id);
+            body["previousId"] = json!(previous_id);
+            if let Some(object) = body.as_object_mut() {
+                object.remove("anonymousId");
             }
         }
         other => {
@@ -136,13 +143,8 @@ fn build(args: &SendArgs) -> anyhow::Result<(String, Value)> {
 
 /// The first configured write key, else the development key `cairn up` created.
 fn write_key(settings: &Settings) -> anyhow::Result<String> {
-    if let Some(keys) = settings.optional(&WRITE_KEYS)
-        && let Some(key) = keys
-            .split(',')
-            .filter_map(|entry| entry.split_once(':').map(|(_, key)| key.trim()))
-            .find(|key| !key.is_empty())
-    {
-        return Ok(key.to_string());
+    if let Some(key) = Credentials::from_settings(settings)?.first_write_key() {
+        return Ok(key);
     }
     let data_dir = settings.path(&DATA_DIR);
     read_dev_secret(&data_dir, DEV_WRITE_KEY_FILE).ok_or_else(|| {
@@ -154,10 +156,10 @@ fn write_key(settings: &Settings) -> anyhow::Result<String> {
     })
 }
 
-fn uuid_like() -> String {
+fn random_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-fn chrono_now() -> String {
+fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

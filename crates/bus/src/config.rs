@@ -63,8 +63,22 @@ pub const VARS: &[Var] = &[
     EVENTS_DUPLICATE_WINDOW,
 ];
 
+/// `url` with any `user:password@` replaced by `***@`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|server| match (server.find("://"), server.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &server[..scheme + 3], &server[at..])
+            }
+            (None, Some(at)) => format!("***{}", &server[at..]),
+            _ => server.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Settings of the connection and the streams.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BusConfig {
     pub url: String,
     pub creds_file: Option<String>,
@@ -75,6 +89,16 @@ pub struct BusConfig {
     pub events_max_age: Duration,
     pub events_max_bytes: Option<u64>,
     pub events_duplicate_window: Duration,
+}
+
+impl std::fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("url", &redact_url(&self.url))
+            .field("partitions", &self.partitions)
+            .field("replicas", &self.replicas)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BusConfig {
@@ -88,7 +112,7 @@ impl BusConfig {
         }
         let url = settings.string(&NATS_URL);
         if url.trim().is_empty() {
-            return Err(settings.invalid(&NATS_URL, "must name a NATS server"));
+            return Err(settings.invalid_secret(&NATS_URL, "must name a NATS server"));
         }
         Ok(Self {
             url,
@@ -111,5 +135,23 @@ impl BusConfig {
             Ok(config) => config,
             Err(err) => panic!("bus defaults are invalid: {err}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("nats://cairn:s3cret@nats-0:4222"),
+            "nats://***@nats-0:4222"
+        );
+        assert_eq!(
+            redact_url("nats://a:b@n1:4222,nats://n2:4222"),
+            "nats://***@n1:4222,nats://n2:4222"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 }

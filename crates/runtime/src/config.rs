@@ -56,8 +56,6 @@ pub enum ConfigError {
         origin: OriginNote,
         reason: String,
     },
-    #[error("{var} is required: {reason}")]
-    Missing { var: String, reason: String },
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -156,6 +154,13 @@ impl Settings {
             .get(var.name)
             .map(|(value, _)| value.clone())
             .unwrap_or_else(|| var.default.to_string())
+    }
+
+    /// Whether the environment or the file set `var` (rather than its default applying).
+    pub fn is_set(&self, var: &Var) -> bool {
+        self.values
+            .get(var.name)
+            .is_some_and(|(_, origin)| *origin != Origin::Default)
     }
 
     /// The value, or `None` when it is empty.
@@ -291,7 +296,10 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
             ));
         }
     };
-    Ok(number.saturating_mul(factor))
+    number
+        .checked_mul(factor)
+        .filter(|bytes| i64::try_from(*bytes).is_ok())
+        .ok_or_else(|| "too large".to_string())
 }
 
 fn read_file(
@@ -388,6 +396,7 @@ mod tests {
         assert_eq!(parse_size("64KB").unwrap(), 65_536);
         assert_eq!(parse_size("10mb").unwrap(), 10 << 20);
         assert!(parse_size("lots").is_err());
+        assert_eq!(parse_size("99999999999TB").unwrap_err(), "too large");
     }
 
     #[test]

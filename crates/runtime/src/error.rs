@@ -126,7 +126,7 @@ pub fn to_status<E: Classify>(err: &E) -> tonic::Status {
 /// helps, and a JSON body `{"success": false, "code": ..., "message": ...}`.
 pub fn to_response<E: Classify>(err: &E) -> Response {
     let kind = err.kind();
-    let body = serde_json_body(kind.name(), &client_message(err));
+    let body = error_body(kind.name(), &client_message(err));
     let mut response = (
         kind.http_status(),
         [(http::header::CONTENT_TYPE, "application/json")],
@@ -142,7 +142,7 @@ pub fn to_response<E: Classify>(err: &E) -> Response {
     response
 }
 
-fn serde_json_body(code: &str, message: &str) -> String {
+fn error_body(code: &str, message: &str) -> String {
     let mut body = String::from("{\"success\":false,\"code\":");
     push_json_string(&mut body, code);
     body.push_str(",\"message\":");
@@ -187,7 +187,7 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(status.message(), "batch[2].event: required for track");
         assert_eq!(
-            serde_json_body("invalid_argument", "a \"b\"\n"),
+            error_body("invalid_argument", "a \"b\"\n"),
             r#"{"success":false,"code":"invalid_argument","message":"a \"b\"\n"}"#
         );
     }

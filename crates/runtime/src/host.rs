@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::net::TcpListener;
@@ -165,9 +164,8 @@ impl Listeners {
     }
 }
 
-enum Finished {
-    Task(String, Result<(), BoxError>),
-}
+/// A finished piece of work: its module's name and how it ended.
+type Finished = (String, Result<(), BoxError>);
 
 /// Serves `modules` until shutdown is requested on `context.shutdown` (or a module
 /// fails), then drains. Returns the first module failure, if any.
@@ -195,7 +193,7 @@ pub async fn serve(
         }
         for task in module.tasks {
             let name = module.name.to_string();
-            work.spawn(async move { Finished::Task(name, task.await) });
+            work.spawn(async move { (name, task.await) });
         }
     }
 
@@ -231,7 +229,7 @@ pub async fn serve(
             )
             .await
             .map_err(|err| Box::new(err) as BoxError);
-            Finished::Task("gRPC server".to_string(), result)
+            ("gRPC server".to_string(), result)
         });
     }
 
@@ -246,7 +244,7 @@ pub async fn serve(
             .with_graceful_shutdown(signal)
             .await
             .map_err(|err| Box::new(err) as BoxError);
-            Finished::Task("HTTP server".to_string(), result)
+            ("HTTP server".to_string(), result)
         });
     }
 
@@ -259,7 +257,7 @@ pub async fn serve(
         () = shutdown.requested() => {}
         Some(finished) = work.join_next() => {
             // A server that ends cleanly because shutdown began is not a failure.
-            let clean = matches!(&finished, Ok(Finished::Task(_, Ok(()))));
+            let clean = matches!(&finished, Ok((_, Ok(()))));
             if !(clean && shutdown.is_requested()) {
                 failure = Some(failure_of(finished));
             }
@@ -272,7 +270,7 @@ pub async fn serve(
     grpc::set_not_serving(&health_reporter, &service_names).await;
     let drain = async {
         while let Some(finished) = work.join_next().await {
-            if let Ok(Finished::Task(name, Err(source))) = finished {
+            if let Ok((name, Err(source))) = finished {
                 tracing::error!(module = %name, error = %source, "failed while draining");
                 failure.get_or_insert(HostError::Module {
                     module: name,
@@ -293,28 +291,11 @@ pub async fn serve(
 
 fn failure_of(finished: Result<Finished, tokio::task::JoinError>) -> HostError {
     match finished {
-        Ok(Finished::Task(module, Err(source))) => HostError::Module { module, source },
-        Ok(Finished::Task(module, Ok(()))) => HostError::Stopped { module },
+        Ok((module, Err(source))) => HostError::Module { module, source },
+        Ok((module, Ok(()))) => HostError::Stopped { module },
         Err(err) => HostError::Module {
             module: "task".to_string(),
             source: Box::new(err),
         },
     }
-}
-
-/// Requests shutdown on SIGTERM or SIGINT. For `main`.
-pub fn shutdown_on_signals(shutdown: &Shutdown) {
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        match crate::shutdown::wait_for_signal().await {
-            Ok(signal) => tracing::info!(signal, "shutdown requested"),
-            Err(err) => tracing::error!(error = %err, "cannot listen for signals"),
-        }
-        shutdown.trigger();
-    });
-}
-
-/// How long to let a drain take, from settings (for callers that wait on `serve`).
-pub fn shutdown_timeout(settings: &Settings) -> Result<Duration, ConfigError> {
-    settings.duration(&SHUTDOWN_TIMEOUT)
 }

@@ -23,7 +23,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::model::{
     Expect, Outcome, ScanCursor, ScanPage, TableSpec, TimelineCursor, TimelineEntry, TimelinePage,
-    TokenRange, Versioned, Write, check_key, token_of,
+    TokenRange, Versioned, Write, check_key, from_sortable, sortable, token_of,
 };
 use crate::{Result, Store, StoreError};
 
@@ -57,7 +57,7 @@ impl Clock {
 
     pub fn advance(&self, by: Duration) {
         if let Some(now) = &self.manual {
-            now.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+            now.fetch_add(millis(by), Ordering::SeqCst);
         }
     }
 
@@ -188,6 +188,20 @@ impl EmbeddedStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs a write. With fsync on every write it waits for the disk, so it tells Tokio
+    /// to move other tasks off this thread meanwhile; buffered writes are short enough to
+    /// run in place.
+    fn blocking<T>(&self, work: impl FnOnce() -> T) -> T {
+        let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|handle| {
+            handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        });
+        if self.inner.fsync == Fsync::Always && multi_thread {
+            tokio::task::block_in_place(work)
+        } else {
+            work()
+        }
+    }
+
     fn batch(&self) -> fjall::OwnedWriteBatch {
         let mode = match self.inner.fsync {
             Fsync::Buffer => PersistMode::Buffer,
@@ -196,15 +210,15 @@ impl EmbeddedStore {
         self.inner.db.batch().durability(Some(mode))
     }
 
-    fn read_record(keyspaces: &TableKeyspaces, key: &[u8]) -> Result<Option<Versioned>> {
-        let Some(stored) = keyspaces
+    fn read_state(keyspaces: &TableKeyspaces, key: &[u8]) -> Result<RecordState> {
+        match keyspaces
             .records
             .get(record_key(key))
             .map_err(fjall_error)?
-        else {
-            return Ok(None);
-        };
-        decode_record(&stored).map(Some)
+        {
+            Some(stored) => decode_record(&stored),
+            None => Ok(RecordState::default()),
+        }
     }
 
     fn read_mark(
@@ -228,11 +242,8 @@ impl EmbeddedStore {
         write.validate()?;
         let keyspaces = self.keyspaces(table)?;
         let _guard = self.lock(table, &write.key);
-        let current = match &write.record {
-            Some(_) => Self::read_record(&keyspaces, &write.key)?,
-            None => None,
-        };
-        self.apply_locked(table, &keyspaces, write, current)
+        let state = Self::read_state(&keyspaces, &write.key)?;
+        self.apply_locked(table, &keyspaces, write, state)
     }
 
     /// Read-modify-write with one read, under the key's lock: no retries needed.
@@ -243,7 +254,8 @@ impl EmbeddedStore {
         check_key(&key)?;
         let keyspaces = self.keyspaces(table)?;
         let _guard = self.lock(table, &key);
-        let current = Self::read_record(&keyspaces, &key)?;
+        let state = Self::read_state(&keyspaces, &key)?;
+        let current = state.live();
         let Some(wanted) = change(current.as_ref()) else {
             return Ok(None);
         };
@@ -252,21 +264,21 @@ impl EmbeddedStore {
             .map_or(Expect::Absent, |record| Expect::Version(record.version));
         let write = wanted.into_write(key, expect);
         write.validate()?;
-        self.apply_locked(table, &keyspaces, write, current)
-            .map(Some)
+        self.apply_locked(table, &keyspaces, write, state).map(Some)
     }
 
-    /// Checks the write's conditions against `current` (the record as read under the
+    /// Checks the write's conditions against `state` (the record as read under the
     /// key's lock) and the marks, then commits it as one batch.
     fn apply_locked(
         &self,
         table: &TableSpec,
         keyspaces: &TableKeyspaces,
         write: Write,
-        current: Option<Versioned>,
+        state: RecordState,
     ) -> Result<Outcome> {
         let key = write.key.as_ref();
         let now = self.inner.clock.now_ms();
+        let current = state.live();
 
         // Conditions first; nothing is written unless all hold.
         let record_ok = match write.record.as_ref().map(|record| record.expect) {
@@ -283,37 +295,39 @@ impl EmbeddedStore {
             }
         }
         if !record_ok || !present_marks.is_empty() {
-            let record = match write.record {
-                Some(_) => current,
-                None => Self::read_record(keyspaces, key)?,
-            };
             return Ok(Outcome::Conflict {
-                record,
+                record: current,
                 present_marks,
             });
         }
 
         let mut batch = self.batch();
         let mut version = None;
+        // Versions never go back: a deleted record leaves its version behind, so a
+        // compare-and-set made before the delete cannot succeed after a re-create.
+        let next = state.version + 1;
         if let Some(record) = &write.record {
             match &record.value {
                 Some(value) => {
-                    let next = current.as_ref().map_or(1, |record| record.version + 1);
                     batch.insert(
                         &keyspaces.records,
                         record_key(key),
-                        encode_record(next, value),
+                        encode_record(next, Some(value)),
                     );
                     version = Some(next);
                 }
-                None => batch.remove(&keyspaces.records, record_key(key)),
+                None if current.is_some() => {
+                    batch.insert(
+                        &keyspaces.records,
+                        record_key(key),
+                        encode_record(next, None),
+                    );
+                }
+                None => {}
             }
         }
 
-        let cutoff = table
-            .timeline
-            .max_age
-            .map(|age| now - age.as_millis() as i64);
+        let cutoff = table.timeline.max_age.map(|age| now - millis(age));
         let mut trim = false;
         for entry in &write.appends {
             if cutoff.is_some_and(|cutoff| entry.at_ms < cutoff) {
@@ -329,7 +343,7 @@ impl EmbeddedStore {
         for mark in &write.marks {
             let expires_at = mark
                 .ttl
-                .map_or(i64::MAX, |ttl| now.saturating_add(ttl.as_millis() as i64));
+                .map_or(i64::MAX, |ttl| now.saturating_add(millis(ttl)));
             batch.insert(
                 &keyspaces.marks,
                 mark_key(key, &mark.id),
@@ -387,11 +401,11 @@ impl Store for EmbeddedStore {
     async fn get(&self, table: &TableSpec, key: &[u8]) -> Result<Option<Versioned>> {
         check_key(key)?;
         let keyspaces = self.keyspaces(table)?;
-        Self::read_record(&keyspaces, key)
+        Ok(Self::read_state(&keyspaces, key)?.live())
     }
 
     async fn write(&self, table: &TableSpec, write: Write) -> Result<Outcome> {
-        self.apply(table, write)
+        self.blocking(|| self.apply(table, write))
     }
 
     async fn timeline(
@@ -406,7 +420,7 @@ impl Store for EmbeddedStore {
         let cutoff = table
             .timeline
             .max_age
-            .map(|age| self.inner.clock.now_ms() - age.as_millis() as i64);
+            .map(|age| self.inner.clock.now_ms() - millis(age));
         let seen = after.as_ref().map_or(0, |cursor| cursor.seen);
         let room = table
             .timeline
@@ -466,10 +480,10 @@ impl Store for EmbeddedStore {
         let keyspaces = self.keyspaces(table)?;
         let lower = match after {
             Some(ScanCursor(last)) => std::ops::Bound::Excluded(last.to_vec()),
-            None => std::ops::Bound::Included(token_bytes(range.start).to_vec()),
+            None => std::ops::Bound::Included(sortable(range.start).to_vec()),
         };
         let upper = match range.end.checked_add(1) {
-            Some(next) => std::ops::Bound::Excluded(token_bytes(next).to_vec()),
+            Some(next) => std::ops::Bound::Excluded(sortable(next).to_vec()),
             None => std::ops::Bound::Unbounded,
         };
         let limit = limit.max(1) as usize;
@@ -480,11 +494,10 @@ impl Store for EmbeddedStore {
                 break;
             }
             let (stored_key, stored) = item.into_inner().map_err(fjall_error)?;
-            records.push((
-                Bytes::copy_from_slice(&stored_key[8..]),
-                decode_record(&stored)?,
-            ));
             last_key = Some(Bytes::copy_from_slice(&stored_key));
+            if let Some(record) = decode_record(&stored)?.live() {
+                records.push((Bytes::copy_from_slice(&stored_key[8..]), record));
+            }
         }
         let next = (records.len() == limit)
             .then_some(last_key)
@@ -503,7 +516,7 @@ impl Store for EmbeddedStore {
     where
         F: FnMut(Option<&Versioned>) -> Option<crate::Change> + Send,
     {
-        self.modify(table, key, change)
+        self.blocking(|| self.modify(table, key, change))
     }
 
     async fn delete(&self, table: &TableSpec, key: &[u8]) -> Result<()> {
@@ -521,14 +534,14 @@ impl Store for EmbeddedStore {
     }
 }
 
-/// A token as 8 bytes that sort like the signed number.
-fn token_bytes(token: i64) -> [u8; 8] {
-    ((token as u64) ^ (1 << 63)).to_be_bytes()
+/// `duration` in milliseconds, saturating (a TTL of a thousand years stays far away).
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn record_key(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + key.len());
-    out.extend_from_slice(&token_bytes(token_of(key)));
+    out.extend_from_slice(&sortable(token_of(key)));
     out.extend_from_slice(key);
     out
 }
@@ -543,18 +556,17 @@ fn timeline_prefix(key: &[u8]) -> Vec<u8> {
 
 fn timeline_key(key: &[u8], at_ms: i64, id: &[u8]) -> Vec<u8> {
     let mut out = timeline_prefix(key);
-    out.extend_from_slice(&token_bytes(at_ms));
+    out.extend_from_slice(&sortable(at_ms));
     out.extend_from_slice(id);
     out
 }
 
 fn timeline_at(entry_key: &[u8], key_len: usize) -> Result<i64> {
-    let start = 2 + key_len;
-    let bytes: [u8; 8] = entry_key
-        .get(start..start + 8)
-        .and_then(|slice| slice.try_into().ok())
+    let at = entry_key
+        .get(2 + key_len..)
+        .and_then(<[u8]>::first_chunk::<8>)
         .ok_or_else(|| StoreError::Corrupt("timeline key too short".to_string()))?;
-    Ok((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
+    Ok(from_sortable(*at))
 }
 
 fn mark_key(key: &[u8], id: &[u8]) -> Vec<u8> {
@@ -575,21 +587,46 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![u8::MAX; prefix.len() + 1]
 }
 
-fn encode_record(version: u64, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + value.len());
+/// A key's record as stored: its version (0 when never written) and its value (`None`
+/// when absent or deleted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RecordState {
+    version: u64,
+    value: Option<Bytes>,
+}
+
+impl RecordState {
+    fn live(&self) -> Option<Versioned> {
+        self.value.as_ref().map(|value| Versioned {
+            value: value.clone(),
+            version: self.version,
+        })
+    }
+}
+
+const LIVE: u8 = 1;
+const DELETED: u8 = 0;
+
+/// `version (8 bytes) | live or deleted (1 byte) | value`.
+fn encode_record(version: u64, value: Option<&[u8]>) -> Vec<u8> {
+    let value_len = value.map_or(0, <[u8]>::len);
+    let mut out = Vec::with_capacity(9 + value_len);
     out.extend_from_slice(&version.to_be_bytes());
-    out.extend_from_slice(value);
+    out.push(if value.is_some() { LIVE } else { DELETED });
+    out.extend_from_slice(value.unwrap_or_default());
     out
 }
 
-fn decode_record(stored: &[u8]) -> Result<Versioned> {
-    let version: [u8; 8] = stored
-        .get(..8)
-        .and_then(|slice| slice.try_into().ok())
+fn decode_record(stored: &[u8]) -> Result<RecordState> {
+    let (version, rest) = stored
+        .split_first_chunk::<8>()
         .ok_or_else(|| StoreError::Corrupt("record shorter than its version".to_string()))?;
-    Ok(Versioned {
-        version: u64::from_be_bytes(version),
-        value: Bytes::copy_from_slice(&stored[8..]),
+    let (state, value) = rest
+        .split_first()
+        .ok_or_else(|| StoreError::Corrupt("record without its state".to_string()))?;
+    Ok(RecordState {
+        version: u64::from_be_bytes(*version),
+        value: (*state == LIVE).then(|| Bytes::copy_from_slice(value)),
     })
 }
 
@@ -613,10 +650,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_bytes_sort_like_tokens() {
+    fn sortable_bytes_sort_like_numbers() {
         let tokens = [i64::MIN, -5, -1, 0, 1, 7, i64::MAX];
         for pair in tokens.windows(2) {
-            assert!(token_bytes(pair[0]) < token_bytes(pair[1]));
+            assert!(sortable(pair[0]) < sortable(pair[1]));
         }
     }
 

@@ -46,16 +46,31 @@ pub struct TableSpec {
     pub timeline: Retention,
 }
 
+/// Whether `name` is usable as a table (or keyspace) name in every backend: lower-case
+/// letters, digits and `_`, starting with a letter, at most 48 bytes.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 48
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// An i64 as 8 bytes that sort like the number (for keys ordered by time or token).
+pub(crate) fn sortable(value: i64) -> [u8; 8] {
+    ((value as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The inverse of [`sortable`].
+pub(crate) fn from_sortable(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
 impl TableSpec {
     pub fn validate(&self) -> Result<(), StoreError> {
         let name = self.name;
-        let valid = !name.is_empty()
-            && name.len() <= 48
-            && name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !valid {
+        if !is_valid_name(name) {
             return Err(StoreError::InvalidTable {
                 name: name.to_string(),
                 reason:

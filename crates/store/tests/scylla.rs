@@ -43,12 +43,12 @@ async fn scylla() -> Backend<ScyllaStore> {
         store,
         pass: Arc::new(|duration: Duration| Box::pin(tokio::time::sleep(duration))),
         // Tests share the cluster: each gets its own keys.
-        prefix: format!("{}-", uuid_like()),
+        prefix: format!("{}-", unique_prefix()),
         _keep: None,
     }
 }
 
-fn uuid_like() -> String {
+fn unique_prefix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

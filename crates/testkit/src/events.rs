@@ -53,30 +53,3 @@ pub fn group(message_id: &str, user_id: &str, group_id: &str) -> Value {
 pub fn alias(message_id: &str, previous_id: &str, user_id: &str) -> Value {
     json!({"type": "alias", "messageId": message_id, "previousId": previous_id, "userId": user_id})
 }
-
-/// A realistic ~0.5 KB page/track event for benchmarks: visitor `n` of a site.
-pub fn realistic(n: u64) -> Value {
-    let sections = ["shoes", "bags", "jackets", "sale", "new-in"];
-    let section = sections[(n % sections.len() as u64) as usize];
-    json!({
-        "type": if n.is_multiple_of(3) { "page" } else { "track" },
-        "event": "Product Viewed",
-        "anonymousId": format!("anon-{:016x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 8),
-        "properties": {
-            "section": section,
-            "product_id": format!("sku-{}", n % 5000),
-            "price": 49.99,
-            "currency": "EUR",
-            "url": format!("https://shop.example.com/{section}/item-{}", n % 5000)
-        },
-        "context": {
-            "ip": "81.2.69.142",
-            "userAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
-            "locale": "en-GB",
-            "timezone": "Europe/London",
-            "page": {"referrer": "https://www.google.com/", "title": "Shop"}
-        },
-        "originalTimestamp": "2026-11-22T10:00:00.000Z",
-        "sentAt": "2026-11-22T10:00:01.000Z"
-    })
-}

@@ -30,7 +30,9 @@ impl TestNats {
     /// Starts nats-server with JetStream on a free port. Panics with the install hint when
     /// the binary cannot be found.
     pub async fn start() -> Self {
-        let binary = find_binary().unwrap_or_else(|err| panic!("{err}"));
+        let configured =
+            std::env::var_os(cairn_bus::server::NATS_SERVER.name).map(std::path::PathBuf::from);
+        let binary = find_binary(configured.as_deref()).unwrap_or_else(|err| panic!("{err}"));
         let dir = tempfile::tempdir().expect("temporary directory");
         let addr = free_addr();
         let server = NatsServer::start(&binary, addr, &dir.path().join("jetstream"), None)
@@ -102,8 +104,7 @@ pub async fn stored_events(bus: &Bus) -> Vec<StoredEvent> {
 
 /// A free TCP address on 127.0.0.1.
 pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address")
+    cairn_bus::server::free_local_addr().expect("a free port on 127.0.0.1")
 }
 
 /// Modules served in-process, as `cairn serve`/`cairn up` serve them.

@@ -5,7 +5,7 @@ use cairn_runtime::config::{ConfigError, Settings, Var};
 pub const TRUST_FORWARDED_FOR: Var = Var {
     name: "CAIRN_TRUST_FORWARDED_FOR",
     default: "false",
-    doc: "Take the client IP from the first X-Forwarded-For entry (set when the collector runs behind a proxy or ingress you control).",
+    doc: "Take the client IP from the last X-Forwarded-For entry, the one added by the proxy or ingress in front of the collector (set it only when there is one you control).",
 };
 pub const CORS_ORIGINS: Var = Var {
     name: "CAIRN_CORS_ORIGINS",

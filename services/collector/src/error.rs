@@ -19,8 +19,6 @@ pub enum CollectorError {
     Config(#[from] cairn_runtime::ConfigError),
     #[error("cannot read the request body: {0}")]
     Body(String),
-    #[error("not found: {0}")]
-    NotFound(String),
 }
 
 impl Classify for CollectorError {
@@ -29,7 +27,6 @@ impl Classify for CollectorError {
             CollectorError::Rejected(_) | CollectorError::Body(_) => ErrorKind::InvalidArgument,
             CollectorError::Auth(err) => err.kind(),
             CollectorError::Bus(err) => err.kind(),
-            CollectorError::NotFound(_) => ErrorKind::NotFound,
             CollectorError::Config(_) => ErrorKind::Internal,
         }
     }

@@ -111,7 +111,9 @@ pub enum Rejection {
         limit_kb: usize,
         per: &'static str,
     },
-    #[error("{at}event is {size} bytes; the limit is 32 KB per event")]
+    #[error("request body is more than {limit_kb} KB; the limit is {limit_kb} KB {per}")]
+    BodyTooLarge { limit_kb: usize, per: &'static str },
+    #[error("{at}event is {size} bytes; the limit is {} KB per event", MAX_EVENT_BYTES / 1024)]
     EventTooLarge { at: At, size: usize },
     #[error("invalid JSON at line {line}, column {column}: {reason}")]
     Json {
@@ -375,8 +377,17 @@ fn validate_event(
         }
         None => None,
     };
-    if message_id.as_ref().is_some_and(|id| id.len() > 256) {
-        return Err(field(at, "messageId", "longer than 256 characters"));
+    if let Some(id) = &message_id {
+        if id.len() > 256 {
+            return Err(field(at, "messageId", "longer than 256 characters"));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(field(
+                at,
+                "messageId",
+                "must not contain control characters",
+            ));
+        }
     }
     timestamp_field(at, "timestamp", fields.timestamp)?;
     timestamp_field(at, "originalTimestamp", fields.original_timestamp)?;
@@ -689,6 +700,13 @@ mod tests {
         assert_eq!(
             error(parse_batch(&batch(r#"{"type":"page","userId":"u"}, 7"#))),
             "batch: element 1 must be a JSON object"
+        );
+        assert_eq!(
+            error(parse_single(
+                CallType::Page,
+                &Bytes::from(r#"{"userId":"u","messageId":"a\nb"}"#)
+            )),
+            "messageId: must not contain control characters"
         );
     }
 

@@ -17,21 +17,26 @@ use crate::ingest::{Ingest, RequestMeta};
 #[derive(Debug, Clone)]
 pub struct CollectorService {
     ingest: Ingest,
+    trust_forwarded_for: bool,
 }
 
 impl CollectorService {
-    pub fn new(ingest: Ingest) -> Self {
-        Self { ingest }
+    pub fn new(ingest: Ingest, trust_forwarded_for: bool) -> Self {
+        Self {
+            ingest,
+            trust_forwarded_for,
+        }
     }
 
-    fn meta<T>(request: &Request<T>) -> Result<RequestMeta, CollectorError> {
+    fn meta<T>(&self, request: &Request<T>) -> Result<RequestMeta, CollectorError> {
         let source = require_source(request.extensions().get::<Principal>())?.to_string();
         Ok(RequestMeta {
             source,
-            client_ip: request
-                .remote_addr()
-                .map(|addr| addr.ip().to_string())
-                .unwrap_or_default(),
+            client_ip: crate::http::client_ip(
+                &request.metadata().clone().into_headers(),
+                request.remote_addr(),
+                self.trust_forwarded_for,
+            ),
             user_agent: request
                 .metadata()
                 .get("user-agent")
@@ -62,7 +67,7 @@ impl Collector for CollectorService {
         &self,
         request: Request<IngestRequest>,
     ) -> Result<Response<IngestResponse>, Status> {
-        let meta = Self::meta(&request).map_err(|err| self.refuse(err))?;
+        let meta = self.meta(&request).map_err(|err| self.refuse(err))?;
         let message_ids = self
             .store(&request.get_ref().events, &meta)
             .await
@@ -74,14 +79,14 @@ impl Collector for CollectorService {
         &self,
         request: Request<Streaming<IngestStreamRequest>>,
     ) -> Result<Response<IngestStreamResponse>, Status> {
-        let meta = Self::meta(&request).map_err(|err| self.refuse(err))?;
+        let meta = self.meta(&request).map_err(|err| self.refuse(err))?;
         let mut stream = request.into_inner();
         let mut totals = IngestStreamResponse::default();
         while let Some(batch) = stream.message().await? {
             let stored = self.store(&batch.events, &meta).await.map_err(|err| {
                 // Earlier batches are stored; say how many so the client resumes there.
                 let status = self.refuse(err);
-                Status::new(
+                Status::with_metadata(
                     status.code(),
                     format!(
                         "batch {} (after {} events stored): {}",
@@ -89,6 +94,7 @@ impl Collector for CollectorService {
                         totals.accepted,
                         status.message()
                     ),
+                    status.metadata().clone(),
                 )
             })?;
             totals.accepted += stored.len() as u64;

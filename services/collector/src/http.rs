@@ -55,29 +55,21 @@ pub fn router(ingest: Ingest, credentials: Arc<Credentials>, config: CollectorCo
         credentials,
         config: Arc::new(config),
     };
-    let mut router = Router::new();
+    let mut routes: Vec<(String, Endpoint)> = Vec::new();
     for call in CallType::ALL {
-        let long = format!("/v1/{}", call.name());
-        let short = format!("/v1/{}", &call.name()[..1]);
-        router = router
-            .route(
-                &long,
-                post(move |state, connect, headers, body| {
-                    handle(state, connect, headers, body, Endpoint::Single(call))
-                }),
-            )
-            .route(
-                &short,
-                post(move |state, connect, headers, body| {
-                    handle(state, connect, headers, body, Endpoint::Single(call))
-                }),
-            );
+        // analytics.js posts to the first letter of the call: /v1/t, /v1/i, ...
+        routes.push((format!("/v1/{}", call.name()), Endpoint::Single(call)));
+        routes.push((format!("/v1/{}", &call.name()[..1]), Endpoint::Single(call)));
     }
     for path in ["/v1/batch", "/v1/b", "/v1/import"] {
+        routes.push((path.to_string(), Endpoint::Batch));
+    }
+    let mut router = Router::new();
+    for (path, endpoint) in routes {
         router = router.route(
-            path,
-            post(|state, connect, headers, body| {
-                handle(state, connect, headers, body, Endpoint::Batch)
+            &path,
+            post(move |state, connect, headers, body| {
+                handle(state, connect, headers, body, endpoint)
             }),
         );
     }
@@ -121,8 +113,7 @@ async fn ingest(
             .into_inner()
             .downcast::<http_body_util::LengthLimitError>()
         {
-            Ok(_) => CollectorError::Rejected(event::Rejection::TooLarge {
-                size: limit + 1,
+            Ok(_) => CollectorError::Rejected(event::Rejection::BodyTooLarge {
                 limit_kb: limit / 1024,
                 per,
             }),
@@ -154,7 +145,7 @@ async fn ingest(
     let request: AcceptedRequest = parsed?;
     let meta = RequestMeta {
         source,
-        client_ip: client_ip(headers, peer, state.config.trust_forwarded_for),
+        client_ip: client_ip(headers, Some(peer), state.config.trust_forwarded_for),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|value| value.to_str().ok())
@@ -183,16 +174,24 @@ fn write_key_in(body: &Bytes) -> Option<String> {
     serde_json::from_slice::<WithKey>(body).ok()?.write_key
 }
 
-fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -> String {
+/// The client's address: the peer's, or, behind a trusted proxy, the last
+/// `X-Forwarded-For` entry (the one that proxy added; earlier ones are the client's say).
+pub fn client_ip(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    trust_forwarded_for: bool,
+) -> String {
     if trust_forwarded_for
-        && let Some(first) = headers
-            .get("x-forwarded-for")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(',').next())
+        && let Some(last) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
             .map(str::trim)
+            .next_back()
             .filter(|value| value.parse::<std::net::IpAddr>().is_ok())
     {
-        return first.to_string();
+        return last.to_string();
     }
-    peer.ip().to_string()
+    peer.map(|peer| peer.ip().to_string()).unwrap_or_default()
 }

@@ -12,6 +12,19 @@ use prost::Message as _;
 use crate::error::CollectorError;
 use crate::event::AcceptedRequest;
 
+/// The id of an event that came without one: derived from its source and bytes, so a
+/// retried request whose first attempt was partly stored is still stored once.
+fn generated_message_id(source: &str, raw: &[u8]) -> String {
+    let mut name = Vec::with_capacity(source.len() + 1 + raw.len());
+    name.extend_from_slice(source.as_bytes());
+    name.push(0);
+    name.extend_from_slice(raw);
+    format!(
+        "cairn-{}",
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &name)
+    )
+}
+
 /// What the collector saw about the request, beside the events.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
@@ -50,10 +63,6 @@ impl Ingest {
         }
     }
 
-    pub fn bus(&self) -> &Bus {
-        &self.bus
-    }
-
     /// Counts a refused request.
     pub fn count_rejection(&self, err: &CollectorError) {
         let reason = cairn_runtime::error::Classify::kind(err).name();
@@ -77,7 +86,7 @@ impl Ingest {
             let generated = event.message_id.is_none();
             let message_id = event
                 .message_id
-                .unwrap_or_else(|| format!("cairn-{}", uuid::Uuid::new_v4()));
+                .unwrap_or_else(|| generated_message_id(&meta.source, &event.raw));
             let subject = subjects::events_raw(partitions.of(&event.partition_key));
             let envelope = Envelope {
                 raw: event.raw,

@@ -62,6 +62,7 @@ pub async fn start(context: &ModuleContext) -> Result<Module, CollectorError> {
         name: "collector",
         grpc: GrpcServices::default().with(CollectorServer::new(grpc::CollectorService::new(
             ingest.clone(),
+            config.trust_forwarded_for,
         ))),
         http: Some(http::router(ingest, context.credentials.clone(), config)),
         tasks: Vec::new(),

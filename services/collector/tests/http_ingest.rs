@@ -311,6 +311,11 @@ async fn bad_requests_get_400_naming_the_problem() {
         ("/v1/group", r#"{"userId":"u"}"#.to_string(), "groupId: required for group"),
         ("/v1/track", r#"{"userId":"u","event":"x","timestamp":"yesterday"}"#.to_string(), "timestamp: not an ISO 8601 date-time: \"yesterday\""),
         ("/v1/batch", r#"{"events":[]}"#.to_string(), "batch: required"),
+        (
+            "/v1/track",
+            r#"{"userId":"u","event":"x","messageId":"a\u000ab"}"#.to_string(),
+            "messageId: must not contain control characters",
+        ),
     ];
     for (path, body, expected) in cases {
         let response = fixture.post(path, body).await;

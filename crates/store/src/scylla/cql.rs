@@ -6,77 +6,84 @@
 pub const KIND_TIMELINE: i8 = 1;
 pub const KIND_MARK: i8 = 2;
 
-/// The statements for one table.
+/// One statement and whether it is a lightweight transaction (which the driver must
+/// not retry blindly, and which runs at the serial consistency).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cql {
+    pub text: String,
+    pub lwt: bool,
+}
+
+fn plain(text: String) -> Cql {
+    Cql { text, lwt: false }
+}
+
+fn lwt(text: String) -> Cql {
+    Cql { text, lwt: true }
+}
+
+/// The statements for one table. Every change to a record is a lightweight transaction
+/// on its version; a delete sets the record to null and keeps the version, so versions
+/// never go back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableStatements {
-    pub get_record: String,
-    pub create_record: String,
-    pub update_record: String,
-    pub overwrite_record: String,
-    pub delete_record_if: String,
-    pub delete_record: String,
-    pub append: String,
-    pub put_mark_once: String,
-    pub put_mark: String,
-    pub get_mark: String,
-    pub timeline_first: String,
-    pub timeline_after: String,
-    pub timeline_keys: String,
-    pub trim_before: String,
-    pub scan: String,
-    pub delete_key: String,
+    pub get_record: Cql,
+    pub create_record: Cql,
+    pub set_record: Cql,
+    pub append: Cql,
+    pub put_mark_once: Cql,
+    pub put_mark: Cql,
+    pub get_mark: Cql,
+    pub timeline_first: Cql,
+    pub timeline_after: Cql,
+    pub timeline_keys: Cql,
+    pub trim_before: Cql,
+    pub scan: Cql,
+    pub delete_key: Cql,
 }
 
 impl TableStatements {
     pub fn new(keyspace: &str, table: &str) -> Self {
         let t = format!("{keyspace}.{table}");
         Self {
-            get_record: format!("SELECT record, version FROM {t} WHERE pk = ? LIMIT 1"),
-            create_record: format!(
+            get_record: plain(format!(
+                "SELECT record, version FROM {t} WHERE pk = ? LIMIT 1"
+            )),
+            create_record: lwt(format!(
                 "INSERT INTO {t} (pk, record, version) VALUES (?, ?, 1) IF NOT EXISTS"
-            ),
-            update_record: format!(
+            )),
+            set_record: lwt(format!(
                 "UPDATE {t} SET record = ?, version = ? WHERE pk = ? IF version = ?"
-            ),
-            overwrite_record: format!("UPDATE {t} SET record = ?, version = ? WHERE pk = ?"),
-            delete_record_if: format!(
-                "DELETE record, version FROM {t} WHERE pk = ? IF version = ?"
-            ),
-            delete_record: format!("DELETE record, version FROM {t} WHERE pk = ?"),
-            append: format!(
+            )),
+            append: plain(format!(
                 "INSERT INTO {t} (pk, kind, ck, value) VALUES (?, {KIND_TIMELINE}, ?, ?) USING TTL ?"
-            ),
-            put_mark_once: format!(
+            )),
+            put_mark_once: lwt(format!(
                 "INSERT INTO {t} (pk, kind, ck, value) VALUES (?, {KIND_MARK}, ?, ?) IF NOT EXISTS USING TTL ?"
-            ),
-            put_mark: format!(
+            )),
+            put_mark: plain(format!(
                 "INSERT INTO {t} (pk, kind, ck, value) VALUES (?, {KIND_MARK}, ?, ?) USING TTL ?"
-            ),
-            get_mark: format!(
+            )),
+            get_mark: plain(format!(
                 "SELECT value FROM {t} WHERE pk = ? AND kind = {KIND_MARK} AND ck = ?"
-            ),
-            timeline_first: format!(
+            )),
+            timeline_first: plain(format!(
                 "SELECT ck, value FROM {t} WHERE pk = ? AND kind = {KIND_TIMELINE} LIMIT ?"
-            ),
-            timeline_after: format!(
+            )),
+            timeline_after: plain(format!(
                 "SELECT ck, value FROM {t} WHERE pk = ? AND kind = {KIND_TIMELINE} AND ck < ? LIMIT ?"
-            ),
-            timeline_keys: format!(
+            )),
+            timeline_keys: plain(format!(
                 "SELECT ck FROM {t} WHERE pk = ? AND kind = {KIND_TIMELINE} LIMIT ?"
-            ),
-            trim_before: format!(
+            )),
+            trim_before: plain(format!(
                 "DELETE FROM {t} WHERE pk = ? AND kind = {KIND_TIMELINE} AND ck < ?"
-            ),
-            scan: format!(
+            )),
+            scan: plain(format!(
                 "SELECT DISTINCT pk, record, version FROM {t} WHERE token(pk) >= ? AND token(pk) <= ?"
-            ),
-            delete_key: format!("DELETE FROM {t} WHERE pk = ?"),
+            )),
+            delete_key: plain(format!("DELETE FROM {t} WHERE pk = ?")),
         }
-    }
-
-    /// The statements that are lightweight transactions (serial consistency applies).
-    pub fn is_lwt(statement: &str) -> bool {
-        statement.contains(" IF ")
     }
 }
 
@@ -230,45 +237,72 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_statements_use_lightweight_transactions() {
+    fn record_changes_are_lightweight_transactions() {
         let cql = TableStatements::new("cairn", "profiles");
         assert_eq!(
             cql.create_record,
-            "INSERT INTO cairn.profiles (pk, record, version) VALUES (?, ?, 1) IF NOT EXISTS"
+            lwt(
+                "INSERT INTO cairn.profiles (pk, record, version) VALUES (?, ?, 1) IF NOT EXISTS"
+                    .into()
+            )
         );
         assert_eq!(
-            cql.update_record,
-            "UPDATE cairn.profiles SET record = ?, version = ? WHERE pk = ? IF version = ?"
+            cql.set_record,
+            lwt(
+                "UPDATE cairn.profiles SET record = ?, version = ? WHERE pk = ? IF version = ?"
+                    .into()
+            )
         );
-        assert!(TableStatements::is_lwt(&cql.create_record));
-        assert!(TableStatements::is_lwt(&cql.update_record));
-        assert!(TableStatements::is_lwt(&cql.delete_record_if));
-        assert!(TableStatements::is_lwt(&cql.put_mark_once));
-        assert!(!TableStatements::is_lwt(&cql.append));
-        assert!(!TableStatements::is_lwt(&cql.overwrite_record));
-        assert!(!TableStatements::is_lwt(&cql.get_record));
+        assert!(cql.put_mark_once.lwt);
+        assert!(!cql.append.lwt && !cql.put_mark.lwt && !cql.get_record.lwt);
+        // Every statement that says IF is marked a lightweight transaction, and only those.
+        for statement in [
+            &cql.get_record,
+            &cql.create_record,
+            &cql.set_record,
+            &cql.append,
+            &cql.put_mark_once,
+            &cql.put_mark,
+            &cql.get_mark,
+            &cql.timeline_first,
+            &cql.timeline_after,
+            &cql.timeline_keys,
+            &cql.trim_before,
+            &cql.scan,
+            &cql.delete_key,
+        ] {
+            assert_eq!(
+                statement.text.contains(" IF "),
+                statement.lwt,
+                "{}",
+                statement.text
+            );
+        }
     }
 
     #[test]
     fn timelines_and_marks_live_in_the_record_partition() {
         let cql = TableStatements::new("cairn", "profiles");
         assert_eq!(
-            cql.append,
+            cql.append.text,
             "INSERT INTO cairn.profiles (pk, kind, ck, value) VALUES (?, 1, ?, ?) USING TTL ?"
         );
         assert_eq!(
-            cql.timeline_after,
+            cql.timeline_after.text,
             "SELECT ck, value FROM cairn.profiles WHERE pk = ? AND kind = 1 AND ck < ? LIMIT ?"
         );
         assert_eq!(
-            cql.put_mark_once,
+            cql.put_mark_once.text,
             "INSERT INTO cairn.profiles (pk, kind, ck, value) VALUES (?, 2, ?, ?) IF NOT EXISTS USING TTL ?"
         );
         assert_eq!(
-            cql.scan,
+            cql.scan.text,
             "SELECT DISTINCT pk, record, version FROM cairn.profiles WHERE token(pk) >= ? AND token(pk) <= ?"
         );
-        assert_eq!(cql.delete_key, "DELETE FROM cairn.profiles WHERE pk = ?");
+        assert_eq!(
+            cql.delete_key.text,
+            "DELETE FROM cairn.profiles WHERE pk = ?"
+        );
     }
 
     #[test]
@@ -313,7 +347,7 @@ mod tests {
         assert_eq!(
             keyspace,
             vec![
-                "CREATE KEYSPACE IF NOT EXISTS cairn_test WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1} AND durable_writes = true"
+                "CREATE KEYSPACE IF NOT EXISTS cairn_test WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1} AND durable_writes = true AND tablets = {'enabled': false}"
             ]
         );
         let tables = statements(&MIGRATIONS[1], "cairn_test", &Replication::Simple(1));

@@ -27,15 +27,16 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use tokio::sync::RwLock;
 
+use crate::embedded::Clock;
 use crate::model::{
     Expect, Outcome, ScanCursor, ScanPage, TableSpec, TimelineCursor, TimelineEntry, TimelinePage,
-    TokenRange, Versioned, Write, check_key,
+    TokenRange, Versioned, Write, check_key, from_sortable, sortable,
 };
 use crate::{Result, Store, StoreError};
-use cql::{MIGRATIONS, Replication, TableStatements};
+use cql::{Cql, MIGRATIONS, Replication, TableStatements};
 
 /// How to reach and use the cluster.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ScyllaConfig {
     /// `host:port` of one or more nodes.
     pub nodes: Vec<String>,
@@ -48,6 +49,21 @@ pub struct ScyllaConfig {
     pub datacenter: Option<String>,
     /// A PEM CA certificate: TLS on, verifying nodes against it.
     pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for ScyllaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaConfig")
+            .field("nodes", &self.nodes)
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .field("keyspace", &self.keyspace)
+            .field("replication", &self.replication)
+            .field("consistency", &self.consistency)
+            .field("request_timeout", &self.request_timeout)
+            .field("datacenter", &self.datacenter)
+            .field("tls_ca", &self.tls_ca)
+            .finish()
+    }
 }
 
 /// What a `scylla://` URI says.
@@ -94,7 +110,7 @@ impl ScyllaConfig {
             return Err("no host".to_string());
         }
         if let Some(keyspace) = &keyspace
-            && !cql::is_identifier(keyspace)
+            && !crate::model::is_valid_name(keyspace)
         {
             return Err(format!(
                 "keyspace {keyspace:?} must be lower-case letters, digits and _"
@@ -111,7 +127,6 @@ impl ScyllaConfig {
 /// Parses a consistency level name (`local_quorum`, `quorum`, `one`, ...).
 pub fn parse_consistency(name: &str) -> std::result::Result<Consistency, String> {
     Ok(match name.trim().to_ascii_lowercase().as_str() {
-        "any" => Consistency::Any,
         "one" => Consistency::One,
         "two" => Consistency::Two,
         "three" => Consistency::Three,
@@ -142,10 +157,7 @@ pub fn serial_for(consistency: Consistency) -> SerialConsistency {
 struct Prepared {
     get_record: PreparedStatement,
     create_record: PreparedStatement,
-    update_record: PreparedStatement,
-    overwrite_record: PreparedStatement,
-    delete_record_if: PreparedStatement,
-    delete_record: PreparedStatement,
+    set_record: PreparedStatement,
     append: PreparedStatement,
     put_mark_once: PreparedStatement,
     put_mark: PreparedStatement,
@@ -196,40 +208,33 @@ fn execution_error(err: scylla::errors::ExecutionError) -> StoreError {
     }
 }
 
-/// Seconds to live for CQL `USING TTL` (0 = for ever), at least 1 when set.
+/// ScyllaDB's largest TTL: 20 years.
+const MAX_TTL_SECONDS: u64 = 630_720_000;
+
+/// Seconds to live for CQL `USING TTL` (0 = for ever), between 1 and the server's
+/// maximum when set.
 fn ttl_seconds(ttl: Option<Duration>) -> i32 {
-    ttl.map_or(0, |ttl| ttl.as_secs().clamp(1, i32::MAX as u64) as i32)
+    ttl.map_or(0, |ttl| ttl.as_secs().clamp(1, MAX_TTL_SECONDS) as i32)
 }
 
 fn timeline_ck(at_ms: i64, id: &[u8]) -> Vec<u8> {
     let mut ck = Vec::with_capacity(8 + id.len());
-    ck.extend_from_slice(&(((at_ms as u64) ^ (1 << 63)).to_be_bytes()));
+    ck.extend_from_slice(&sortable(at_ms));
     ck.extend_from_slice(id);
     ck
 }
 
 fn split_timeline_ck(ck: &[u8]) -> Result<(i64, Bytes)> {
-    let at: [u8; 8] = ck
-        .get(..8)
-        .and_then(|slice| slice.try_into().ok())
+    let (at, id) = ck
+        .split_first_chunk::<8>()
         .ok_or_else(|| StoreError::Corrupt("timeline clustering key too short".to_string()))?;
-    Ok((
-        (u64::from_be_bytes(at) ^ (1 << 63)) as i64,
-        Bytes::copy_from_slice(&ck[8..]),
-    ))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
+    Ok((from_sortable(*at), Bytes::copy_from_slice(id)))
 }
 
 impl ScyllaStore {
     /// Connects, applies pending migrations, and returns the store.
     pub async fn connect(config: ScyllaConfig) -> Result<Self> {
-        if !cql::is_identifier(&config.keyspace) {
+        if !crate::model::is_valid_name(&config.keyspace) {
             return Err(StoreError::Scylla(format!(
                 "keyspace {:?} is not a valid name",
                 config.keyspace
@@ -333,24 +338,22 @@ impl ScyllaStore {
         }
         table.validate()?;
         let text = TableStatements::new(&self.config.keyspace, table.name);
-        let prepare =
-            |statement: String| async move {
-                let mut prepared = self.session.prepare(statement).await.map_err(|err| {
-                    StoreError::InvalidTable {
-                        name: table.name.to_string(),
-                        reason: format!("{err} (is there a migration creating it?)"),
-                    }
-                })?;
-                prepared.set_is_idempotent(!TableStatements::is_lwt(prepared.get_statement()));
-                Ok::<_, StoreError>(prepared)
-            };
+        let prepare = |statement: Cql| async move {
+            let mut prepared = self.session.prepare(statement.text).await.map_err(|err| {
+                StoreError::InvalidTable {
+                    name: table.name.to_string(),
+                    reason: format!("{err} (is there a migration creating it?)"),
+                }
+            })?;
+            // Plain statements can be retried safely; a lightweight transaction whose
+            // answer was lost cannot (its outcome is unknown).
+            prepared.set_is_idempotent(!statement.lwt);
+            Ok::<_, StoreError>(prepared)
+        };
         let prepared = Arc::new(Prepared {
             get_record: prepare(text.get_record).await?,
             create_record: prepare(text.create_record).await?,
-            update_record: prepare(text.update_record).await?,
-            overwrite_record: prepare(text.overwrite_record).await?,
-            delete_record_if: prepare(text.delete_record_if).await?,
-            delete_record: prepare(text.delete_record).await?,
+            set_record: prepare(text.set_record).await?,
             append: prepare(text.append).await?,
             put_mark_once: prepare(text.put_mark_once).await?,
             put_mark: prepare(text.put_mark).await?,
@@ -369,7 +372,13 @@ impl ScyllaStore {
         Ok(prepared)
     }
 
-    async fn read_record(&self, prepared: &Prepared, key: &[u8]) -> Result<Option<Versioned>> {
+    /// The record's version (`None` when never written) and value (`None` when absent
+    /// or deleted: a delete keeps the version, so versions never go back).
+    async fn read_state(
+        &self,
+        prepared: &Prepared,
+        key: &[u8],
+    ) -> Result<(Option<i64>, Option<Versioned>)> {
         let rows = self
             .session
             .execute_unpaged(&prepared.get_record, (key,))
@@ -381,11 +390,164 @@ impl ScyllaStore {
             .maybe_first_row::<(Option<Vec<u8>>, Option<i64>)>()
             .map_err(scylla_error)?;
         Ok(match row {
-            Some((Some(value), Some(version))) => Some(Versioned {
-                value: Bytes::from(value),
-                version: version as u64,
-            }),
-            _ => None,
+            Some((value, Some(version))) => (
+                Some(version),
+                value.map(|value| Versioned {
+                    value: Bytes::from(value),
+                    version: version as u64,
+                }),
+            ),
+            _ => (None, None),
+        })
+    }
+
+    async fn read_record(&self, prepared: &Prepared, key: &[u8]) -> Result<Option<Versioned>> {
+        Ok(self.read_state(prepared, key).await?.1)
+    }
+
+    /// One attempt at a write: the batch of its statements, conditional when any of
+    /// them is a lightweight transaction.
+    async fn try_write(
+        &self,
+        table: &TableSpec,
+        prepared: &Prepared,
+        write: &Write,
+    ) -> Result<Attempt> {
+        use scylla::value::CqlValue::{BigInt, Blob, Int};
+        let key = write.key.to_vec();
+        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut values: Vec<Vec<Option<scylla::value::CqlValue>>> = Vec::new();
+        let mut conditional = false;
+        let mut version = None;
+        let mut chose_condition = false;
+
+        if let Some(record) = &write.record {
+            let value = record.value.as_ref().map(|value| Blob(value.to_vec()));
+            // The version the write is conditioned on: given, or read now.
+            let expected = match record.expect {
+                Expect::Version(expected) => Some(expected as i64),
+                Expect::Absent | Expect::Any => {
+                    let (stored, live) = self.read_state(prepared, &key).await?;
+                    if record.expect == Expect::Absent && live.is_some() {
+                        return Ok(Attempt::Done(self.conflict(prepared, write).await?));
+                    }
+                    chose_condition = record.expect == Expect::Any;
+                    if live.is_none() && value.is_none() {
+                        None // deleting what is not there: nothing to do for the record
+                    } else if stored.is_none() {
+                        batch.append_statement(prepared.create_record.clone());
+                        values.push(vec![Some(Blob(key.clone())), value.clone()]);
+                        conditional = true;
+                        version = Some(1);
+                        None
+                    } else {
+                        stored
+                    }
+                }
+            };
+            if let Some(expected) = expected {
+                batch.append_statement(prepared.set_record.clone());
+                values.push(vec![
+                    value.clone(),
+                    Some(BigInt(expected + 1)),
+                    Some(Blob(key.clone())),
+                    Some(BigInt(expected)),
+                ]);
+                conditional = true;
+                version = value.is_some().then_some(expected as u64 + 1);
+            }
+        }
+
+        let now = Clock::system().now_ms();
+        let mut appended = false;
+        for entry in &write.appends {
+            let ttl = match table.timeline.max_age {
+                Some(age) => {
+                    let left =
+                        i64::try_from(age.as_millis()).unwrap_or(i64::MAX) - (now - entry.at_ms);
+                    if left <= 0 {
+                        continue; // already older than the table keeps
+                    }
+                    ttl_seconds(Some(Duration::from_millis(left as u64)))
+                }
+                None => 0,
+            };
+            batch.append_statement(prepared.append.clone());
+            values.push(vec![
+                Some(Blob(key.clone())),
+                Some(Blob(timeline_ck(entry.at_ms, &entry.id))),
+                Some(Blob(entry.value.to_vec())),
+                Some(Int(ttl)),
+            ]);
+            appended = true;
+        }
+        for mark in &write.marks {
+            let statement = if mark.if_absent {
+                conditional = true;
+                &prepared.put_mark_once
+            } else {
+                &prepared.put_mark
+            };
+            batch.append_statement(statement.clone());
+            values.push(vec![
+                Some(Blob(key.clone())),
+                Some(Blob(mark.id.to_vec())),
+                Some(Blob(mark.value.to_vec())),
+                Some(Int(ttl_seconds(mark.ttl))),
+            ]);
+        }
+        if values.is_empty() {
+            return Ok(Attempt::Done(Outcome::Applied { version }));
+        }
+        if conditional {
+            batch.set_serial_consistency(Some(serial_for(self.config.consistency)));
+        }
+        let result = self
+            .session
+            .batch(&batch, values)
+            .await
+            .map_err(execution_error)?;
+        if conditional && !batch_applied(result)? {
+            let outcome = self.conflict(prepared, write).await?;
+            // A condition this backend chose itself (for an overwrite) only means the
+            // record moved under us: try again on its new version.
+            return Ok(match &outcome {
+                Outcome::Conflict { present_marks, .. }
+                    if chose_condition && present_marks.is_empty() =>
+                {
+                    Attempt::Moved
+                }
+                _ => Attempt::Done(outcome),
+            });
+        }
+        // Age is handled by the TTLs; the count limit by an occasional trim.
+        if appended
+            && write
+                .appends
+                .iter()
+                .any(|entry| crate::model::trims_timeline(&entry.id))
+        {
+            self.trim(prepared, table, &key).await?;
+        }
+        Ok(Attempt::Done(Outcome::Applied { version }))
+    }
+
+    /// What is there now, after a write's conditions failed.
+    async fn conflict(&self, prepared: &Prepared, write: &Write) -> Result<Outcome> {
+        let record = self.read_record(prepared, &write.key).await?;
+        let mut present_marks = Vec::new();
+        for mark in write.marks.iter().filter(|mark| mark.if_absent) {
+            if self
+                .read_mark(prepared, &write.key, &mark.id)
+                .await?
+                .is_some()
+            {
+                present_marks.push(mark.id.clone());
+            }
+        }
+        Ok(Outcome::Conflict {
+            record,
+            present_marks,
         })
     }
 
@@ -430,6 +592,31 @@ impl ScyllaStore {
     }
 }
 
+/// Attempts of an unconditional write whose read version keeps moving.
+const ANY_ATTEMPTS: u32 = 16;
+
+/// How one attempt at a write ended.
+enum Attempt {
+    Done(Outcome),
+    /// The record changed between the read and the write; read again.
+    Moved,
+}
+
+/// Whether a conditional batch applied: the `[applied]` column of its first row.
+fn batch_applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {
+    let rows = result.into_rows_result().map_err(scylla_error)?;
+    let first = rows
+        .rows::<scylla::value::Row>()
+        .map_err(scylla_error)?
+        .next()
+        .transpose()
+        .map_err(scylla_error)?;
+    Ok(first
+        .and_then(|row| row.columns.first().cloned().flatten())
+        .and_then(|value| value.as_boolean())
+        .unwrap_or(false))
+}
+
 fn migration_error(migration: &cql::Migration, err: impl std::fmt::Display) -> StoreError {
     StoreError::Migration {
         version: migration.version,
@@ -467,137 +654,17 @@ impl Store for ScyllaStore {
     async fn write(&self, table: &TableSpec, write: Write) -> Result<Outcome> {
         write.validate()?;
         let prepared = self.statements(table).await?;
-        let key = write.key.to_vec();
-        let now = now_ms();
-
-        // A plain overwrite still counts versions: read the current one first.
-        let mut version = None;
-        let mut batch = Batch::new(BatchType::Unlogged);
-        let mut values: Vec<Vec<scylla::value::CqlValue>> = Vec::new();
-        use scylla::value::CqlValue::{BigInt, Blob, Int};
-        if let Some(record) = &write.record {
-            match (&record.value, record.expect) {
-                (Some(value), Expect::Absent) => {
-                    batch.append_statement(prepared.create_record.clone());
-                    values.push(vec![Blob(key.clone()), Blob(value.to_vec())]);
-                    version = Some(1);
-                }
-                (Some(value), Expect::Version(expected)) => {
-                    batch.append_statement(prepared.update_record.clone());
-                    values.push(vec![
-                        Blob(value.to_vec()),
-                        BigInt(expected as i64 + 1),
-                        Blob(key.clone()),
-                        BigInt(expected as i64),
-                    ]);
-                    version = Some(expected + 1);
-                }
-                (Some(value), Expect::Any) => {
-                    let next = self
-                        .read_record(&prepared, &key)
-                        .await?
-                        .map_or(1, |current| current.version + 1);
-                    batch.append_statement(prepared.overwrite_record.clone());
-                    values.push(vec![
-                        Blob(value.to_vec()),
-                        BigInt(next as i64),
-                        Blob(key.clone()),
-                    ]);
-                    version = Some(next);
-                }
-                (None, Expect::Version(expected)) => {
-                    batch.append_statement(prepared.delete_record_if.clone());
-                    values.push(vec![Blob(key.clone()), BigInt(expected as i64)]);
-                }
-                (None, _) => {
-                    batch.append_statement(prepared.delete_record.clone());
-                    values.push(vec![Blob(key.clone())]);
-                }
+        // An unconditional record write is still a compare-and-set on the version it
+        // read (every change to a record goes through Paxos), retried if it moved.
+        for _ in 0..ANY_ATTEMPTS {
+            match self.try_write(table, &prepared, &write).await? {
+                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::Moved => continue,
             }
         }
-        let max_age = table.timeline.max_age;
-        let mut appended = false;
-        for entry in &write.appends {
-            let ttl = match max_age {
-                Some(age) => {
-                    let left = age.as_millis() as i64 - (now - entry.at_ms);
-                    if left <= 0 {
-                        continue; // already older than the table keeps
-                    }
-                    ttl_seconds(Some(Duration::from_millis(left as u64)))
-                }
-                None => 0,
-            };
-            batch.append_statement(prepared.append.clone());
-            values.push(vec![
-                Blob(key.clone()),
-                Blob(timeline_ck(entry.at_ms, &entry.id)),
-                Blob(entry.value.to_vec()),
-                Int(ttl),
-            ]);
-            appended = true;
-        }
-        for mark in &write.marks {
-            let statement = if mark.if_absent {
-                &prepared.put_mark_once
-            } else {
-                &prepared.put_mark
-            };
-            batch.append_statement(statement.clone());
-            values.push(vec![
-                Blob(key.clone()),
-                Blob(mark.id.to_vec()),
-                Blob(mark.value.to_vec()),
-                Int(ttl_seconds(mark.ttl)),
-            ]);
-        }
-        if values.is_empty() {
-            return Ok(Outcome::Applied { version: None });
-        }
-        let conditional = write.is_conditional();
-        if conditional {
-            batch.set_serial_consistency(Some(serial_for(self.config.consistency)));
-        }
-        let result = self
-            .session
-            .batch(&batch, values)
-            .await
-            .map_err(execution_error)?;
-        if conditional {
-            let rows = result.into_rows_result().map_err(scylla_error)?;
-            let applied = rows
-                .rows::<scylla::value::Row>()
-                .map_err(scylla_error)?
-                .next()
-                .transpose()
-                .map_err(scylla_error)?
-                .and_then(|row| row.columns.first().cloned().flatten())
-                .and_then(|value| value.as_boolean())
-                .unwrap_or(false);
-            if !applied {
-                let record = self.read_record(&prepared, &key).await?;
-                let mut present_marks = Vec::new();
-                for mark in write.marks.iter().filter(|mark| mark.if_absent) {
-                    if self.read_mark(&prepared, &key, &mark.id).await?.is_some() {
-                        present_marks.push(mark.id.clone());
-                    }
-                }
-                return Ok(Outcome::Conflict {
-                    record,
-                    present_marks,
-                });
-            }
-        }
-        // Age is handled by the TTLs; the count limit by an occasional trim.
-        if appended
-            && write
-                .appends
-                .iter()
-                .any(|entry| crate::model::trims_timeline(&entry.id))
-        {
-            self.trim(&prepared, table, &key).await?;
-        }
-        Ok(Outcome::Applied { version })
+        Err(StoreError::Contended {
+            attempts: ANY_ATTEMPTS,
+        })
     }
 
     async fn timeline(
@@ -765,6 +832,11 @@ mod tests {
         );
         assert_eq!(serial_for(Consistency::Quorum), SerialConsistency::Serial);
         assert!(parse_consistency("most").is_err());
+        assert!(parse_consistency("any").is_err(), "ANY cannot read");
+        assert_eq!(
+            ttl_seconds(Some(Duration::from_secs(u64::MAX))),
+            630_720_000
+        );
     }
 
     #[test]

@@ -125,6 +125,37 @@ pub async fn records_are_created_updated_and_deleted_by_version<S: Store>(backen
         .unwrap();
     assert!(deleted.is_applied());
     assert_eq!(store.get(&TABLE, &key).await.unwrap(), None);
+    // Versions never go back: a compare-and-set from before the delete stays stale.
+    let recreated = store
+        .write(&TABLE, Write::new(key.clone()).record(Expect::Absent, "v5"))
+        .await
+        .unwrap();
+    assert_eq!(recreated, Outcome::Applied { version: Some(5) });
+    let stale = store
+        .write(
+            &TABLE,
+            Write::new(key.clone()).record(Expect::Version(1), "from before"),
+        )
+        .await
+        .unwrap();
+    assert!(!stale.is_applied());
+    let gone = store
+        .write(&TABLE, Write::new(key.clone()).delete_record(Expect::Any))
+        .await
+        .unwrap();
+    assert!(gone.is_applied());
+    let nothing = store
+        .write(
+            &TABLE,
+            Write::new(key.clone()).delete_record(Expect::Absent),
+        )
+        .await
+        .unwrap();
+    assert!(
+        nothing.is_applied(),
+        "deleting what is not there on Absent changes nothing"
+    );
+    assert_eq!(store.get(&TABLE, &key).await.unwrap(), None);
     let missing = store
         .write(
             &TABLE,
