@@ -44,6 +44,11 @@ pub const EVENTS_MAX_BYTES: Var = Var {
     default: "-1",
     doc: "Size limit of the EVENTS stream (e.g. 50GB); -1 for none. When full, new events are refused (429), old ones are never dropped.",
 };
+pub const DERIVED_MAX_AGE: Var = Var {
+    name: "CAIRN_DERIVED_MAX_AGE",
+    default: "7d",
+    doc: "How long the streams of derived data (identified events, profile changes) keep messages; they can be rebuilt from EVENTS.",
+};
 pub const EVENTS_DUPLICATE_WINDOW: Var = Var {
     name: "CAIRN_EVENTS_DUPLICATE_WINDOW",
     default: "10m",
@@ -61,6 +66,7 @@ pub const VARS: &[Var] = &[
     EVENTS_MAX_AGE,
     EVENTS_MAX_BYTES,
     EVENTS_DUPLICATE_WINDOW,
+    DERIVED_MAX_AGE,
 ];
 
 /// `url` with any `user:password@` replaced by `***@`, for messages and logs.
@@ -89,6 +95,7 @@ pub struct BusConfig {
     pub events_max_age: Duration,
     pub events_max_bytes: Option<u64>,
     pub events_duplicate_window: Duration,
+    pub derived_max_age: Duration,
 }
 
 impl std::fmt::Debug for BusConfig {
@@ -124,6 +131,7 @@ impl BusConfig {
             events_max_age: settings.duration(&EVENTS_MAX_AGE)?,
             events_max_bytes: settings.size(&EVENTS_MAX_BYTES)?,
             events_duplicate_window: window,
+            derived_max_age: settings.duration(&DERIVED_MAX_AGE)?,
         })
     }
 

@@ -6,6 +6,7 @@
 //!   start-up ([`Bus::ensure_stream`]); consumers likewise ([`Bus::ensure_consumer`]);
 //! - [`subjects`]: subject names and the partition token where order matters;
 //! - [`trace`]: W3C trace context in message headers;
+//! - [`worker`]: the consume → handle → publish → acknowledge loop of every consumer;
 //! - [`server`]: a local nats-server child process for `cairn up` and tests.
 
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod server;
 pub mod streams;
 pub mod subjects;
 pub mod trace;
+pub mod worker;
 
 use std::error::Error as _;
 

@@ -31,3 +31,59 @@ pub fn events(config: &BusConfig) -> Config {
         ..Default::default()
     }
 }
+
+/// Events with their profile id, as identity published them.
+pub const IDENTIFIED: &str = "IDENTIFIED";
+/// What happens to profiles: merged, split, changed, deleted.
+pub const PROFILES: &str = "PROFILES";
+/// What services could not process, with the reason.
+pub const DEAD_LETTERS: &str = "DEAD_LETTERS";
+
+/// The IDENTIFIED stream: `events.identified.<partition>`, files, deduplicated on the
+/// event's message id so a redelivered event is published once. Derived data (it can be
+/// rebuilt from EVENTS), so it keeps 7 days by default.
+pub fn identified(config: &BusConfig) -> Config {
+    Config {
+        name: IDENTIFIED.to_string(),
+        description: Some("Events with the profile they belong to".to_string()),
+        subjects: vec![subjects::events_identified_all()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: config.derived_max_age,
+        duplicate_window: config.events_duplicate_window,
+        num_replicas: config.replicas,
+        ..Default::default()
+    }
+}
+
+/// The PROFILES stream: `profiles.>`.
+pub fn profiles(config: &BusConfig) -> Config {
+    Config {
+        name: PROFILES.to_string(),
+        description: Some("Profile merges, splits, changes and deletions".to_string()),
+        subjects: vec![subjects::PROFILES_ALL.to_string()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: config.derived_max_age,
+        duplicate_window: config.events_duplicate_window,
+        num_replicas: config.replicas,
+        ..Default::default()
+    }
+}
+
+/// The DEAD_LETTERS stream: `deadletter.>`, kept 30 days for people to look at.
+pub fn dead_letters(config: &BusConfig) -> Config {
+    Config {
+        name: DEAD_LETTERS.to_string(),
+        description: Some("Messages a service could not process, with the reason".to_string()),
+        subjects: vec![subjects::DEAD_LETTER_ALL.to_string()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: std::time::Duration::from_secs(30 * 86_400),
+        num_replicas: config.replicas,
+        ..Default::default()
+    }
+}

@@ -52,6 +52,35 @@ pub fn events_raw_all() -> String {
     format!("{EVENTS_RAW_PREFIX}.>")
 }
 
+/// Events with the profile they belong to: `events.identified.<partition>`.
+pub const EVENTS_IDENTIFIED_PREFIX: &str = "events.identified";
+
+/// The subject of an identified event in `partition` (of its profile id).
+pub fn events_identified(partition: u32) -> String {
+    format!("{EVENTS_IDENTIFIED_PREFIX}.{partition}")
+}
+
+/// The wildcard covering every identified event.
+pub fn events_identified_all() -> String {
+    format!("{EVENTS_IDENTIFIED_PREFIX}.>")
+}
+
+/// Two profiles became one: `{from, into, reason, message id, identifiers}`.
+pub const PROFILES_MERGED: &str = "profiles.merged";
+/// Identifiers were split out of a profile.
+pub const PROFILES_SPLIT: &str = "profiles.split";
+/// Every subject about profiles.
+pub const PROFILES_ALL: &str = "profiles.>";
+
+/// Where a service puts what it cannot process, with the reason in a header:
+/// `deadletter.<service>`.
+pub fn dead_letter(service: &str) -> String {
+    format!("deadletter.{service}")
+}
+
+/// The wildcard covering every dead letter.
+pub const DEAD_LETTER_ALL: &str = "deadletter.>";
+
 /// Reads the partition token, the last subject token, back out of a subject.
 pub fn partition_of_subject(subject: &str) -> Option<u32> {
     subject.rsplit('.').next()?.parse().ok()

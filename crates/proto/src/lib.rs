@@ -26,6 +26,14 @@ pub mod admin {
     }
 }
 
+/// `cairn.identity.v1`: the identity graph's API.
+pub mod identity {
+    pub mod v1 {
+        #![allow(clippy::all, unused_qualifications)]
+        include!(concat!(env!("OUT_DIR"), "/cairn.identity.v1.rs"));
+    }
+}
+
 /// `cairn.collector.v1`: gRPC ingest.
 pub mod collector {
     pub mod v1 {

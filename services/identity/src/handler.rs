@@ -1,0 +1,165 @@
+//! What identity does with one raw event: find its identifiers, give it a profile, and
+//! say so downstream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_bus::worker::{Delivered, Handled, Handler};
+use cairn_bus::{Outgoing, Partitions, subjects};
+use cairn_proto::event::v1::{Envelope, EventType, IdentifiedEvent};
+use cairn_store::Store;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Counter;
+use prost::Message as _;
+
+use crate::error::IdentityError;
+use crate::extract;
+use crate::graph::{Graph, LogEntry, LogKind};
+use crate::proto;
+
+/// Counts what identity does.
+#[derive(Debug, Clone)]
+pub struct IdentityMetrics {
+    events: Counter<u64>,
+    merges: Counter<u64>,
+    dead_letters: Counter<u64>,
+}
+
+impl IdentityMetrics {
+    pub fn new(meter: &opentelemetry::metrics::Meter) -> Self {
+        Self {
+            events: meter
+                .u64_counter("cairn_identity_events")
+                .with_description("Events given a profile")
+                .build(),
+            merges: meter
+                .u64_counter("cairn_identity_merges")
+                .with_description("Profiles merged into another")
+                .build(),
+            dead_letters: meter
+                .u64_counter("cairn_identity_dead_letters")
+                .with_description("Events identity could not process, by reason")
+                .build(),
+        }
+    }
+}
+
+/// The identity worker's handler.
+#[derive(Clone)]
+pub struct IdentityHandler<S> {
+    pub graph: Arc<Graph<S>>,
+    pub partitions: Partitions,
+    pub metrics: IdentityMetrics,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// A merge, as published on `profiles.merged` and `profiles.split`.
+pub fn merge_message(entry: &LogEntry) -> Result<Outgoing, IdentityError> {
+    let record = proto::merge_record(entry);
+    let (subject, id) = match entry.kind {
+        LogKind::Split => (
+            subjects::PROFILES_SPLIT,
+            format!("split/{}/{}/{}", entry.from, entry.into, entry.at_ms),
+        ),
+        _ => (
+            subjects::PROFILES_MERGED,
+            format!("merge/{}/{}", entry.from, entry.into),
+        ),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    cairn_bus::trace::inject_current(&mut headers);
+    Ok(Outgoing {
+        subject: subject.to_string(),
+        message_id: Some(id),
+        headers,
+        payload: Bytes::from(record.encode_to_vec()),
+    })
+}
+
+impl<S: Store> IdentityHandler<S> {
+    async fn identify(&self, message: &Delivered) -> Result<Vec<Outgoing>, IdentityError> {
+        let envelope = Envelope::decode(message.payload.clone())
+            .map_err(|err| IdentityError::Unreadable(format!("not an event envelope: {err}")))?;
+        let event: serde_json::Value = serde_json::from_slice(&envelope.raw)
+            .map_err(|err| IdentityError::Unreadable(format!("the event is not JSON: {err}")))?;
+        let is_alias = envelope.r#type() == EventType::Alias;
+        let found = extract::identifiers(self.graph.rules(), &event, is_alias);
+        let identifiers = self.graph.event_identifiers(&found).await?;
+        let identified = self
+            .graph
+            .identify(&identifiers, &envelope.message_id, now_ms())
+            .await?;
+
+        let mut merges = identified.merges;
+        if merges.is_empty() && message.delivered > 1 {
+            // A redelivery after a crash: the merges this event caused may not have been
+            // announced. Announce them again (the stream drops duplicates).
+            let (_, history) = self.graph.history(&identified.profile_id).await?;
+            merges = history
+                .into_iter()
+                .filter(|entry| {
+                    entry.kind == LogKind::Merged && entry.message_id == envelope.message_id
+                })
+                .collect();
+        }
+        let mut outgoing = Vec::with_capacity(1 + merges.len());
+        for entry in &merges {
+            outgoing.push(merge_message(entry)?);
+        }
+        self.metrics.merges.add(merges.len() as u64, &[]);
+        let partition = self.partitions.of(&identified.profile_id);
+        let message_id = format!("{}:{}", envelope.source, envelope.message_id);
+        let payload = IdentifiedEvent {
+            envelope: Some(envelope),
+            profile_id: identified.profile_id,
+        }
+        .encode_to_vec();
+        // The trace goes on from the collector's.
+        let mut headers = async_nats::HeaderMap::new();
+        for name in ["traceparent", "tracestate"] {
+            if let Some(value) = message.headers.get(name) {
+                headers.insert(name, value.clone());
+            }
+        }
+        outgoing.push(Outgoing {
+            subject: subjects::events_identified(partition),
+            message_id: Some(message_id),
+            headers,
+            payload: Bytes::from(payload),
+        });
+        self.metrics.events.add(1, &[]);
+        Ok(outgoing)
+    }
+}
+
+impl<S: Store> Handler for IdentityHandler<S> {
+    async fn handle(&self, message: &Delivered) -> Handled {
+        match self.identify(message).await {
+            Ok(outgoing) => Handled::Publish(outgoing),
+            Err(err) if err.is_transient() => Handled::Retry {
+                reason: err.to_string(),
+                delay: Duration::from_secs(1),
+            },
+            Err(err) => {
+                let reason = match &err {
+                    IdentityError::NoIdentifiers => "no_identifiers",
+                    IdentityError::Unreadable(_) => "unreadable",
+                    _ => "error",
+                };
+                self.metrics
+                    .dead_letters
+                    .add(1, &[KeyValue::new("reason", reason)]);
+                Handled::DeadLetter {
+                    reason: err.to_string(),
+                }
+            }
+        }
+    }
+}
