@@ -2,7 +2,33 @@
 //! runs one entry; `cairn up` runs them all; both wire a module the same way.
 
 use cairn_runtime::{BoxError, Module, ModuleContext, Var};
+use cairn_store::{AnyStore, StoreConfig};
 use futures::future::BoxFuture;
+use tokio::sync::OnceCell;
+
+/// What modules of one process share: opened on first use, once.
+#[derive(Default)]
+pub struct Resources {
+    /// The store: one per process (the embedded one allows one process per directory).
+    store: OnceCell<AnyStore>,
+}
+
+impl Resources {
+    pub async fn store(&self, context: &ModuleContext) -> Result<AnyStore, BoxError> {
+        let store = self
+            .store
+            .get_or_try_init(|| async {
+                let config = StoreConfig::from_settings(&context.settings)?;
+                tracing::info!(store = ?config, "opening the store");
+                cairn_store::open(&config).await
+            })
+            .await?;
+        Ok(store.clone())
+    }
+}
+
+type Start =
+    for<'a> fn(&'a ModuleContext, &'a Resources) -> BoxFuture<'a, Result<Module, BoxError>>;
 
 /// One service the binary can run.
 pub struct ModuleSpec {
@@ -13,22 +39,38 @@ pub struct ModuleSpec {
     pub http: bool,
     /// Its own configuration variables.
     pub vars: fn() -> Vec<Var>,
-    pub start: for<'a> fn(&'a ModuleContext) -> BoxFuture<'a, Result<Module, BoxError>>,
+    pub start: Start,
 }
 
-pub const MODULES: &[ModuleSpec] = &[ModuleSpec {
-    name: "collector",
-    summary: "Segment-spec ingest: HTTP /v1/* and gRPC cairn.collector.v1.Collector -> EVENTS stream",
-    http: true,
-    vars: cairn_collector::vars,
-    start: |context| {
-        Box::pin(async move {
-            cairn_collector::start(context)
-                .await
-                .map_err(|err| Box::new(err) as BoxError)
-        })
+pub const MODULES: &[ModuleSpec] = &[
+    ModuleSpec {
+        name: "collector",
+        summary: "Segment-spec ingest: HTTP /v1/* and gRPC cairn.collector.v1.Collector -> EVENTS stream",
+        http: true,
+        vars: cairn_collector::vars,
+        start: |context, _| {
+            Box::pin(async move {
+                cairn_collector::start(context)
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            })
+        },
     },
-}];
+    ModuleSpec {
+        name: "identity",
+        summary: "identity resolution: events.raw -> events.identified + profiles.merged; gRPC cairn.identity.v1.Identity",
+        http: false,
+        vars: cairn_identity::vars,
+        start: |context, resources| {
+            Box::pin(async move {
+                let store = resources.store(context).await?;
+                cairn_identity::start(context, store)
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            })
+        },
+    },
+];
 
 pub fn find(name: &str) -> Option<&'static ModuleSpec> {
     MODULES.iter().find(|module| module.name == name)

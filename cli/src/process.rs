@@ -8,7 +8,7 @@ use cairn_runtime::{
     ConfigError, Credentials, ModuleContext, Readiness, Settings, Shutdown, Var, telemetry,
 };
 
-use crate::modules::{self, ModuleSpec};
+use crate::modules::{self, ModuleSpec, Resources};
 
 /// Variables only the command-line tools read.
 pub const CLI_VARS: [Var; 2] = [crate::admin::TOKEN, cairn_bus::server::NATS_SERVER];
@@ -77,9 +77,10 @@ pub async fn run(
     let with_http = specs.iter().any(|spec| spec.http);
     let listeners = Listeners::bind(&context.settings, with_http).await?;
 
+    let resources = Resources::default();
     let mut started = Vec::with_capacity(specs.len());
     for spec in specs {
-        let module = (spec.start)(&context)
+        let module = (spec.start)(&context, &resources)
             .await
             .map_err(|err| anyhow::anyhow!(err))
             .with_context(|| format!("cannot start {}", spec.name))?;

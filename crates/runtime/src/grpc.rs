@@ -133,11 +133,22 @@ where
     }
 }
 
-/// A module's gRPC services: their routes and their fully qualified names (for health).
-#[derive(Debug, Default)]
+type AddService = Box<dyn FnOnce(Routes) -> Routes + Send>;
+
+/// A module's gRPC services, and their fully qualified names (for health). Kept as
+/// "add this service" steps so the services of several modules go into one router.
+#[derive(Default)]
 pub struct GrpcServices {
-    pub routes: Option<Routes>,
+    adders: Vec<AddService>,
     pub names: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for GrpcServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcServices")
+            .field("names", &self.names)
+            .finish()
+    }
 }
 
 impl GrpcServices {
@@ -154,23 +165,23 @@ impl GrpcServices {
         S::Future: Send + 'static,
     {
         self.names.push(S::NAME);
-        self.routes = Some(match self.routes.take() {
-            Some(routes) => routes.add_service(service),
-            None => Routes::new(service),
-        });
+        self.adders
+            .push(Box::new(move |routes: Routes| routes.add_service(service)));
         self
     }
 
     /// Combines the services of several modules.
     pub fn merge(mut self, other: GrpcServices) -> Self {
         self.names.extend(other.names);
-        self.routes = match (self.routes.take(), other.routes) {
-            (Some(a), Some(b)) => Some(Routes::from(
-                a.into_axum_router().merge(b.into_axum_router()),
-            )),
-            (a, b) => a.or(b),
-        };
+        self.adders.extend(other.adders);
         self
+    }
+
+    /// One router with every service.
+    fn into_routes(self) -> Routes {
+        self.adders
+            .into_iter()
+            .fold(Routes::default(), |routes, add| add(routes))
     }
 }
 
@@ -202,10 +213,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1();
-    let mut routes = services
-        .routes
-        .unwrap_or_default()
-        .add_service(health_service);
+    let mut routes = services.into_routes().add_service(health_service);
     match reflection {
         Ok(reflection) => routes = routes.add_service(reflection),
         Err(err) => tracing::warn!(error = %err, "gRPC reflection unavailable"),

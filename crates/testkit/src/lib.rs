@@ -66,6 +66,57 @@ impl TestNats {
     }
 }
 
+/// A message as a stream holds it.
+#[derive(Debug, Clone)]
+pub struct StreamMessage {
+    pub subject: String,
+    pub headers: async_nats::HeaderMap,
+    pub payload: bytes::Bytes,
+}
+
+/// Every message in `stream`, in order.
+pub async fn stream_messages(bus: &Bus, stream: &str) -> Vec<StreamMessage> {
+    let stream = bus
+        .jetstream()
+        .get_stream(stream)
+        .await
+        .expect("the stream");
+    let info = stream.get_info().await.expect("stream info");
+    let mut stored = Vec::new();
+    if info.state.messages == 0 {
+        return stored;
+    }
+    for sequence in info.state.first_sequence..=info.state.last_sequence {
+        // Deleted or expired sequences are skipped.
+        if let Ok(message) = stream.get_raw_message(sequence).await {
+            stored.push(StreamMessage {
+                subject: message.subject.to_string(),
+                headers: message.headers,
+                payload: message.payload,
+            });
+        }
+    }
+    stored
+}
+
+/// Waits until `stream` holds at least `count` messages (30 s at most) and returns them.
+pub async fn wait_for_messages(bus: &Bus, stream: &str, count: usize) -> Vec<StreamMessage> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(mut found) = bus.jetstream().get_stream(stream).await
+            && let Ok(info) = found.info().await
+            && info.state.messages as usize >= count
+        {
+            return stream_messages(bus, stream).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{stream} did not reach {count} messages in 30s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A message as the EVENTS stream holds it.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -77,29 +128,16 @@ pub struct StoredEvent {
 /// Every message in the EVENTS stream, in order.
 pub async fn stored_events(bus: &Bus) -> Vec<StoredEvent> {
     use prost::Message as _;
-    let stream = bus
-        .jetstream()
-        .get_stream(cairn_bus::streams::EVENTS)
+    stream_messages(bus, cairn_bus::streams::EVENTS)
         .await
-        .expect("EVENTS stream");
-    let info = stream.get_info().await.expect("stream info");
-    let mut stored = Vec::new();
-    for sequence in info.state.first_sequence..=info.state.last_sequence {
-        if info.state.messages == 0 {
-            break;
-        }
-        let message = stream
-            .get_raw_message(sequence)
-            .await
-            .expect("stored message");
-        stored.push(StoredEvent {
-            subject: message.subject.to_string(),
+        .into_iter()
+        .map(|message| StoredEvent {
+            subject: message.subject,
             headers: message.headers,
             envelope: cairn_proto::event::v1::Envelope::decode(message.payload)
                 .expect("an envelope"),
-        });
-    }
-    stored
+        })
+        .collect()
 }
 
 /// A free TCP address on 127.0.0.1.
