@@ -188,6 +188,13 @@ impl Bus {
         &self,
         messages: Vec<Outgoing>,
     ) -> Result<Vec<jetstream::publish::PublishAck>, BusError> {
+        self.send_all(messages).await?.acknowledged().await
+    }
+
+    /// Sends every message, in order, without waiting for JetStream's answers: the
+    /// caller awaits [`Sent::acknowledged`] when it needs them (so it can do other work
+    /// meanwhile). Messages sent earlier on this connection are stored earlier.
+    pub async fn send_all(&self, messages: Vec<Outgoing>) -> Result<Sent, BusError> {
         if !self.is_connected() {
             return Err(BusError::Unavailable("not connected".to_string()));
         }
@@ -212,8 +219,21 @@ impl Bus {
                 .map_err(|err| classify_publish(&subject, &err))?;
             pending.push((subject, ack));
         }
+        Ok(Sent { pending })
+    }
+}
+
+/// Messages sent and awaiting JetStream's acknowledgements.
+#[derive(Debug)]
+pub struct Sent {
+    pending: Vec<(String, jetstream::context::PublishAckFuture)>,
+}
+
+impl Sent {
+    /// Waits for every acknowledgement; fails when any message was not stored.
+    pub async fn acknowledged(self) -> Result<Vec<jetstream::publish::PublishAck>, BusError> {
         let results =
-            futures::future::join_all(pending.into_iter().map(|(subject, ack)| async move {
+            futures::future::join_all(self.pending.into_iter().map(|(subject, ack)| async move {
                 ack.await.map_err(|err| classify_publish(&subject, &err))
             }))
             .await;

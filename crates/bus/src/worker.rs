@@ -4,11 +4,18 @@
 //! goes to `deadletter.<service>` with the reason and is acknowledged; a transient
 //! failure is retried later, and given up on (dead-lettered) after the consumer's last
 //! delivery.
+//!
+//! A message that cannot be handled now is retried in place, with a growing pause, until
+//! it succeeds or its attempts are used up (then it is dead-lettered); publishing is
+//! retried the same way. Rounds are pipelined: the next round is handled while
+//! JetStream stores the previous one's output, and each message is acknowledged
+//! (explicitly: several replicas may share the consumer) once its round is stored. A
+//! process that dies mid-round acknowledged none of it, and the round is delivered
+//! again (handlers are idempotent, and downstream streams drop duplicate message ids).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use bytes::Bytes;
 use cairn_runtime::Shutdown;
@@ -50,8 +57,8 @@ pub struct WorkerOptions {
     pub service: &'static str,
     /// Most messages handled per round.
     pub batch: usize,
-    /// The consumer's `max_deliver`: on that delivery a retry becomes a dead letter.
-    pub max_deliver: i64,
+    /// Attempts at a message that keeps failing before it is dead-lettered.
+    pub max_attempts: u32,
 }
 
 /// Header naming why a message was dead-lettered.
@@ -76,7 +83,8 @@ pub async fn run<H: Handler>(
         .await
         .map_err(|err| BusError::Unavailable(format!("{}: cannot pull: {err}", options.service)))?
         .ready_chunks(options.batch);
-    loop {
+    let mut in_flight = std::collections::VecDeque::new();
+    'rounds: loop {
         let chunk = tokio::select! {
             () = shutdown.requested() => break,
             chunk = messages.next() => chunk,
@@ -102,29 +110,148 @@ pub async fn run<H: Handler>(
         }
         let mut partitions = Vec::with_capacity(by_partition.len());
         for (_, messages) in by_partition {
-            let (bus, handler, options) = (bus.clone(), handler.clone(), options.clone());
+            let (handler, options, shutdown) = (handler.clone(), options.clone(), shutdown.clone());
             partitions.push(tokio::spawn(handle_in_order(
-                bus, handler, options, messages,
+                handler, options, shutdown, messages,
             )));
         }
+        let mut handled = Vec::with_capacity(partitions.len());
         for partition in partitions {
-            if let Err(err) = partition.await {
-                tracing::error!(service = options.service, error = %err, "a partition's task failed");
+            match partition.await {
+                Ok(Some(partition)) => handled.push(partition),
+                Ok(None) => break 'rounds,
+                Err(err) => {
+                    tracing::error!(service = options.service, error = %err, "a partition's task failed");
+                    break 'rounds;
+                }
             }
+        }
+        // Publish the round, in partition order, and move on to the next one while
+        // JetStream answers; rounds are acknowledged in order once stored.
+        let sent = send_round(&bus, &options, handled).await;
+        in_flight.push_back(tokio::spawn(complete_round(
+            bus.clone(),
+            options.clone(),
+            shutdown.clone(),
+            sent,
+        )));
+        while in_flight.len() > ROUNDS_IN_FLIGHT {
+            if !acknowledge_oldest(&options, &mut in_flight).await {
+                break 'rounds;
+            }
+        }
+    }
+    while !in_flight.is_empty() {
+        if !acknowledge_oldest(&options, &mut in_flight).await {
+            break;
         }
     }
     tracing::info!(service = options.service, "stopped consuming");
     Ok(())
 }
 
-async fn handle_in_order<H: Handler>(
+/// Rounds published and awaiting JetStream before they are acknowledged.
+const ROUNDS_IN_FLIGHT: usize = 3;
+
+type Message = async_nats::jetstream::Message;
+
+/// One partition's part of a round, handled.
+struct PartitionDone {
+    outgoing: Vec<Outgoing>,
+    /// The messages handled, to acknowledge once their output is stored.
+    messages: Vec<Message>,
+}
+
+/// A round whose output was sent.
+struct SentRound {
+    parts: Vec<(Vec<Outgoing>, Result<crate::Sent, BusError>)>,
+    messages: Vec<Message>,
+}
+
+async fn send_round(bus: &Bus, options: &WorkerOptions, handled: Vec<PartitionDone>) -> SentRound {
+    let mut round = SentRound {
+        parts: Vec::with_capacity(handled.len()),
+        messages: Vec::new(),
+    };
+    for part in handled {
+        round.messages.extend(part.messages);
+        let sent = bus.send_all(part.outgoing.clone()).await;
+        if let Err(err) = &sent {
+            tracing::warn!(service = options.service, error = %err, "cannot publish; retrying");
+        }
+        round.parts.push((part.outgoing, sent));
+    }
+    round
+}
+
+/// Waits until every output of the round is stored (sending again what failed) and
+/// returns the round's messages to acknowledge; `None` if shutdown came first.
+async fn complete_round(
     bus: Bus,
+    options: WorkerOptions,
+    shutdown: Shutdown,
+    round: SentRound,
+) -> Option<Vec<Message>> {
+    for (outgoing, sent) in round.parts {
+        let mut result = match sent {
+            Ok(sent) => sent.acknowledged().await.map(|_| ()),
+            Err(err) => Err(err),
+        };
+        let mut attempt = 1;
+        while let Err(err) = result {
+            tracing::warn!(service = options.service, error = %err, attempt, "cannot publish; retrying");
+            tokio::select! {
+                () = shutdown.requested() => return None,
+                () = tokio::time::sleep(backoff(attempt)) => {}
+            }
+            result = bus.publish_all(outgoing.clone()).await.map(|_| ());
+            attempt += 1;
+        }
+    }
+    Some(round.messages)
+}
+
+/// Acknowledges the oldest round in flight once it completes. False when it could not
+/// complete (shutdown): nothing after it may be acknowledged either.
+async fn acknowledge_oldest(
+    options: &WorkerOptions,
+    in_flight: &mut std::collections::VecDeque<tokio::task::JoinHandle<Option<Vec<Message>>>>,
+) -> bool {
+    let Some(round) = in_flight.pop_front() else {
+        return true;
+    };
+    match round.await {
+        Ok(Some(messages)) => {
+            for message in messages {
+                if let Err(err) = message.ack().await {
+                    tracing::warn!(service = options.service, error = %err, "cannot ack; it will be redelivered");
+                }
+            }
+            true
+        }
+        Ok(None) => false,
+        Err(err) => {
+            tracing::error!(service = options.service, error = %err, "a round's task failed");
+            false
+        }
+    }
+}
+
+/// The pause before attempt `attempt` (1-based) at something that failed.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((50u64 << attempt.min(7)).min(5_000))
+}
+
+/// Handles one partition's messages in order. `None` when shutdown interrupted it
+/// (nothing of the round may be acknowledged then).
+async fn handle_in_order<H: Handler>(
     handler: H,
     options: WorkerOptions,
-    messages: Vec<async_nats::jetstream::Message>,
-) {
+    shutdown: Shutdown,
+    messages: Vec<Message>,
+) -> Option<PartitionDone> {
     let mut outgoing = Vec::new();
-    let mut done = Vec::new();
+    let mut handled = Vec::with_capacity(messages.len());
     for message in messages {
         let (delivered, stream_sequence) = message
             .info()
@@ -137,49 +264,38 @@ async fn handle_in_order<H: Handler>(
             delivered,
             stream_sequence,
         };
-        match handler.handle(&view).await {
-            Handled::Publish(messages) => {
-                outgoing.extend(messages);
-                done.push(message);
-            }
-            Handled::Retry { reason, .. } if delivered >= options.max_deliver => {
-                let reason = format!("gave up after {delivered} deliveries: {reason}");
-                outgoing.push(dead_letter(&options, &view, &reason));
-                done.push(message);
-            }
-            Handled::Retry { reason, delay } => {
-                tracing::warn!(service = options.service, subject = %view.subject, delivered, %reason, "will retry");
-                if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                    tracing::warn!(service = options.service, error = %err, "cannot nak; it will be redelivered");
+        let mut attempt = 1;
+        loop {
+            match handler.handle(&view).await {
+                Handled::Publish(messages) => {
+                    outgoing.extend(messages);
+                    break;
                 }
-            }
-            Handled::DeadLetter { reason } => {
-                outgoing.push(dead_letter(&options, &view, &reason));
-                done.push(message);
-            }
-        }
-    }
-    if done.is_empty() {
-        return;
-    }
-    // Acknowledge only what is now durably published downstream.
-    match bus.publish_all(outgoing).await {
-        Ok(_) => {
-            for message in done {
-                if let Err(err) = message.ack().await {
-                    tracing::warn!(service = options.service, error = %err, "cannot ack; it will be redelivered");
+                Handled::DeadLetter { reason } => {
+                    outgoing.push(dead_letter(&options, &view, &reason));
+                    break;
+                }
+                Handled::Retry { reason, .. } if attempt >= options.max_attempts => {
+                    let reason = format!("gave up after {attempt} attempts: {reason}");
+                    outgoing.push(dead_letter(&options, &view, &reason));
+                    break;
+                }
+                Handled::Retry { reason, delay } => {
+                    tracing::warn!(service = options.service, subject = %view.subject, attempt, %reason, "will retry");
+                    tokio::select! {
+                        () = shutdown.requested() => return None,
+                        () = tokio::time::sleep(delay.max(backoff(attempt))) => {}
+                    }
+                    attempt += 1;
                 }
             }
         }
-        Err(err) => {
-            tracing::warn!(service = options.service, error = %err, "cannot publish; the batch will be redelivered");
-            for message in done {
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-            }
-        }
+        handled.push(message);
     }
+    Some(PartitionDone {
+        outgoing,
+        messages: handled,
+    })
 }
 
 fn dead_letter(options: &WorkerOptions, message: &Delivered, reason: &str) -> Outgoing {

@@ -198,12 +198,29 @@ impl<S: Store> Graph<S> {
         &self,
         identifier: &Identifier,
     ) -> Result<Option<(String, u64, Option<Profile>)>, IdentityError> {
+        self.index_cached(identifier, &mut Vec::new()).await
+    }
+
+    /// [`Graph::index`], reusing the profiles already read for other identifiers of the
+    /// same event (a known visitor's identifiers all lead to one profile).
+    async fn index_cached(
+        &self,
+        identifier: &Identifier,
+        read: &mut Vec<(String, Option<Profile>)>,
+    ) -> Result<Option<(String, u64, Option<Profile>)>, IdentityError> {
         let Some(record) = self.store.get(&IDENTITY, &index_key(identifier)).await? else {
             return Ok(None);
         };
         let pointed =
             String::from_utf8(record.value.to_vec()).map_err(|err| corrupt("index", err))?;
-        let root = self.root(&pointed).await?;
+        let root = match read.iter().find(|(id, _)| *id == pointed) {
+            Some((_, root)) => root.clone(),
+            None => {
+                let root = self.root(&pointed).await?;
+                read.push((pointed.clone(), root.clone()));
+                root
+            }
+        };
         Ok(Some((pointed, record.version, root)))
     }
 
@@ -306,8 +323,9 @@ impl<S: Store> Graph<S> {
     /// each identifier without a profile, what its claim must replace.
     async fn see(&self, identifiers: &[Identifier]) -> Result<Sight, IdentityError> {
         let mut sight = Sight::default();
+        let mut read = Vec::new();
         for identifier in identifiers {
-            let profile = match self.index(identifier).await? {
+            let profile = match self.index_cached(identifier, &mut read).await? {
                 Some((_, _, Some(root))) if root.identifiers.contains(identifier) => {
                     Some(ProfileView {
                         id: root.id,

@@ -43,8 +43,8 @@ pub use rules::{Identifier, Rules};
 
 /// The durable consumer identity reads raw events with.
 pub const CONSUMER: &str = "identity";
-/// After this many deliveries an event that keeps failing goes to the dead letters.
-pub const MAX_DELIVER: i64 = 10;
+/// After this many attempts an event that keeps failing goes to the dead letters.
+pub const MAX_ATTEMPTS: u32 = 10;
 
 /// Every variable identity reads: its own, the bus's and the store's.
 pub fn vars() -> Vec<Var> {
@@ -64,7 +64,6 @@ pub fn consumer_config(batch: usize) -> consumer::pull::Config {
         filter_subject: subjects::events_raw_all(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(60),
-        max_deliver: MAX_DELIVER,
         max_ack_pending: (batch * 8).max(1000) as i64,
         ..Default::default()
     }
@@ -116,7 +115,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     let options = WorkerOptions {
         service: "identity",
         batch: config.batch,
-        max_deliver: MAX_DELIVER,
+        max_attempts: MAX_ATTEMPTS,
     };
     let worker = cairn_bus::worker::run(
         bus.clone(),

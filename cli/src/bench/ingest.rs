@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use base64::Engine as _;
 use bytes::Bytes;
-use cairn_bus::config::NATS_URL;
-use cairn_bus::server::{NATS_SERVER, NatsServer, find_binary, free_local_addr};
 use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
 use cairn_proto::event::v1::{Envelope, EventType};
 use cairn_runtime::host::{self, Listeners};
@@ -18,78 +16,23 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use prost::Message as _;
 
+use super::IngestArgs;
 use crate::modules;
-
-#[derive(clap::Subcommand)]
-pub enum BenchCommand {
-    /// Collector HTTP ingest vs raw JetStream publishing (uses CAIRN_NATS_URL when set,
-    /// else starts a nats-server in a temporary directory).
-    Ingest(IngestArgs),
-    /// Embedded store: read-modify-write of a 2 KB profile plus a timeline append per
-    /// event, in a temporary directory.
-    Store(StoreArgs),
-}
-
-#[derive(clap::Args)]
-pub struct StoreArgs {
-    /// Events to apply.
-    #[arg(long, default_value_t = 400_000)]
-    events: u64,
-    /// Distinct profiles the events fall on.
-    #[arg(long, default_value_t = 50_000)]
-    profiles: u64,
-    /// Concurrent writers (each owns its share of the profiles, as partitions do).
-    #[arg(long, default_value_t = 4)]
-    writers: u64,
-    /// fsync every write (CAIRN_STORE_FSYNC=always) instead of handing it to the OS.
-    #[arg(long)]
-    fsync_always: bool,
-}
-
-#[derive(clap::Args)]
-pub struct IngestArgs {
-    /// Events to send through each path.
-    #[arg(long, default_value_t = 300_000)]
-    events: usize,
-    /// Events per HTTP batch request.
-    #[arg(long, default_value_t = 100)]
-    batch: usize,
-    /// Concurrent HTTP requests.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-}
-
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Ingest(args) => ingest(args).await,
-        BenchCommand::Store(args) => store(args).await,
-    }
-}
 
 const WRITE_KEY: &str = "wk_bench";
 
-async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let batch = args.batch.max(1);
     let batches = args.events.div_ceil(batch);
     let events = batches * batch;
 
     let settings = Settings::from_env(&modules::all_vars())?;
     let store = tempfile::tempdir()?;
-    let (url, _server) = if settings.is_set(&NATS_URL) {
-        (settings.string(&NATS_URL), None)
-    } else {
-        let binary = find_binary(
-            settings
-                .optional(&NATS_SERVER)
-                .map(std::path::PathBuf::from)
-                .as_deref(),
-        )?;
-        let server = NatsServer::start(&binary, free_local_addr()?, store.path(), None).await?;
-        (server.url(), Some(server))
-    };
+    let (url, _server) = super::nats(&settings, store.path()).await?;
     println!(
-        "cairn bench ingest: {events} events of ~0.5 KB in batches of {batch}, {} concurrent requests, NATS at {url}",
-        args.concurrency
+        "cairn bench ingest: {events} events of ~0.5 KB in batches of {batch}, {} concurrent requests, NATS at {}",
+        args.concurrency,
+        cairn_bus::config::redact_url(&url)
     );
 
     // The same events for both paths; message ids differ so neither path deduplicates
@@ -273,81 +216,8 @@ async fn raw_phase(bus: &Bus, payloads: Vec<Outgoing>) -> anyhow::Result<f64> {
     Ok(events as f64 / elapsed.as_secs_f64())
 }
 
-async fn store(args: StoreArgs) -> anyhow::Result<()> {
-    use cairn_store::{
-        Change, Clock, EmbeddedStore, Fsync, Retention, Store as _, TableSpec, TimelineEntry,
-    };
-    const PROFILES: TableSpec = TableSpec {
-        name: "profiles",
-        timeline: Retention {
-            max_entries: 200,
-            max_age: None,
-        },
-    };
-    let dir = tempfile::tempdir()?;
-    let fsync = if args.fsync_always {
-        Fsync::Always
-    } else {
-        Fsync::Buffer
-    };
-    let store = EmbeddedStore::open(dir.path(), fsync, 64 << 20, Clock::system())?;
-    let writers = args.writers.max(1);
-    println!(
-        "cairn bench store: {} events on {} profiles of 2 KB, {writers} writers, fsync {:?}, in {}",
-        args.events,
-        args.profiles,
-        fsync,
-        dir.path().display()
-    );
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for writer in 0..writers {
-        let store = store.clone();
-        let (events, profiles) = (args.events / writers, args.profiles.max(writers));
-        tasks.push(tokio::spawn(async move {
-            let mut state = writer.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-            let entry = Bytes::from(vec![b'e'; 300]);
-            for n in 0..events {
-                // xorshift: a profile among this writer's share.
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let profile = (state % (profiles / writers)) * writers + writer;
-                let key = Bytes::from(format!("profile-{profile:08}"));
-                let outcome = store
-                    .update(&PROFILES, key, 1, |current| {
-                        let mut document = current
-                            .map_or_else(|| vec![b' '; 2048], |record| record.value.to_vec());
-                        // The change an event makes: counters and a last-seen stamp.
-                        document[..8].copy_from_slice(&n.to_be_bytes());
-                        let mut change = Change::set(document);
-                        change.appends.push(TimelineEntry {
-                            at_ms: n as i64,
-                            id: Bytes::from(format!("m-{writer}-{n}")),
-                            value: entry.clone(),
-                        });
-                        Some(change)
-                    })
-                    .await?;
-                if !outcome.is_some_and(|outcome| outcome.is_applied()) {
-                    anyhow::bail!("unexpected conflict: each writer owns its profiles");
-                }
-            }
-            Ok::<u64, anyhow::Error>(events)
-        }));
-    }
-    let mut applied = 0;
-    for task in tasks {
-        applied += task.await??;
-    }
-    let eps = applied as f64 / started.elapsed().as_secs_f64();
-    println!("  read-modify-write + timeline append: {eps:>10.0} events/s");
-    println!("{}", serde_json::json!({"store_rmw_eps": eps.round()}));
-    Ok(())
-}
-
 /// A realistic ~0.5 KB page/track event for benchmarks: visitor `n` of a site.
-fn realistic_event(n: u64) -> serde_json::Value {
+pub(super) fn realistic_event(n: u64) -> serde_json::Value {
     let sections = ["shoes", "bags", "jackets", "sale", "new-in"];
     let section = sections[(n % sections.len() as u64) as usize];
     serde_json::json!({

@@ -1,0 +1,87 @@
+//! `cairn bench ...`: the benchmarks, each printing its figures and a JSON line last.
+
+mod identity;
+mod ingest;
+mod store;
+
+use cairn_bus::config::NATS_URL;
+use cairn_bus::server::{NATS_SERVER, NatsServer, find_binary, free_local_addr};
+use cairn_runtime::Settings;
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Collector HTTP ingest vs raw JetStream publishing (uses CAIRN_NATS_URL when set,
+    /// else starts a nats-server in a temporary directory).
+    Ingest(IngestArgs),
+    /// Embedded store: read-modify-write of a 2 KB profile plus a timeline append per
+    /// event, in a temporary directory.
+    Store(StoreArgs),
+    /// Identity: events/s from events.raw to events.identified, for known visitors and
+    /// for a merge-heavy workload (NATS as for `ingest`; the embedded store).
+    Identity(IdentityArgs),
+}
+
+#[derive(clap::Args)]
+pub struct IdentityArgs {
+    /// Events per workload.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) events: usize,
+    /// Known visitors (the first workload's people).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) visitors: usize,
+}
+
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// Events to apply.
+    #[arg(long, default_value_t = 400_000)]
+    pub(crate) events: u64,
+    /// Distinct profiles the events fall on.
+    #[arg(long, default_value_t = 50_000)]
+    pub(crate) profiles: u64,
+    /// Concurrent writers (each owns its share of the profiles, as partitions do).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) writers: u64,
+    /// fsync every write (CAIRN_STORE_FSYNC=always) instead of handing it to the OS.
+    #[arg(long)]
+    pub(crate) fsync_always: bool,
+}
+
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// Events to send through each path.
+    #[arg(long, default_value_t = 300_000)]
+    pub(crate) events: usize,
+    /// Events per HTTP batch request.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) batch: usize,
+    /// Concurrent HTTP requests.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) concurrency: usize,
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ingest(args) => ingest::run(args).await,
+        BenchCommand::Store(args) => store::run(args).await,
+        BenchCommand::Identity(args) => identity::run(args).await,
+    }
+}
+
+/// NATS for a benchmark: CAIRN_NATS_URL when set, else a nats-server it starts in `dir`.
+async fn nats(
+    settings: &Settings,
+    dir: &std::path::Path,
+) -> anyhow::Result<(String, Option<NatsServer>)> {
+    if settings.is_set(&NATS_URL) {
+        return Ok((settings.string(&NATS_URL), None));
+    }
+    let binary = find_binary(
+        settings
+            .optional(&NATS_SERVER)
+            .map(std::path::PathBuf::from)
+            .as_deref(),
+    )?;
+    let server = NatsServer::start(&binary, free_local_addr()?, dir, None).await?;
+    Ok((server.url(), Some(server)))
+}
