@@ -10,6 +10,7 @@ mod bench;
 mod dev;
 mod modules;
 mod process;
+mod profile;
 mod send;
 
 use std::process::ExitCode;
@@ -48,6 +49,9 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Ask the running Cairn at CAIRN_GRPC_ADDR what it runs and whether it is ready.
     Status,
+    /// Profiles of the running Cairn (at CAIRN_GRPC_ADDR, with CAIRN_TOKEN).
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
     /// List the services and what each serves.
     Modules,
     /// Print every configuration variable with its default and meaning.
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             Command::Send(args) => send::run(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Status => admin::status().await,
+            Command::Profile(command) => profile::run(command).await,
             Command::Modules => modules::print(),
             Command::Config => process::print_config(),
         }

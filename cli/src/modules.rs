@@ -70,6 +70,20 @@ pub const MODULES: &[ModuleSpec] = &[
             })
         },
     },
+    ModuleSpec {
+        name: "profile-store",
+        summary: "profiles: events.identified + facts + merges -> profiles.changed; gRPC cairn.profile.v1.Profiles",
+        http: false,
+        vars: cairn_profile_store::vars,
+        start: |context, resources| {
+            Box::pin(async move {
+                let store = resources.store(context).await?;
+                cairn_profile_store::start(context, store)
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            })
+        },
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ModuleSpec> {

@@ -7,11 +7,13 @@
 //! - [`subjects`]: subject names and the partition token where order matters;
 //! - [`trace`]: W3C trace context in message headers;
 //! - [`worker`]: the consume → handle → publish → acknowledge loop of every consumer;
+//! - [`ownership`]: which replica works which partition of a stateful service;
 //! - [`server`]: a local nats-server child process for `cairn up` and tests.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod ownership;
 pub mod server;
 pub mod streams;
 pub mod subjects;

@@ -39,14 +39,22 @@ pub const PROFILES: &str = "PROFILES";
 /// What services could not process, with the reason.
 pub const DEAD_LETTERS: &str = "DEAD_LETTERS";
 
-/// The IDENTIFIED stream: `events.identified.<partition>`, files, deduplicated on the
-/// event's message id so a redelivered event is published once. Derived data (it can be
-/// rebuilt from EVENTS), so it keeps 7 days by default.
+/// The IDENTIFIED stream: `events.identified.<partition>` and what enrichers learn from
+/// them, `profile.facts.<partition>` (one stream, so the profile store reads a
+/// partition's events and facts through one consumer). Files, deduplicated on message
+/// ids so a redelivered event is published once. Derived data (it can be rebuilt from
+/// EVENTS), so it keeps 7 days by default.
 pub fn identified(config: &BusConfig) -> Config {
     Config {
         name: IDENTIFIED.to_string(),
-        description: Some("Events with the profile they belong to".to_string()),
-        subjects: vec![subjects::events_identified_all()],
+        description: Some(
+            "Events with the profile they belong to, and facts enrichers derive from them"
+                .to_string(),
+        ),
+        subjects: vec![
+            subjects::events_identified_all(),
+            subjects::PROFILE_FACTS_ALL.to_string(),
+        ],
         storage: StorageType::File,
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,

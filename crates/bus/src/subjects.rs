@@ -65,12 +65,34 @@ pub fn events_identified_all() -> String {
     format!("{EVENTS_IDENTIFIED_PREFIX}.>")
 }
 
-/// Two profiles became one: `{from, into, reason, message id, identifiers}`.
-pub const PROFILES_MERGED: &str = "profiles.merged";
-/// Identifiers were split out of a profile.
-pub const PROFILES_SPLIT: &str = "profiles.split";
+/// Two profiles became one: `profiles.merged.<partition of the survivor>`.
+pub fn profiles_merged(partition: u32) -> String {
+    format!("profiles.merged.{partition}")
+}
+
+/// Identifiers were split out of a profile: `profiles.split.<partition of that profile>`.
+pub fn profiles_split(partition: u32) -> String {
+    format!("profiles.split.{partition}")
+}
+
+/// A profile changed: `profiles.changed.<partition>`.
+pub fn profiles_changed(partition: u32) -> String {
+    format!("profiles.changed.{partition}")
+}
+
+/// A person was forgotten.
+pub const PROFILES_DELETED: &str = "profiles.deleted";
+
 /// Every subject about profiles.
 pub const PROFILES_ALL: &str = "profiles.>";
+
+/// What an enricher learned about a profile: `profile.facts.<partition>`.
+pub fn profile_facts(partition: u32) -> String {
+    format!("profile.facts.{partition}")
+}
+
+/// The wildcard covering every fact.
+pub const PROFILE_FACTS_ALL: &str = "profile.facts.>";
 
 /// Where a service puts what it cannot process, with the reason in a header:
 /// `deadletter.<service>`.

@@ -86,7 +86,23 @@ pub async fn run<H: Handler>(
     let mut in_flight = std::collections::VecDeque::new();
     'rounds: loop {
         let chunk = tokio::select! {
+            biased;
             () = shutdown.requested() => break,
+            // Acknowledge finished rounds as soon as they finish, even when no new
+            // messages come.
+                        finished = async {
+                match in_flight.front_mut() {
+                    Some(round) => round.await,
+                    None => std::future::pending().await,
+                }
+            }, if !in_flight.is_empty() =>
+            {
+                in_flight.pop_front();
+                if !acknowledge(&options, finished).await {
+                    break;
+                }
+                continue;
+            }
             chunk = messages.next() => chunk,
         };
         let Some(chunk) = chunk else {
@@ -217,10 +233,18 @@ async fn acknowledge_oldest(
     options: &WorkerOptions,
     in_flight: &mut std::collections::VecDeque<tokio::task::JoinHandle<Option<Vec<Message>>>>,
 ) -> bool {
-    let Some(round) = in_flight.pop_front() else {
-        return true;
-    };
-    match round.await {
+    match in_flight.pop_front() {
+        Some(round) => acknowledge(options, round.await).await,
+        None => true,
+    }
+}
+
+/// Acknowledges a completed round's messages. False when the round could not complete.
+async fn acknowledge(
+    options: &WorkerOptions,
+    finished: Result<Option<Vec<Message>>, tokio::task::JoinError>,
+) -> bool {
+    match finished {
         Ok(Some(messages)) => {
             for message in messages {
                 if let Err(err) = message.ack().await {

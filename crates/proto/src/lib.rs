@@ -34,6 +34,14 @@ pub mod identity {
     }
 }
 
+/// `cairn.profile.v1`: profiles, their changes, and enricher facts.
+pub mod profile {
+    pub mod v1 {
+        #![allow(clippy::all, unused_qualifications)]
+        include!(concat!(env!("OUT_DIR"), "/cairn.profile.v1.rs"));
+    }
+}
+
 /// `cairn.collector.v1`: gRPC ingest.
 pub mod collector {
     pub mod v1 {

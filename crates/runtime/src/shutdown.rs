@@ -14,6 +14,14 @@ impl Shutdown {
         Self::default()
     }
 
+    /// A shutdown of its own that also begins when this one does (to stop one part,
+    /// such as one partition's worker, alone).
+    pub fn child(&self) -> Shutdown {
+        Shutdown {
+            token: self.token.child_token(),
+        }
+    }
+
     /// Begins shutdown everywhere this handle was cloned to.
     pub fn trigger(&self) {
         self.token.cancel();

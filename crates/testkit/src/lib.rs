@@ -117,6 +117,31 @@ pub async fn wait_for_messages(bus: &Bus, stream: &str, count: usize) -> Vec<Str
     }
 }
 
+/// Waits until `consumer` on `stream` has handled and acknowledged everything it was
+/// given (30 s at most).
+pub async fn wait_consumer_idle(bus: &Bus, stream: &str, consumer: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(mut found) = bus
+            .jetstream()
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                consumer, stream,
+            )
+            .await
+            && let Ok(info) = found.info().await
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{consumer} on {stream} still busy after 30s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A message as the EVENTS stream holds it.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {

@@ -544,6 +544,50 @@ impl<S: Store> Graph<S> {
         Ok((root.id, entries))
     }
 
+    /// Forgets a person (right to be forgotten): the index entries of `identifiers`, the
+    /// profile they lead to, the profiles merged into it, and their merge logs.
+    pub async fn forget(&self, identifiers: &[Identifier]) -> Result<(), IdentityError> {
+        let mut roots = Vec::new();
+        for identifier in identifiers {
+            if let Some((_, _, Some(root))) = self.index(identifier).await?
+                && !roots.contains(&root.id)
+            {
+                roots.push(root.id);
+            }
+        }
+        for root in roots {
+            let held = self
+                .leases
+                .take(&[lease_name(&root)], self.patience)
+                .await?;
+            let result = async {
+                let (_, history) = self.history(&root).await?;
+                let mut gone: Vec<String> = vec![root.clone()];
+                for entry in history.iter().filter(|entry| entry.kind == LogKind::Merged) {
+                    if !gone.contains(&entry.from) {
+                        gone.push(entry.from.clone());
+                    }
+                }
+                if let Some(profile) = self.root(&root).await? {
+                    for identifier in &profile.identifiers {
+                        self.store.delete(&IDENTITY, &index_key(identifier)).await?;
+                    }
+                }
+                for profile in gone {
+                    self.store.delete(&IDENTITY, &profile_key(&profile)).await?;
+                }
+                Ok::<(), IdentityError>(())
+            }
+            .await;
+            self.leases.release(held).await;
+            result?;
+        }
+        for identifier in identifiers {
+            self.store.delete(&IDENTITY, &index_key(identifier)).await?;
+        }
+        Ok(())
+    }
+
     /// Takes `identifiers` out of `id`'s profile: back into the profile a recorded merge
     /// brought exactly them from, or into a new profile.
     pub async fn split(

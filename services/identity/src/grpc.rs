@@ -120,7 +120,7 @@ impl<S: Store> Identity for IdentityService<S> {
             .split(&body.profile_id, &identifiers, now_ms())
             .await?;
         self.bus
-            .publish_all(vec![merge_message(&split.entry)?])
+            .publish_all(vec![merge_message(&split.entry, self.bus.partitions())?])
             .await
             .map_err(IdentityError::from)?;
         tracing::info!(from = %split.entry.from, into = %split.entry.into, "profile split");

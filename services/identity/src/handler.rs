@@ -60,23 +60,25 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// A merge, as published on `profiles.merged` and `profiles.split`.
-pub fn merge_message(entry: &LogEntry) -> Result<Outgoing, IdentityError> {
+/// A merge or a split, as published on `profiles.merged.<partition of the survivor>` or
+/// `profiles.split.<partition of the profile split>` (where that profile's owner in the
+/// profile store reads it).
+pub fn merge_message(entry: &LogEntry, partitions: Partitions) -> Result<Outgoing, IdentityError> {
     let record = proto::merge_record(entry);
     let (subject, id) = match entry.kind {
         LogKind::Split => (
-            subjects::PROFILES_SPLIT,
+            subjects::profiles_split(partitions.of(&entry.from)),
             format!("split/{}/{}/{}", entry.from, entry.into, entry.at_ms),
         ),
         _ => (
-            subjects::PROFILES_MERGED,
+            subjects::profiles_merged(partitions.of(&entry.into)),
             format!("merge/{}/{}", entry.from, entry.into),
         ),
     };
     let mut headers = async_nats::HeaderMap::new();
     cairn_bus::trace::inject_current(&mut headers);
     Ok(Outgoing {
-        subject: subject.to_string(),
+        subject,
         message_id: Some(id),
         headers,
         payload: Bytes::from(record.encode_to_vec()),
@@ -111,7 +113,7 @@ impl<S: Store> IdentityHandler<S> {
         }
         let mut outgoing = Vec::with_capacity(1 + merges.len());
         for entry in &merges {
-            outgoing.push(merge_message(entry)?);
+            outgoing.push(merge_message(entry, self.partitions)?);
         }
         self.metrics.merges.add(merges.len() as u64, &[]);
         let partition = self.partitions.of(&identified.profile_id);
@@ -119,6 +121,7 @@ impl<S: Store> IdentityHandler<S> {
         let payload = IdentifiedEvent {
             envelope: Some(envelope),
             profile_id: identified.profile_id,
+            identifiers: identifiers.iter().map(proto::identifier).collect(),
         }
         .encode_to_vec();
         // The trace goes on from the collector's.
@@ -160,6 +163,46 @@ impl<S: Store> Handler for IdentityHandler<S> {
                     reason: err.to_string(),
                 }
             }
+        }
+    }
+}
+
+/// Forgets the identifiers of deleted profiles (`profiles.deleted`).
+#[derive(Clone)]
+pub struct ForgetHandler<S> {
+    pub graph: Arc<Graph<S>>,
+}
+
+impl<S: Store> Handler for ForgetHandler<S> {
+    async fn handle(&self, message: &Delivered) -> Handled {
+        let deleted =
+            match cairn_proto::profile::v1::ProfileDeleted::decode(message.payload.clone()) {
+                Ok(deleted) => deleted,
+                Err(err) => {
+                    return Handled::DeadLetter {
+                        reason: format!("not a deleted profile: {err}"),
+                    };
+                }
+            };
+        let identifiers: Vec<crate::rules::Identifier> = deleted
+            .identifiers
+            .iter()
+            .map(|identifier| {
+                crate::rules::Identifier::new(identifier.r#type.clone(), identifier.value.clone())
+            })
+            .collect();
+        match self.graph.forget(&identifiers).await {
+            Ok(()) => {
+                tracing::info!(profile_id = %deleted.profile_id, identifiers = identifiers.len(), "forgot a deleted profile");
+                Handled::Publish(Vec::new())
+            }
+            Err(err) if err.is_transient() => Handled::Retry {
+                reason: err.to_string(),
+                delay: Duration::from_secs(1),
+            },
+            Err(err) => Handled::DeadLetter {
+                reason: err.to_string(),
+            },
         }
     }
 }

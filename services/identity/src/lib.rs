@@ -69,6 +69,18 @@ pub fn consumer_config(batch: usize) -> consumer::pull::Config {
     }
 }
 
+/// The consumer of `profiles.deleted`: a deleted person's identifiers are forgotten.
+pub fn forget_consumer_config() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some("identity_forget".to_string()),
+        description: Some("Identity: forgets the identifiers of deleted profiles".to_string()),
+        filter_subject: subjects::PROFILES_DELETED.to_string(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(60),
+        ..Default::default()
+    }
+}
+
 /// Starts identity on `store`: streams and consumer declared, the worker and the gRPC
 /// service ready.
 pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module, IdentityError> {
@@ -89,6 +101,9 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     }
     let consumer = bus
         .ensure_consumer(streams::EVENTS, consumer_config(config.batch))
+        .await?;
+    let forget_consumer = bus
+        .ensure_consumer(streams::PROFILES, forget_consumer_config())
         .await?;
 
     let holder = format!("identity-{:08x}", rand::random::<u32>());
@@ -121,6 +136,16 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         bus.clone(),
         consumer,
         handler,
+        options.clone(),
+        context.shutdown.clone(),
+    );
+    let forget = handler::ForgetHandler {
+        graph: graph.clone(),
+    };
+    let forgetting = cairn_bus::worker::run(
+        bus.clone(),
+        forget_consumer,
+        forget,
         options,
         context.shutdown.clone(),
     );
@@ -129,8 +154,9 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         grpc: GrpcServices::default()
             .with(IdentityServer::new(grpc::IdentityService { graph, bus })),
         http: None,
-        tasks: vec![Box::pin(async move {
-            worker.await.map_err(|err| Box::new(err) as BoxError)
-        })],
+        tasks: vec![
+            Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) }),
+            Box::pin(async move { forgetting.await.map_err(|err| Box::new(err) as BoxError) }),
+        ],
     })
 }

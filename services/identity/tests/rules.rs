@@ -364,3 +364,32 @@ async fn split_restores_the_identifiers_of_a_merge_to_their_own_profile() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn forgetting_a_person_leaves_no_identifier_behind() {
+    let world = world();
+    let kept = world.send(json!({"userId": "stays"})).await;
+    world.send(json!({"anonymousId": "c1"})).await;
+    let gone = world
+        .send(json!({"anonymousId": "c2", "userId": "gone", "traits": {"email": "g@example.com"}}))
+        .await;
+    world
+        .send(json!({"anonymousId": "c1", "traits": {"email": "g@example.com"}}))
+        .await;
+    let identifiers = vec![
+        Identifier::new("user_id", "gone"),
+        Identifier::new("email", "g@example.com"),
+        Identifier::new("anonymous_id", "c1"),
+        Identifier::new("anonymous_id", "c2"),
+    ];
+    world.graph.forget(&identifiers).await.unwrap();
+    for identifier in &identifiers {
+        assert_eq!(
+            world.graph.lookup(identifier).await.unwrap(),
+            None,
+            "{identifier}"
+        );
+    }
+    assert!(world.graph.root(&gone).await.unwrap().is_none());
+    assert_eq!(world.profile_of("user_id", "stays").await, Some(kept));
+}

@@ -137,7 +137,7 @@ async fn events_get_their_profile_and_linking_events_merge_devices() {
 
     let merged = wait_for_messages(&mesh.bus, streams::PROFILES, 1).await;
     let record = pb::MergeRecord::decode(merged[0].payload.clone()).unwrap();
-    assert_eq!(merged[0].subject, subjects::PROFILES_MERGED);
+    assert_eq!(merged[0].subject, subjects::profiles_merged(partition));
     assert_eq!(
         (
             record.from_profile_id.as_str(),
@@ -303,7 +303,10 @@ async fn the_api_needs_tokens_and_split_restores_a_merge() {
         (kiosk.as_str(), tom.as_str())
     );
     let published = wait_for_messages(&mesh.bus, streams::PROFILES, 2).await;
-    assert_eq!(published[1].subject, subjects::PROFILES_SPLIT);
+    assert_eq!(
+        published[1].subject,
+        subjects::profiles_split(mesh.bus.partitions().of(&tom))
+    );
 
     // Events from the kiosk now go to the kiosk's own profile again.
     mesh.send(json!([{"type": "page", "messageId": "s4", "anonymousId": "kiosk"}]))

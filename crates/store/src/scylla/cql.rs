@@ -180,6 +180,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tables",
         cql: include_str!("../../migrations/scylla/0002_tables.cql"),
     },
+    Migration {
+        version: 3,
+        name: "profile_index",
+        cql: include_str!("../../migrations/scylla/0003_profile_index.cql"),
+    },
 ];
 
 /// The table that records which migrations ran.
@@ -350,7 +355,10 @@ mod tests {
                 "CREATE KEYSPACE IF NOT EXISTS cairn_test WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1} AND durable_writes = true AND tablets = {'enabled': false}"
             ]
         );
-        let tables = statements(&MIGRATIONS[1], "cairn_test", &Replication::Simple(1));
+        let tables: Vec<String> = MIGRATIONS[1..]
+            .iter()
+            .flat_map(|migration| statements(migration, "cairn_test", &Replication::Simple(1)))
+            .collect();
         assert!(tables.len() >= 5);
         for statement in &tables {
             assert!(

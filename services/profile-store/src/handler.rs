@@ -1,0 +1,475 @@
+//! What the profile store does with each message of a partition: events, enricher
+//! facts, merges and splits. Every change is one atomic write with a mark, so a
+//! redelivered message changes nothing; every durable change is announced on
+//! `profiles.changed.<partition>`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_bus::worker::{Delivered, Handled, Handler};
+use cairn_bus::{Outgoing, Partitions, subjects};
+use cairn_proto::event::v1::IdentifiedEvent;
+use cairn_proto::identity::v1::MergeRecord;
+use cairn_proto::profile::v1::{Facts, ProfileChanged};
+use cairn_store::{Mark, Store, TimelineEntry, Write};
+use opentelemetry::metrics::Counter;
+use prost::Message as _;
+
+use crate::error::ProfileError;
+use crate::input::event_input;
+use crate::profile::{FoldSettings, Identifier, Profile, SessionStamp};
+use crate::store::{self, Changed, MARK_TTL, PROFILES};
+
+/// Counts what the profile store does.
+#[derive(Debug, Clone)]
+pub struct ProfileMetrics {
+    changes: Counter<u64>,
+    duplicates: Counter<u64>,
+}
+
+impl ProfileMetrics {
+    pub fn new(meter: &opentelemetry::metrics::Meter) -> Self {
+        Self {
+            changes: meter
+                .u64_counter("cairn_profile_changes")
+                .with_description("Durable profile changes")
+                .build(),
+            duplicates: meter
+                .u64_counter("cairn_profile_duplicates")
+                .with_description("Messages already applied (redeliveries)")
+                .build(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ProfileHandler<S> {
+    pub store: S,
+    pub fold: Arc<FoldSettings>,
+    pub partitions: Partitions,
+    pub metrics: ProfileMetrics,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn once(id: String, ttl: Option<Duration>) -> Mark {
+    Mark {
+        id: Bytes::from(id),
+        value: Bytes::new(),
+        ttl,
+        if_absent: true,
+    }
+}
+
+/// The announcement of a durable change.
+pub fn changed_message(
+    partitions: Partitions,
+    profile: &Profile,
+    version: u64,
+    fields: Vec<String>,
+    message_id: &str,
+    session: Option<&SessionStamp>,
+) -> Outgoing {
+    let now = now_ms();
+    let changed = ProfileChanged {
+        profile_id: profile.id.clone(),
+        version,
+        changed_fields: fields,
+        message_id: message_id.to_string(),
+        at: Some(std::time::SystemTime::now().into()),
+        profile_json: profile.view(now).to_string(),
+        session_id: session.map(|stamp| stamp.id.clone()).unwrap_or_default(),
+        session_index: session.map_or(0, |stamp| stamp.index),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    cairn_bus::trace::inject_current(&mut headers);
+    Outgoing {
+        subject: subjects::profiles_changed(partitions.of(&profile.id)),
+        message_id: Some(format!("changed/{}/{version}", profile.id)),
+        headers,
+        payload: Bytes::from(changed.encode_to_vec()),
+    }
+}
+
+impl<S: Store> ProfileHandler<S> {
+    async fn on_event(&self, message: &Delivered) -> Result<Vec<Outgoing>, ProfileError> {
+        let identified = IdentifiedEvent::decode(message.payload.clone())
+            .map_err(|err| ProfileError::Unreadable(format!("not an identified event: {err}")))?;
+        let input = event_input(&identified).map_err(ProfileError::Unreadable)?;
+        if identified.profile_id.is_empty() {
+            return Err(ProfileError::Unreadable(
+                "the event has no profile id".to_string(),
+            ));
+        }
+        let entry = TimelineEntry {
+            at_ms: input.at,
+            id: Bytes::from(input.message_id.clone()),
+            value: message.payload.clone(),
+        };
+        let mut stamp = None;
+        let changed = store::change(
+            &self.store,
+            &identified.profile_id,
+            Some(once(format!("e:{}", input.message_id), Some(MARK_TTL))),
+            vec![entry],
+            |profile| {
+                let (fields, session) = profile.apply_event(&input, &self.fold);
+                stamp = Some(session);
+                Some(fields)
+            },
+        )
+        .await?;
+        match changed {
+            Changed::Applied {
+                profile,
+                version,
+                fields,
+            } => {
+                let new: Vec<Identifier> = input
+                    .identifiers
+                    .iter()
+                    .filter(|identifier| profile.identifiers.contains(identifier))
+                    .cloned()
+                    .collect();
+                store::index(&self.store, &new, &profile.id).await?;
+                self.metrics.changes.add(1, &[]);
+                Ok(vec![changed_message(
+                    self.partitions,
+                    &profile,
+                    version,
+                    fields,
+                    &input.message_id,
+                    stamp.as_ref(),
+                )])
+            }
+            Changed::AlreadyApplied { profile } => {
+                self.metrics.duplicates.add(1, &[]);
+                // After a crash between the write and the announcement, announce again.
+                Ok(match profile {
+                    Some(stored) if message.delivered > 1 => vec![changed_message(
+                        self.partitions,
+                        &stored.profile,
+                        stored.version,
+                        Vec::new(),
+                        &input.message_id,
+                        None,
+                    )],
+                    _ => Vec::new(),
+                })
+            }
+            Changed::Nothing => Ok(Vec::new()),
+        }
+    }
+
+    async fn on_facts(&self, message: &Delivered) -> Result<Vec<Outgoing>, ProfileError> {
+        let facts = Facts::decode(message.payload.clone())
+            .map_err(|err| ProfileError::Unreadable(format!("not facts: {err}")))?;
+        let parsed: serde_json::Value = serde_json::from_str(&facts.facts_json)
+            .map_err(|err| ProfileError::Unreadable(format!("facts_json: {err}")))?;
+        let serde_json::Value::Object(map) = parsed else {
+            return Err(ProfileError::Unreadable(
+                "facts_json: must be a JSON object".to_string(),
+            ));
+        };
+        if facts.source.is_empty() || facts.profile_id.is_empty() {
+            return Err(ProfileError::Unreadable(
+                "facts need a source and a profile id".to_string(),
+            ));
+        }
+        let at = facts.at.as_ref().map_or_else(now_ms, |at| {
+            at.seconds * 1000 + i64::from(at.nanos) / 1_000_000
+        });
+        let changed = store::change(
+            &self.store,
+            &facts.profile_id,
+            Some(once(
+                format!("f:{}:{}", facts.source, facts.message_id),
+                Some(MARK_TTL),
+            )),
+            Vec::new(),
+            |profile| Some(profile.apply_facts(&facts.source, &map, at)),
+        )
+        .await?;
+        Ok(match changed {
+            Changed::Applied {
+                profile,
+                version,
+                fields,
+            } if !fields.is_empty() => {
+                self.metrics.changes.add(1, &[]);
+                vec![changed_message(
+                    self.partitions,
+                    &profile,
+                    version,
+                    fields,
+                    &facts.message_id,
+                    None,
+                )]
+            }
+            _ => Vec::new(),
+        })
+    }
+
+    /// `from` becomes part of `into`: first `from` is marked merged (so its late events go
+    /// to `into`), then its document, timeline and identifiers move, each step once.
+    async fn on_merge(&self, message: &Delivered) -> Result<Vec<Outgoing>, ProfileError> {
+        let merge = MergeRecord::decode(message.payload.clone())
+            .map_err(|err| ProfileError::Unreadable(format!("not a merge: {err}")))?;
+        let (from, into) = (merge.from_profile_id, merge.into_profile_id);
+        if from.is_empty() || into.is_empty() || from == into {
+            return Err(ProfileError::Unreadable(
+                "a merge needs two different profiles".to_string(),
+            ));
+        }
+        // 1. Freeze `from`: it now points at `into` and keeps its data for step 2.
+        let into_for_update = into.clone();
+        self.store
+            .update(&PROFILES, Bytes::from(from.clone()), 50, |current| {
+                let mut profile = match current {
+                    Some(record) => store::decode(&record.value).ok()?,
+                    None => Profile::new(&from),
+                };
+                if profile.merged_into.is_some() {
+                    return None;
+                }
+                profile.merged_into = Some(into_for_update.clone());
+                Some(cairn_store::Change::set(store::encode(&profile).ok()?))
+            })
+            .await?;
+        let frozen = match self.store.get(&PROFILES, from.as_bytes()).await? {
+            Some(record) => store::decode(&record.value)?,
+            None => Profile::new(&from),
+        };
+        // 2. Take its document in, once.
+        let changed = store::change(
+            &self.store,
+            &into,
+            Some(once(format!("merge:{from}"), None)),
+            Vec::new(),
+            |profile| {
+                profile.absorb(&frozen, &self.fold);
+                Some(vec!["merged_from".to_string(), "identifiers".to_string()])
+            },
+        )
+        .await?;
+        // 3. Its timeline, with the marks of its events (a late redelivery of one of them
+        //    must not count twice). Appends and marks are idempotent, so this can repeat.
+        let survivor = match &changed {
+            Changed::Applied { profile, .. } => profile.id.clone(),
+            _ => store::read(&self.store, &into)
+                .await?
+                .map_or(into.clone(), |stored| stored.profile.id),
+        };
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .timeline(&PROFILES, from.as_bytes(), cursor, 400)
+                .await?;
+            if !page.entries.is_empty() {
+                let mut write = Write::new(Bytes::from(survivor.clone()));
+                for entry in &page.entries {
+                    write.marks.push(Mark {
+                        id: Bytes::from(format!("e:{}", String::from_utf8_lossy(&entry.id))),
+                        value: Bytes::new(),
+                        ttl: Some(MARK_TTL),
+                        if_absent: false,
+                    });
+                }
+                write.appends = page.entries;
+                self.store.write(&PROFILES, write).await?;
+            }
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        store::index(&self.store, &frozen.identifiers, &survivor).await?;
+        Ok(match changed {
+            Changed::Applied {
+                profile,
+                version,
+                fields,
+            } => {
+                self.metrics.changes.add(1, &[]);
+                vec![changed_message(
+                    self.partitions,
+                    &profile,
+                    version,
+                    fields,
+                    &merge.message_id,
+                    None,
+                )]
+            }
+            _ => Vec::new(),
+        })
+    }
+
+    /// Identifiers leave `from` for `into`: both profiles are folded again from `from`'s
+    /// timeline, each event going with its identifiers.
+    async fn on_split(&self, message: &Delivered) -> Result<Vec<Outgoing>, ProfileError> {
+        let split = MergeRecord::decode(message.payload.clone())
+            .map_err(|err| ProfileError::Unreadable(format!("not a split: {err}")))?;
+        let (from, into) = (split.from_profile_id.clone(), split.into_profile_id.clone());
+        let moved: BTreeSet<Identifier> = split
+            .identifiers
+            .iter()
+            .map(|identifier| Identifier {
+                kind: identifier.r#type.clone(),
+                value: identifier.value.clone(),
+            })
+            .collect();
+        if from.is_empty() || into.is_empty() || moved.is_empty() {
+            return Err(ProfileError::Unreadable(
+                "a split needs two profiles and identifiers".to_string(),
+            ));
+        }
+        // The events of `from`, oldest first, each to the side of its identifiers.
+        let mut entries = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .timeline(&PROFILES, from.as_bytes(), cursor, 500)
+                .await?;
+            entries.extend(page.entries);
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        entries.sort_by_key(|entry| entry.at_ms);
+        let mut leaving = Vec::new();
+        let mut staying = Vec::new();
+        for entry in entries {
+            let Ok(identified) = IdentifiedEvent::decode(entry.value.clone()) else {
+                continue;
+            };
+            let Ok(input) = event_input(&identified) else {
+                continue;
+            };
+            let goes = !input.identifiers.is_empty()
+                && input
+                    .identifiers
+                    .iter()
+                    .all(|identifier| moved.contains(identifier));
+            if goes {
+                leaving.push((entry, input))
+            } else {
+                staying.push(input)
+            }
+        }
+        let mut split_out = Profile::new(&into);
+        split_out.identifiers = moved.iter().cloned().collect();
+        for (_, input) in &leaving {
+            split_out.apply_event(input, &self.fold);
+        }
+        let mark = format!(
+            "split:{into}:{}",
+            split.at.as_ref().map_or(0, |at| at.seconds)
+        );
+        let fold = self.fold.clone();
+        let kept = store::change(
+            &self.store,
+            &from,
+            Some(once(mark, None)),
+            Vec::new(),
+            |profile| {
+                let mut rebuilt = Profile::new(&profile.id);
+                rebuilt.identifiers = profile
+                    .identifiers
+                    .iter()
+                    .filter(|identifier| !moved.contains(identifier))
+                    .cloned()
+                    .collect();
+                for input in &staying {
+                    rebuilt.apply_event(input, &fold);
+                }
+                rebuilt
+                    .identifiers
+                    .retain(|identifier| !moved.contains(identifier));
+                rebuilt.facts = profile.facts.clone();
+                rebuilt.segments = profile.segments.clone();
+                rebuilt.merged_from = profile.merged_from.clone();
+                *profile = rebuilt;
+                Some(vec!["identifiers".to_string(), "split".to_string()])
+            },
+        )
+        .await?;
+        let Changed::Applied {
+            profile: kept,
+            version: kept_version,
+            fields,
+        } = kept
+        else {
+            return Ok(Vec::new()); // done before
+        };
+        let mut write = Write::new(Bytes::from(into.clone()))
+            .record(cairn_store::Expect::Any, store::encode(&split_out)?);
+        write.appends = leaving
+            .iter()
+            .map(|(entry, _)| entry.clone())
+            .take(900)
+            .collect();
+        let applied = self.store.write(&PROFILES, write).await?;
+        let version = match applied {
+            cairn_store::Outcome::Applied { version } => version.unwrap_or_default(),
+            cairn_store::Outcome::Conflict { .. } => 0,
+        };
+        store::index(&self.store, &split_out.identifiers, &into).await?;
+        Ok(vec![
+            changed_message(
+                self.partitions,
+                &kept,
+                kept_version,
+                fields,
+                &split.message_id,
+                None,
+            ),
+            changed_message(
+                self.partitions,
+                &split_out,
+                version,
+                vec!["identifiers".to_string()],
+                &split.message_id,
+                None,
+            ),
+        ])
+    }
+}
+
+impl<S: Store> Handler for ProfileHandler<S> {
+    async fn handle(&self, message: &Delivered) -> Handled {
+        let subject = message.subject.as_str();
+        let result = if subject.starts_with("events.identified.") {
+            self.on_event(message).await
+        } else if subject.starts_with("profile.facts.") {
+            self.on_facts(message).await
+        } else if subject.starts_with("profiles.merged.") {
+            self.on_merge(message).await
+        } else if subject.starts_with("profiles.split.") {
+            self.on_split(message).await
+        } else {
+            Err(ProfileError::Unreadable(format!(
+                "unexpected subject {subject}"
+            )))
+        };
+        match result {
+            Ok(outgoing) => Handled::Publish(outgoing),
+            Err(err) if err.is_transient() => Handled::Retry {
+                reason: err.to_string(),
+                delay: Duration::from_millis(500),
+            },
+            Err(err) => Handled::DeadLetter {
+                reason: err.to_string(),
+            },
+        }
+    }
+}

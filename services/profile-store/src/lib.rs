@@ -1,0 +1,224 @@
+//! The profile store: what Cairn knows about each person.
+//!
+//! It folds identified events, enricher facts, merges and splits into one document per
+//! profile ([`profile`]), keeps each profile's timeline, and announces every durable
+//! change on `profiles.changed.<partition>` for the segmenter. Partitions are owned by
+//! one replica at a time ([`cairn_bus::ownership`]), so one writer works each profile;
+//! every write is also a compare-and-set with a mark, so redeliveries and handovers
+//! never apply anything twice ([`store`], [`handler`]). `cairn.profile.v1.Profiles`
+//! serves Get, Timeline, Delete and Export ([`grpc`]).
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod handler;
+pub mod input;
+pub mod profile;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use cairn_bus::ownership::Ownership;
+use cairn_bus::worker::WorkerOptions;
+use cairn_bus::{Bus, BusConfig, BusError, streams, subjects};
+use cairn_proto::profile::v1::profiles_server::ProfilesServer;
+use cairn_runtime::grpc::GrpcServices;
+use cairn_runtime::{BoxError, Module, ModuleContext, Shutdown, Var};
+use cairn_store::Store;
+
+pub use config::ProfileConfig;
+pub use error::ProfileError;
+
+/// Every variable the profile store reads: its own, the bus's and the store's.
+pub fn vars() -> Vec<Var> {
+    [
+        config::VARS,
+        cairn_bus::config::VARS,
+        cairn_store::config::VARS,
+    ]
+    .concat()
+}
+
+/// The consumers of partition `p`: its events and facts, and its merges and splits.
+pub fn consumer_configs(
+    partition: u32,
+    batch: usize,
+) -> [(&'static str, consumer::pull::Config); 2] {
+    let base = |name: String, filters: Vec<String>| consumer::pull::Config {
+        durable_name: Some(name),
+        filter_subjects: filters,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(60),
+        max_ack_pending: (batch * 8).max(1000) as i64,
+        ..Default::default()
+    };
+    [
+        (
+            streams::IDENTIFIED,
+            base(
+                format!("profile_store_events_{partition}"),
+                vec![
+                    subjects::events_identified(partition),
+                    subjects::profile_facts(partition),
+                ],
+            ),
+        ),
+        (
+            streams::PROFILES,
+            base(
+                format!("profile_store_links_{partition}"),
+                vec![
+                    subjects::profiles_merged(partition),
+                    subjects::profiles_split(partition),
+                ],
+            ),
+        ),
+    ]
+}
+
+/// Starts the profile store on `store`.
+pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module, ProfileError> {
+    let config = ProfileConfig::from_settings(&context.settings)?;
+    let bus_config = BusConfig::from_settings(&context.settings)?;
+    let bus = Bus::connect(&bus_config, "cairn-profile-store").await?;
+    for stream in [
+        streams::identified(&bus_config),
+        streams::profiles(&bus_config),
+        streams::dead_letters(&bus_config),
+    ] {
+        bus.ensure_stream(stream).await?;
+    }
+    let ownership =
+        Ownership::join(&bus, "profile_store", bus_config.partitions, config.lease).await?;
+    tracing::info!(
+        member = ownership.member(),
+        "joined the profile-store replicas"
+    );
+    let readiness_bus = bus.clone();
+    context.readiness.add_check("profile-store: NATS", move || {
+        if readiness_bus.is_connected() {
+            Ok(())
+        } else {
+            Err("not connected".to_string())
+        }
+    });
+    let handler = handler::ProfileHandler {
+        store: store.clone(),
+        fold: Arc::new(config.fold.clone()),
+        partitions: bus.partitions(),
+        metrics: handler::ProfileMetrics::new(&context.metrics.meter("cairn.profile_store")),
+    };
+    let partitions = Partitions {
+        bus: bus.clone(),
+        handler,
+        batch: config.batch,
+        running: BTreeMap::new(),
+    };
+    let task = own_partitions(
+        ownership,
+        partitions,
+        config.lease,
+        context.shutdown.clone(),
+    );
+    Ok(Module {
+        name: "profile-store",
+        grpc: GrpcServices::default()
+            .with(ProfilesServer::new(grpc::ProfilesService { store, bus })),
+        http: None,
+        tasks: vec![Box::pin(async move {
+            task.await.map_err(|err| Box::new(err) as BoxError)
+        })],
+    })
+}
+
+/// A partition being worked: how to stop it, and its workers.
+type Running = (Shutdown, Vec<tokio::task::JoinHandle<Result<(), BusError>>>);
+
+/// The workers of the partitions this replica owns.
+struct Partitions<S> {
+    bus: Bus,
+    handler: handler::ProfileHandler<S>,
+    batch: usize,
+    running: BTreeMap<u32, Running>,
+}
+
+impl<S: Store> Partitions<S> {
+    async fn start(&mut self, partition: u32, shutdown: &Shutdown) -> Result<(), BusError> {
+        let stop = shutdown.child();
+        let mut workers = Vec::new();
+        for (stream, config) in consumer_configs(partition, self.batch) {
+            let consumer = self.bus.ensure_consumer(stream, config).await?;
+            let options = WorkerOptions {
+                service: "profile-store",
+                batch: self.batch,
+                max_attempts: 10,
+            };
+            workers.push(tokio::spawn(cairn_bus::worker::run(
+                self.bus.clone(),
+                consumer,
+                self.handler.clone(),
+                options,
+                stop.clone(),
+            )));
+        }
+        tracing::info!(partition, "working partition");
+        self.running.insert(partition, (stop, workers));
+        Ok(())
+    }
+
+    /// Stops a partition's workers after they finish what they hold.
+    async fn stop(&mut self, partition: u32) {
+        if let Some((stop, workers)) = self.running.remove(&partition) {
+            stop.trigger();
+            for worker in workers {
+                let _ = worker.await;
+            }
+            tracing::info!(partition, "stopped working partition");
+        }
+    }
+}
+
+/// Keeps this replica working its fair share of partitions until shutdown.
+async fn own_partitions<S: Store>(
+    mut ownership: Ownership,
+    mut partitions: Partitions<S>,
+    lease: Duration,
+    shutdown: Shutdown,
+) -> Result<(), BusError> {
+    let round = lease / 3;
+    loop {
+        match ownership.balance().await {
+            Ok(plan) => {
+                for partition in plan.lost {
+                    partitions.stop(partition).await;
+                }
+                for partition in plan.give_back {
+                    partitions.stop(partition).await;
+                    ownership.release(partition).await;
+                }
+                for partition in plan.start {
+                    if let Err(err) = partitions.start(partition, &shutdown).await {
+                        tracing::warn!(partition, error = %err, "cannot start a partition; giving it back");
+                        ownership.release(partition).await;
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot balance partitions now"),
+        }
+        tokio::select! {
+            () = shutdown.requested() => break,
+            () = tokio::time::sleep(round) => {}
+        }
+    }
+    let owned: Vec<u32> = partitions.running.keys().copied().collect();
+    for partition in owned {
+        partitions.stop(partition).await;
+    }
+    ownership.leave().await;
+    Ok(())
+}
