@@ -271,3 +271,115 @@ async fn the_readme_documents_every_variable() {
         );
     }
 }
+
+#[tokio::test]
+async fn killing_the_mesh_mid_stream_loses_and_doubles_nothing() {
+    // NATS outlives the kills, as a NATS cluster would.
+    let nats = TestNats::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let (http, grpc, admin) = (free_addr(), free_addr(), free_addr());
+    let env = [
+        ("CAIRN_NATS_URL", nats.url()),
+        ("CAIRN_HTTP_ADDR", http.to_string()),
+        ("CAIRN_GRPC_ADDR", grpc.to_string()),
+        ("CAIRN_ADMIN_ADDR", admin.to_string()),
+        ("CAIRN_DATA_DIR", data.path().display().to_string()),
+        ("CAIRN_WRITE_KEYS", "web:wk_web".to_string()),
+        ("CAIRN_ADMIN_TOKENS", "read:tk_read".to_string()),
+        ("CAIRN_PARTITION_LEASE", "1s".to_string()),
+    ];
+    let start = || {
+        let mut up = cairn();
+        up.arg("up");
+        for (name, value) in &env {
+            up.env(name, value);
+        }
+        up.spawn().unwrap()
+    };
+    let client = reqwest::Client::new();
+    let send = |from: usize, to: usize| {
+        let client = client.clone();
+        async move {
+            let batch: Vec<serde_json::Value> = (from..to)
+                .map(|n| {
+                    serde_json::json!({"type": "page", "messageId": format!("k{n}"), "anonymousId": format!("v{}", n % 25),
+                                       "timestamp": format!("2026-11-20T10:{:02}:{:02}Z", (n / 60) % 60, n % 60)})
+                })
+                .collect();
+            let response = client
+                .post(format!("http://{http}/v1/batch"))
+                .basic_auth("wk_web", Some(""))
+                .json(&serde_json::json!({ "batch": batch }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+
+    let mut child = start();
+    wait_ready(admin, &mut child).await;
+    for round in 0..10 {
+        send(round * 100, round * 100 + 100).await;
+    }
+    // Killed while identity and the profile store are working through the events.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().await.unwrap();
+
+    let mut child = start();
+    wait_ready(admin, &mut child).await;
+    for round in 10..15 {
+        send(round * 100, round * 100 + 100).await;
+    }
+    // Every visitor ends with exactly the pages sent: none lost, none counted twice.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut profiles = cairn_proto::profile::v1::profiles_client::ProfilesClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for visitor in 0..25 {
+        let expected = 1500 / 25;
+        loop {
+            let mut request = tonic::Request::new(cairn_proto::profile::v1::GetRequest {
+                key: Some(cairn_proto::profile::v1::get_request::Key::Identifier(
+                    cairn_proto::identity::v1::Identifier {
+                        r#type: "anonymous_id".into(),
+                        value: format!("v{visitor}"),
+                    },
+                )),
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", "Bearer tk_read".parse().unwrap());
+            let pages = match profiles.get(request).await {
+                Ok(response) => {
+                    let profile: serde_json::Value =
+                        serde_json::from_str(&response.into_inner().profile_json).unwrap();
+                    profile["event_count"]["page"]["all"].as_u64().unwrap_or(0)
+                }
+                Err(_) => 0,
+            };
+            assert!(
+                pages <= expected,
+                "v{visitor}: {pages} pages counted, {expected} sent"
+            );
+            if pages == expected {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "v{visitor}: {pages} of {expected} pages after 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    sigterm(&child);
+    let (code, stderr) = exit_of(&mut child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+}

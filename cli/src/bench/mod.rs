@@ -2,6 +2,7 @@
 
 mod identity;
 mod ingest;
+mod profiles;
 mod store;
 
 use cairn_bus::config::NATS_URL;
@@ -19,6 +20,25 @@ pub enum BenchCommand {
     /// Identity: events/s from events.raw to events.identified, for known visitors and
     /// for a merge-heavy workload (NATS as for `ingest`; the embedded store).
     Identity(IdentityArgs),
+    /// Profile store: events/s from events.identified to profiles.changed, and the
+    /// latency at a steady rate (NATS as for `ingest`; the embedded store).
+    Profiles(ProfilesArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ProfilesArgs {
+    /// Events for the throughput run.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) events: usize,
+    /// People the events fall on.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) profiles: usize,
+    /// Events per second for the latency run.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) rate: usize,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) seconds: usize,
 }
 
 #[derive(clap::Args)]
@@ -65,6 +85,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest(args) => ingest::run(args).await,
         BenchCommand::Store(args) => store::run(args).await,
         BenchCommand::Identity(args) => identity::run(args).await,
+        BenchCommand::Profiles(args) => profiles::run(args).await,
     }
 }
 

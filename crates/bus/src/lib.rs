@@ -140,6 +140,11 @@ impl Bus {
         Partitions::new(self.config.partitions)
     }
 
+    /// The core NATS client (plain subscriptions, for watching subjects).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.jetstream
     }

@@ -61,6 +61,11 @@ pub struct WorkerOptions {
     pub max_attempts: u32,
 }
 
+/// How long a consumer waits for an acknowledgement before delivering a message again
+/// (to another replica, or to a restarted one after a crash). A message retried in place
+/// for longer keeps its claim with progress notices.
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+
 /// Header naming why a message was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "Cairn-Dead-Letter-Reason";
 /// Header naming the subject a dead-lettered message came from.
@@ -306,6 +311,10 @@ async fn handle_in_order<H: Handler>(
                 }
                 Handled::Retry { reason, delay } => {
                     tracing::warn!(service = options.service, subject = %view.subject, attempt, %reason, "will retry");
+                    // Still working on it: keep it from being delivered elsewhere.
+                    let _ = message
+                        .ack_with(async_nats::jetstream::AckKind::Progress)
+                        .await;
                     tokio::select! {
                         () = shutdown.requested() => return None,
                         () = tokio::time::sleep(delay.max(backoff(attempt))) => {}

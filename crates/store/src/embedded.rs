@@ -165,10 +165,7 @@ impl EmbeddedStore {
         let keyspaces = TableKeyspaces {
             // Records are rewritten whole on every change (profiles of a few KB): kept
             // apart from the tree, compaction does not copy them again and again.
-            records: open("records", || {
-                KeyspaceCreateOptions::default()
-                    .with_kv_separation(Some(fjall::KvSeparationOptions::default()))
-            })?,
+            records: open("records", KeyspaceCreateOptions::default)?,
             timeline: open("timeline", KeyspaceCreateOptions::default)?,
             marks: open("marks", KeyspaceCreateOptions::default)?,
         };

@@ -26,7 +26,6 @@ pub mod proto;
 pub mod rules;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use cairn_bus::worker::WorkerOptions;
@@ -63,7 +62,7 @@ pub fn consumer_config(batch: usize) -> consumer::pull::Config {
         description: Some("Identity: gives every raw event its profile".to_string()),
         filter_subject: subjects::events_raw_all(),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(60),
+        ack_wait: cairn_bus::worker::ACK_WAIT,
         max_ack_pending: (batch * 8).max(1000) as i64,
         ..Default::default()
     }
@@ -76,7 +75,7 @@ pub fn forget_consumer_config() -> consumer::pull::Config {
         description: Some("Identity: forgets the identifiers of deleted profiles".to_string()),
         filter_subject: subjects::PROFILES_DELETED.to_string(),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(60),
+        ack_wait: cairn_bus::worker::ACK_WAIT,
         ..Default::default()
     }
 }

@@ -132,10 +132,14 @@ impl<S: Store> ProfileHandler<S> {
                 version,
                 fields,
             } => {
+                // Only identifiers new to the profile need an index entry.
+                let new_identifiers = fields.iter().any(|field| field == "identifiers");
                 let new: Vec<Identifier> = input
                     .identifiers
                     .iter()
-                    .filter(|identifier| profile.identifiers.contains(identifier))
+                    .filter(|identifier| {
+                        new_identifiers && profile.identifiers.contains(identifier)
+                    })
                     .cloned()
                     .collect();
                 store::index(&self.store, &new, &profile.id).await?;

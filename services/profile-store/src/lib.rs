@@ -53,7 +53,7 @@ pub fn consumer_configs(
         durable_name: Some(name),
         filter_subjects: filters,
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(60),
+        ack_wait: cairn_bus::worker::ACK_WAIT,
         max_ack_pending: (batch * 8).max(1000) as i64,
         ..Default::default()
     };

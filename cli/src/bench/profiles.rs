@@ -1,0 +1,198 @@
+//! `cairn bench profiles`: the latency from publishing an event to its change
+//! announcement at a steady rate (on a fresh store), then events/s from
+//! `events.identified` to `profiles.changed` for a burst.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
+use cairn_proto::event::v1::{Envelope, EventType, IdentifiedEvent};
+use cairn_proto::identity::v1::Identifier;
+use cairn_proto::profile::v1::ProfileChanged;
+use cairn_runtime::host::{self, Listeners};
+use cairn_runtime::{Credentials, Metrics, ModuleContext, Readiness, Settings, Shutdown};
+use cairn_store::{Clock, EmbeddedStore, Fsync};
+use futures::StreamExt as _;
+use prost::Message as _;
+use serde_json::json;
+
+use super::ProfilesArgs;
+use crate::modules;
+
+pub async fn run(args: ProfilesArgs) -> anyhow::Result<()> {
+    let settings = Settings::from_env(&modules::all_vars())?;
+    let dir = tempfile::tempdir()?;
+    let (url, _server) = super::nats(&settings, &dir.path().join("nats")).await?;
+    println!(
+        "cairn bench profiles: {} events/s for {} s, then a burst of {} events, on {} profiles, NATS at {}",
+        args.rate,
+        args.seconds,
+        args.events,
+        args.profiles,
+        cairn_bus::config::redact_url(&url)
+    );
+    let settings = Settings::from_pairs(&modules::all_vars(), [("CAIRN_NATS_URL", url.as_str())]);
+    let context = ModuleContext {
+        credentials: Arc::new(Credentials::from_settings(&settings)?),
+        settings: Arc::new(settings),
+        readiness: Readiness::default(),
+        metrics: Metrics::prometheus_only("cairn-bench")?,
+        shutdown: Shutdown::new(),
+    };
+    let store = EmbeddedStore::open(
+        &dir.path().join("store"),
+        Fsync::Buffer,
+        64 << 20,
+        Clock::system(),
+    )?;
+    let module = cairn_profile_store::start(&context, store).await?;
+    let listeners = Listeners::ephemeral(false).await?;
+    let serving = context.clone();
+    let host = tokio::spawn(async move { host::serve(vec![module], listeners, &serving).await });
+    let bus = Bus::connect(&BusConfig::for_url(&url), "cairn-bench").await?;
+    // The replica claims its partitions within a round of its lease.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Latency at a steady rate: publish time to announcement received.
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let mut changes = bus.client().subscribe("profiles.changed.>").await?;
+    let collector = {
+        let (sent_at, latencies) = (sent_at.clone(), latencies.clone());
+        tokio::spawn(async move {
+            while let Some(message) = changes.next().await {
+                let received = Instant::now();
+                if let Ok(changed) = ProfileChanged::decode(message.payload)
+                    && let Some(sent) = sent_at
+                        .lock()
+                        .map(|mut sent| sent.remove(&changed.message_id))
+                        .ok()
+                        .flatten()
+                    && let Ok(mut latencies) = latencies.lock()
+                {
+                    latencies.push(received - sent);
+                }
+            }
+        })
+    };
+    let per_tick = (args.rate / 100).max(1);
+    let total = args.rate * args.seconds;
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let mut n = 0;
+    while n < total {
+        ticker.tick().await;
+        let batch: Vec<Outgoing> = (n..(n + per_tick).min(total))
+            .map(|k| event(&bus, k, args.profiles.max(1), "s"))
+            .collect();
+        if let Ok(mut sent) = sent_at.lock() {
+            let now = Instant::now();
+            for k in n..(n + per_tick).min(total) {
+                sent.insert(format!("s{k}"), now);
+            }
+        }
+        bus.send_all(batch).await?;
+        n += per_tick;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while latencies
+        .lock()
+        .map(|latencies| latencies.len())
+        .unwrap_or(0)
+        < total
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    collector.abort();
+    let mut latencies = latencies
+        .lock()
+        .map(|latencies| latencies.clone())
+        .unwrap_or_default();
+    latencies.sort();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
+    };
+    let (p50, p99) = (percentile(0.50), percentile(0.99));
+    println!(
+        "  latency at {} events/s ({} measured): p50 {p50:.2} ms, p99 {p99:.2} ms",
+        args.rate,
+        latencies.len()
+    );
+
+    // Throughput: everything published at once, time until every change is announced.
+    let events: Vec<Outgoing> = (0..args.events)
+        .map(|n| event(&bus, n, args.profiles.max(1), "t"))
+        .collect();
+    let started = Instant::now();
+    for chunk in events.chunks(1000) {
+        bus.publish_all(chunk.to_vec()).await?;
+    }
+    wait_for(&bus, (total + args.events) as u64, started).await?;
+    let eps = args.events as f64 / started.elapsed().as_secs_f64();
+    println!("  events.identified -> profiles.changed  {eps:>10.0} events/s");
+
+    context.shutdown.trigger();
+    host.await??;
+    println!(
+        "{}",
+        json!({"profiles_eps": eps.round(), "latency_p50_ms": (p50 * 100.0).round() / 100.0, "latency_p99_ms": (p99 * 100.0).round() / 100.0, "rate": args.rate})
+    );
+    Ok(())
+}
+
+/// Identified event `n`: a page view of one of `profiles` people, as identity publishes it.
+fn event(bus: &Bus, n: usize, profiles: usize, tag: &str) -> Outgoing {
+    let person = (n * 7919) % profiles;
+    let profile_id = format!("bench-profile-{person:06}");
+    let message_id = format!("{tag}{n}");
+    let raw = json!({
+        "type": "page",
+        "messageId": message_id,
+        "anonymousId": format!("anon-{person}"),
+        "properties": {"title": "Shoes"},
+        "context": {
+            "page": {"url": format!("https://shop.example.com/section-{}", n % 7), "referrer": "https://www.google.com/"},
+            "userAgent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+            "timezone": "Europe/London"
+        }
+    });
+    let envelope = Envelope {
+        raw: Bytes::from(serde_json::to_vec(&raw).unwrap_or_default()),
+        received_at: Some(std::time::SystemTime::now().into()),
+        source: "bench".into(),
+        message_id: message_id.clone(),
+        r#type: EventType::Page.into(),
+        ..Default::default()
+    };
+    let identified = IdentifiedEvent {
+        envelope: Some(envelope),
+        profile_id: profile_id.clone(),
+        identifiers: vec![Identifier {
+            r#type: "anonymous_id".into(),
+            value: format!("anon-{person}"),
+        }],
+    };
+    Outgoing {
+        subject: subjects::events_identified(bus.partitions().of(&profile_id)),
+        message_id: Some(format!("bench:{message_id}")),
+        headers: async_nats::HeaderMap::new(),
+        payload: Bytes::from(identified.encode_to_vec()),
+    }
+}
+
+async fn wait_for(bus: &Bus, count: u64, started: Instant) -> anyhow::Result<()> {
+    loop {
+        let mut stream = bus.jetstream().get_stream(streams::PROFILES).await?;
+        if stream.info().await?.state.messages >= count {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("changes not announced after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
