@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
 use cairn_proto::event::v1::{Envelope, EventType};
-use cairn_runtime::host::{self, Listeners};
-use cairn_runtime::{Credentials, Metrics, ModuleContext, Readiness, Settings, Shutdown};
+use cairn_runtime::Settings;
 use cairn_store::{Clock, EmbeddedStore, Fsync};
 use prost::Message as _;
 use serde_json::json;
@@ -29,24 +28,10 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<()> {
         cairn_bus::config::redact_url(&url)
     );
 
-    let settings = Settings::from_pairs(&modules::all_vars(), [("CAIRN_NATS_URL", url.as_str())]);
-    let context = ModuleContext {
-        credentials: Arc::new(Credentials::from_settings(&settings)?),
-        settings: Arc::new(settings),
-        readiness: Readiness::default(),
-        metrics: Metrics::prometheus_only("cairn-bench")?,
-        shutdown: Shutdown::new(),
-    };
-    let store = EmbeddedStore::open(
-        &dir.path().join("store"),
-        Fsync::Buffer,
-        64 << 20,
-        Clock::system(),
-    )?;
+    let context = super::context(&url, &[])?;
+    let store = super::embedded_store(&dir.path().join("store"))?;
     let identity = cairn_identity::start(&context, store).await?;
-    let listeners = Listeners::ephemeral(false).await?;
-    let serving = context.clone();
-    let host = tokio::spawn(async move { host::serve(vec![identity], listeners, &serving).await });
+    let served = super::serve(identity, &context).await?;
     let bus = Bus::connect(&BusConfig::for_url(&url), "cairn-bench").await?;
 
     // Every visitor once: cookie and user id together, so the graph knows them.
@@ -82,7 +67,7 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<()> {
     let merge_eps = phase(&bus, "merge-heavy", "merge", &merging).await?;
 
     context.shutdown.trigger();
-    host.await??;
+    served.host.await??;
     println!(
         "{}",
         json!({"identity_new_eps": warm_eps.round(), "identity_known_eps": known_eps.round(), "identity_merge_eps": merge_eps.round()})

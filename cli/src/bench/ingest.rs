@@ -10,8 +10,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
 use cairn_proto::event::v1::{Envelope, EventType};
-use cairn_runtime::host::{self, Listeners};
-use cairn_runtime::{Credentials, Metrics, ModuleContext, Readiness, Settings, Shutdown};
+use cairn_runtime::Settings;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use prost::Message as _;
@@ -42,25 +41,10 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let body_bytes: usize = bodies.iter().map(Bytes::len).sum();
     println!("  payload: {:.1} MB of JSON", body_bytes as f64 / 1e6);
 
-    let settings = Settings::from_pairs(
-        &modules::all_vars(),
-        [
-            ("CAIRN_NATS_URL", url.as_str()),
-            ("CAIRN_WRITE_KEYS", "bench:wk_bench"),
-        ],
-    );
-    let context = ModuleContext {
-        credentials: Arc::new(Credentials::from_settings(&settings)?),
-        settings: Arc::new(settings),
-        readiness: Readiness::default(),
-        metrics: Metrics::prometheus_only("cairn-bench")?,
-        shutdown: Shutdown::new(),
-    };
+    let context = super::context(&url, &[("CAIRN_WRITE_KEYS", "bench:wk_bench")])?;
     let collector = cairn_collector::start(&context).await?;
-    let listeners = Listeners::ephemeral(true).await?;
-    let http_addr = listeners.http_addr().context("no HTTP listener")?;
-    let serving = context.clone();
-    let host = tokio::spawn(async move { host::serve(vec![collector], listeners, &serving).await });
+    let served = super::serve(collector, &context).await?;
+    let http_addr = served.http.context("no HTTP listener")?;
 
     let collector_eps = http_phase(
         &format!("http://{http_addr}/v1/batch"),
@@ -79,7 +63,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     println!("  ratio collector / raw:             {ratio:>10.2}");
 
     context.shutdown.trigger();
-    host.await??;
+    served.host.await??;
     println!(
         "{}",
         serde_json::json!({"collector_eps": collector_eps.round(), "raw_eps": raw_eps.round(), "ratio": (ratio * 100.0).round() / 100.0})

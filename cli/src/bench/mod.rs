@@ -106,3 +106,48 @@ async fn nats(
     let server = NatsServer::start(&binary, free_local_addr()?, dir, None).await?;
     Ok((server.url(), Some(server)))
 }
+
+/// A module context for a benchmark against NATS at `url`, with `pairs` set.
+fn context(url: &str, pairs: &[(&str, &str)]) -> anyhow::Result<cairn_runtime::ModuleContext> {
+    let mut all = vec![("CAIRN_NATS_URL", url)];
+    all.extend_from_slice(pairs);
+    let settings = Settings::from_pairs(&crate::modules::all_vars(), all);
+    Ok(cairn_runtime::ModuleContext {
+        credentials: std::sync::Arc::new(cairn_runtime::Credentials::from_settings(&settings)?),
+        settings: std::sync::Arc::new(settings),
+        readiness: cairn_runtime::Readiness::default(),
+        metrics: cairn_runtime::Metrics::prometheus_only("cairn-bench")?,
+        shutdown: cairn_runtime::Shutdown::new(),
+    })
+}
+
+/// The served module: its HTTP address (when it serves HTTP) and the host's task.
+struct Served {
+    http: Option<std::net::SocketAddr>,
+    host: tokio::task::JoinHandle<Result<(), cairn_runtime::host::HostError>>,
+}
+
+/// Serves `module` in-process on free ports.
+async fn serve(
+    module: cairn_runtime::Module,
+    context: &cairn_runtime::ModuleContext,
+) -> anyhow::Result<Served> {
+    let listeners = cairn_runtime::Listeners::ephemeral(module.http.is_some()).await?;
+    let http = listeners.http_addr();
+    let serving = context.clone();
+    let host =
+        tokio::spawn(
+            async move { cairn_runtime::host::serve(vec![module], listeners, &serving).await },
+        );
+    Ok(Served { http, host })
+}
+
+/// The embedded store a benchmark works on, in `dir`.
+fn embedded_store(dir: &std::path::Path) -> anyhow::Result<cairn_store::EmbeddedStore> {
+    Ok(cairn_store::EmbeddedStore::open(
+        dir,
+        cairn_store::Fsync::Buffer,
+        64 << 20,
+        cairn_store::Clock::system(),
+    )?)
+}

@@ -11,9 +11,7 @@ use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
 use cairn_proto::event::v1::{Envelope, EventType, IdentifiedEvent};
 use cairn_proto::identity::v1::Identifier;
 use cairn_proto::profile::v1::ProfileChanged;
-use cairn_runtime::host::{self, Listeners};
-use cairn_runtime::{Credentials, Metrics, ModuleContext, Readiness, Settings, Shutdown};
-use cairn_store::{Clock, EmbeddedStore, Fsync};
+use cairn_runtime::Settings;
 use futures::StreamExt as _;
 use prost::Message as _;
 use serde_json::json;
@@ -33,24 +31,10 @@ pub async fn run(args: ProfilesArgs) -> anyhow::Result<()> {
         args.profiles,
         cairn_bus::config::redact_url(&url)
     );
-    let settings = Settings::from_pairs(&modules::all_vars(), [("CAIRN_NATS_URL", url.as_str())]);
-    let context = ModuleContext {
-        credentials: Arc::new(Credentials::from_settings(&settings)?),
-        settings: Arc::new(settings),
-        readiness: Readiness::default(),
-        metrics: Metrics::prometheus_only("cairn-bench")?,
-        shutdown: Shutdown::new(),
-    };
-    let store = EmbeddedStore::open(
-        &dir.path().join("store"),
-        Fsync::Buffer,
-        64 << 20,
-        Clock::system(),
-    )?;
+    let context = super::context(&url, &[])?;
+    let store = super::embedded_store(&dir.path().join("store"))?;
     let module = cairn_profile_store::start(&context, store).await?;
-    let listeners = Listeners::ephemeral(false).await?;
-    let serving = context.clone();
-    let host = tokio::spawn(async move { host::serve(vec![module], listeners, &serving).await });
+    let served = super::serve(module, &context).await?;
     let bus = Bus::connect(&BusConfig::for_url(&url), "cairn-bench").await?;
     // The replica claims its partitions within a round of its lease.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -136,7 +120,7 @@ pub async fn run(args: ProfilesArgs) -> anyhow::Result<()> {
     println!("  events.identified -> profiles.changed  {eps:>10.0} events/s");
 
     context.shutdown.trigger();
-    host.await??;
+    served.host.await??;
     println!(
         "{}",
         json!({"profiles_eps": eps.round(), "latency_p50_ms": (p50 * 100.0).round() / 100.0, "latency_p99_ms": (p99 * 100.0).round() / 100.0, "rate": args.rate})

@@ -449,16 +449,7 @@ impl Store for EmbeddedStore {
                 value: Bytes::copy_from_slice(&value),
             });
         }
-        let returned = entries.len() as u32;
-        let next = (returned == limit.max(1) && seen + returned < table.timeline.max_entries)
-            .then(|| entries.last())
-            .flatten()
-            .map(|last| TimelineCursor {
-                at_ms: last.at_ms,
-                id: last.id.clone(),
-                seen: seen + returned,
-            });
-        Ok(TimelinePage { entries, next })
+        Ok(TimelinePage::of(entries, limit, seen, &table.timeline))
     }
 
     async fn mark(&self, table: &TableSpec, key: &[u8], id: &[u8]) -> Result<Option<Bytes>> {

@@ -290,6 +290,23 @@ pub struct TimelinePage {
     pub next: Option<TimelineCursor>,
 }
 
+impl TimelinePage {
+    /// A page of `entries` read for a request of `limit` after `seen` entries: it has a
+    /// next page when it is full and the table's count limit is not reached.
+    pub fn of(entries: Vec<TimelineEntry>, limit: u32, seen: u32, retention: &Retention) -> Self {
+        let returned = entries.len() as u32;
+        let next = (returned == limit.max(1) && seen + returned < retention.max_entries)
+            .then(|| entries.last())
+            .flatten()
+            .map(|last| TimelineCursor {
+                at_ms: last.at_ms,
+                id: last.id.clone(),
+                seen: seen + returned,
+            });
+        Self { entries, next }
+    }
+}
+
 /// An inclusive range of partition tokens (Murmur3, as ScyllaDB computes them, in both
 /// backends). Scanning every range of a split visits every key exactly once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
