@@ -1,24 +1,29 @@
 //! The loop every consuming service runs: pull messages from a durable consumer, handle
 //! them (one partition's messages in order, partitions in parallel), publish what the
-//! handler produced, and only then acknowledge. A message the handler cannot process
-//! goes to `deadletter.<service>` with the reason and is acknowledged; a transient
-//! failure is retried later, and given up on (dead-lettered) after the consumer's last
-//! delivery.
+//! handler produced, and only then acknowledge.
 //!
-//! A message that cannot be handled now is retried in place, with a growing pause, until
-//! it succeeds or its attempts are used up (then it is dead-lettered); publishing is
-//! retried the same way. Rounds are pipelined: the next round is handled while
-//! JetStream stores the previous one's output, and each message is acknowledged
-//! (explicitly: several replicas may share the consumer) once its round is stored. A
-//! process that dies mid-round acknowledged none of it, and the round is delivered
-//! again (handlers are idempotent, and downstream streams drop duplicate message ids).
+//! - A message the handler can never process goes to `deadletter.<service>` with the
+//!   reason, and is acknowledged.
+//! - A message that cannot be handled now is retried in place, with a growing pause and
+//!   progress notices to NATS, until it succeeds or its attempts are used up (then it is
+//!   dead-lettered).
+//! - Publishing that fails for a while is retried; output NATS refuses for good (too
+//!   large, malformed) dead-letters the message that produced it.
+//! - Rounds are pipelined: the next round is handled while JetStream stores the previous
+//!   one's output, and each message is acknowledged (explicitly: several replicas may
+//!   share a consumer) once everything its round produced is stored.
+//! - On shutdown the loop stops at the next message boundary; what was not finished is
+//!   not acknowledged and is delivered again (handlers are idempotent, and downstream
+//!   streams drop duplicate message ids).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use bytes::Bytes;
 use cairn_runtime::Shutdown;
+use cairn_runtime::error::{Classify as _, ErrorKind};
 use futures::StreamExt as _;
 
 use crate::{Bus, BusError, Outgoing, subjects};
@@ -31,7 +36,20 @@ pub struct Delivered {
     pub payload: Bytes,
     /// 1 on the first delivery, more on redeliveries.
     pub delivered: i64,
+    /// The stream the message is from, and its place there.
+    pub stream: String,
     pub stream_sequence: u64,
+    /// 1 on the first attempt in this process, more when retried in place.
+    pub attempt: u32,
+}
+
+impl Delivered {
+    /// Whether this message may have been handled before (a redelivery after a crash, or
+    /// an attempt after one that failed halfway): a handler re-announces what it finds
+    /// already done.
+    pub fn is_repeat(&self) -> bool {
+        self.delivered > 1 || self.attempt > 1
+    }
 }
 
 /// What became of one message.
@@ -41,7 +59,7 @@ pub enum Handled {
     Publish(Vec<Outgoing>),
     /// It can never be processed: dead-letter it with the reason, then acknowledge.
     DeadLetter { reason: String },
-    /// Not now (a dependency is down): deliver it again after `delay`.
+    /// Not now (a dependency is down): try it again in place after `delay`.
     Retry { reason: String, delay: Duration },
 }
 
@@ -61,6 +79,9 @@ pub struct WorkerOptions {
     pub max_attempts: u32,
 }
 
+/// Attempts at a message that keeps failing, for services without a reason to differ.
+pub const MAX_ATTEMPTS: u32 = 10;
+
 /// How long a consumer waits for an acknowledgement before delivering a message again
 /// (to another replica, or to a restarted one after a crash). A message retried in place
 /// for longer keeps its claim with progress notices.
@@ -71,7 +92,13 @@ pub const DEAD_LETTER_REASON: &str = "Cairn-Dead-Letter-Reason";
 /// Header naming the subject a dead-lettered message came from.
 pub const DEAD_LETTER_SUBJECT: &str = "Cairn-Dead-Letter-Subject";
 
-/// Runs until `shutdown`; the messages of the round in hand are finished first.
+/// Rounds published and awaiting JetStream before they are acknowledged.
+const ROUNDS_IN_FLIGHT: usize = 3;
+
+type Message = async_nats::jetstream::Message;
+
+/// Runs until `shutdown`. Fails when the consumer goes away (after acknowledging what
+/// was finished).
 pub async fn run<H: Handler>(
     bus: Bus,
     consumer: PullConsumer,
@@ -88,20 +115,20 @@ pub async fn run<H: Handler>(
         .await
         .map_err(|err| BusError::Unavailable(format!("{}: cannot pull: {err}", options.service)))?
         .ready_chunks(options.batch);
-    let mut in_flight = std::collections::VecDeque::new();
-    'rounds: loop {
+    let mut in_flight: VecDeque<tokio::task::JoinHandle<Option<Vec<Message>>>> = VecDeque::new();
+    let mut ended = None;
+    loop {
         let chunk = tokio::select! {
             biased;
             () = shutdown.requested() => break,
             // Acknowledge finished rounds as soon as they finish, even when no new
             // messages come.
-                        finished = async {
+            finished = async {
                 match in_flight.front_mut() {
                     Some(round) => round.await,
                     None => std::future::pending().await,
                 }
-            }, if !in_flight.is_empty() =>
-            {
+            }, if !in_flight.is_empty() => {
                 in_flight.pop_front();
                 if !acknowledge(&options, finished).await {
                     break;
@@ -111,13 +138,13 @@ pub async fn run<H: Handler>(
             chunk = messages.next() => chunk,
         };
         let Some(chunk) = chunk else {
-            return Err(BusError::Unavailable(format!(
+            ended = Some(BusError::Unavailable(format!(
                 "{}: the consumer stream ended",
                 options.service
             )));
+            break;
         };
-        let mut by_partition: BTreeMap<String, Vec<async_nats::jetstream::Message>> =
-            BTreeMap::new();
+        let mut by_partition: BTreeMap<String, Vec<Message>> = BTreeMap::new();
         for message in chunk {
             match message {
                 Ok(message) => by_partition
@@ -129,26 +156,31 @@ pub async fn run<H: Handler>(
                 }
             }
         }
-        let mut partitions = Vec::with_capacity(by_partition.len());
-        for (_, messages) in by_partition {
-            let (handler, options, shutdown) = (handler.clone(), options.clone(), shutdown.clone());
-            partitions.push(tokio::spawn(handle_in_order(
-                handler, options, shutdown, messages,
-            )));
-        }
-        let mut handled = Vec::with_capacity(partitions.len());
-        for partition in partitions {
-            match partition.await {
+        let tasks: Vec<_> = by_partition
+            .into_values()
+            .map(|messages| {
+                let (handler, options, shutdown) =
+                    (handler.clone(), options.clone(), shutdown.clone());
+                tokio::spawn(handle_in_order(handler, options, shutdown, messages))
+            })
+            .collect();
+        // Every partition's task finishes (or stops at a message boundary) before the
+        // loop goes on, so nothing keeps handling after `run` returns.
+        let mut handled = Vec::with_capacity(tasks.len());
+        let mut complete = true;
+        for task in tasks {
+            match task.await {
                 Ok(Some(partition)) => handled.push(partition),
-                Ok(None) => break 'rounds,
+                Ok(None) => complete = false,
                 Err(err) => {
+                    complete = false;
                     tracing::error!(service = options.service, error = %err, "a partition's task failed");
-                    break 'rounds;
                 }
             }
         }
-        // Publish the round, in partition order, and move on to the next one while
-        // JetStream answers; rounds are acknowledged in order once stored.
+        if !complete {
+            break; // shutdown, or a panic: none of this round is acknowledged
+        }
         let sent = send_round(&bus, &options, handled).await;
         in_flight.push_back(tokio::spawn(complete_round(
             bus.clone(),
@@ -157,90 +189,137 @@ pub async fn run<H: Handler>(
             sent,
         )));
         while in_flight.len() > ROUNDS_IN_FLIGHT {
-            if !acknowledge_oldest(&options, &mut in_flight).await {
-                break 'rounds;
+            let oldest = in_flight.pop_front();
+            if let Some(oldest) = oldest
+                && !acknowledge(&options, oldest.await).await
+            {
+                break;
             }
         }
     }
-    while !in_flight.is_empty() {
-        if !acknowledge_oldest(&options, &mut in_flight).await {
+    while let Some(round) = in_flight.pop_front() {
+        if !acknowledge(&options, round.await).await {
             break;
         }
     }
     tracing::info!(service = options.service, "stopped consuming");
-    Ok(())
+    ended.map_or(Ok(()), Err)
 }
 
-/// Rounds published and awaiting JetStream before they are acknowledged.
-const ROUNDS_IN_FLIGHT: usize = 3;
-
-type Message = async_nats::jetstream::Message;
-
-/// One partition's part of a round, handled.
-struct PartitionDone {
+/// One handled message and what it produced.
+struct Done {
+    message: Message,
+    view: Delivered,
     outgoing: Vec<Outgoing>,
-    /// The messages handled, to acknowledge once their output is stored.
-    messages: Vec<Message>,
 }
 
-/// A round whose output was sent.
+/// A round whose output was sent, per partition.
 struct SentRound {
-    parts: Vec<(Vec<Outgoing>, Result<crate::Sent, BusError>)>,
-    messages: Vec<Message>,
+    parts: Vec<(Vec<Done>, Result<crate::Sent, BusError>)>,
 }
 
-async fn send_round(bus: &Bus, options: &WorkerOptions, handled: Vec<PartitionDone>) -> SentRound {
-    let mut round = SentRound {
-        parts: Vec::with_capacity(handled.len()),
-        messages: Vec::new(),
-    };
-    for part in handled {
-        round.messages.extend(part.messages);
-        let sent = bus.send_all(part.outgoing.clone()).await;
+async fn send_round(bus: &Bus, options: &WorkerOptions, handled: Vec<Vec<Done>>) -> SentRound {
+    let mut parts = Vec::with_capacity(handled.len());
+    for done in handled {
+        let outgoing: Vec<Outgoing> = done
+            .iter()
+            .flat_map(|item| item.outgoing.iter().cloned())
+            .collect();
+        let sent = bus.send_all(outgoing).await;
         if let Err(err) = &sent {
             tracing::warn!(service = options.service, error = %err, "cannot publish; retrying");
         }
-        round.parts.push((part.outgoing, sent));
+        parts.push((done, sent));
     }
-    round
+    SentRound { parts }
 }
 
-/// Waits until every output of the round is stored (sending again what failed) and
-/// returns the round's messages to acknowledge; `None` if shutdown came first.
+/// Whether a publish failure can pass (NATS away, a stream full or being created).
+fn transient(err: &BusError) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::Unavailable | ErrorKind::ResourceExhausted
+    )
+}
+
+/// Waits until everything the round produced is stored and returns its messages to
+/// acknowledge; `None` if shutdown came first. A part NATS refuses for good is published
+/// message by message, and a message whose output cannot be stored is dead-lettered.
 async fn complete_round(
     bus: Bus,
     options: WorkerOptions,
     shutdown: Shutdown,
     round: SentRound,
 ) -> Option<Vec<Message>> {
-    for (outgoing, sent) in round.parts {
+    let mut messages = Vec::new();
+    for (done, sent) in round.parts {
         let mut result = match sent {
             Ok(sent) => sent.acknowledged().await.map(|_| ()),
             Err(err) => Err(err),
         };
         let mut attempt = 1;
-        while let Err(err) = result {
-            tracing::warn!(service = options.service, error = %err, attempt, "cannot publish; retrying");
-            tokio::select! {
-                () = shutdown.requested() => return None,
-                () = tokio::time::sleep(backoff(attempt)) => {}
+        loop {
+            match result {
+                Ok(()) => break,
+                Err(err) if transient(&err) => {
+                    tracing::warn!(service = options.service, error = %err, attempt, "cannot publish; retrying");
+                    tokio::select! {
+                        () = shutdown.requested() => return None,
+                        () = tokio::time::sleep(backoff(attempt)) => {}
+                    }
+                    attempt += 1;
+                    let outgoing: Vec<Outgoing> = done
+                        .iter()
+                        .flat_map(|item| item.outgoing.iter().cloned())
+                        .collect();
+                    result = bus.publish_all(outgoing).await.map(|_| ());
+                }
+                Err(err) => {
+                    tracing::warn!(service = options.service, error = %err, "NATS refused the output; publishing message by message");
+                    for item in &done {
+                        publish_or_dead_letter(&bus, &options, &shutdown, item).await?;
+                    }
+                    break;
+                }
             }
-            result = bus.publish_all(outgoing.clone()).await.map(|_| ());
-            attempt += 1;
         }
+        messages.extend(done.into_iter().map(|item| item.message));
     }
-    Some(round.messages)
+    Some(messages)
 }
 
-/// Acknowledges the oldest round in flight once it completes. False when it could not
-/// complete (shutdown): nothing after it may be acknowledged either.
-async fn acknowledge_oldest(
+/// Publishes one message's output; when NATS refuses it for good, its dead letter instead.
+async fn publish_or_dead_letter(
+    bus: &Bus,
     options: &WorkerOptions,
-    in_flight: &mut std::collections::VecDeque<tokio::task::JoinHandle<Option<Vec<Message>>>>,
-) -> bool {
-    match in_flight.pop_front() {
-        Some(round) => acknowledge(options, round.await).await,
-        None => true,
+    shutdown: &Shutdown,
+    item: &Done,
+) -> Option<()> {
+    let mut outgoing = item.outgoing.clone();
+    let mut outgoing_is_dead_letter = false;
+    let mut attempt = 1;
+    loop {
+        match bus.publish_all(outgoing.clone()).await {
+            Ok(_) => return Some(()),
+            Err(err) if transient(&err) => {
+                tokio::select! {
+                    () = shutdown.requested() => return None,
+                    () = tokio::time::sleep(backoff(attempt)) => {}
+                }
+                attempt += 1;
+            }
+            Err(err) if outgoing_is_dead_letter => {
+                // The message itself was stored by NATS, so this should not happen; there
+                // is nothing left to try.
+                tracing::error!(service = options.service, subject = %item.view.subject, error = %err, "cannot dead-letter; dropping");
+                return Some(());
+            }
+            Err(err) => {
+                let reason = format!("its output cannot be stored: {err}");
+                outgoing = vec![dead_letter(options, &item.view, &reason)];
+                outgoing_is_dead_letter = true;
+            }
+        }
     }
 }
 
@@ -271,64 +350,65 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((50u64 << attempt.min(7)).min(5_000))
 }
 
-/// Handles one partition's messages in order. `None` when shutdown interrupted it
-/// (nothing of the round may be acknowledged then).
+/// Handles one partition's messages in order. `None` when shutdown came first (it stops
+/// at a message boundary; nothing of the round may be acknowledged then).
 async fn handle_in_order<H: Handler>(
     handler: H,
     options: WorkerOptions,
     shutdown: Shutdown,
     messages: Vec<Message>,
-) -> Option<PartitionDone> {
-    let mut outgoing = Vec::new();
-    let mut handled = Vec::with_capacity(messages.len());
+) -> Option<Vec<Done>> {
+    let mut done = Vec::with_capacity(messages.len());
     for message in messages {
-        let (delivered, stream_sequence) = message
-            .info()
-            .map(|info| (info.delivered, info.stream_sequence))
-            .unwrap_or((1, 0));
-        let view = Delivered {
+        if shutdown.is_requested() {
+            return None;
+        }
+        let (delivered, stream, stream_sequence) = match message.info() {
+            Ok(info) => (
+                info.delivered,
+                info.stream.to_string(),
+                info.stream_sequence,
+            ),
+            Err(_) => (1, String::new(), 0),
+        };
+        let mut view = Delivered {
             subject: message.subject.to_string(),
             headers: message.headers.clone().unwrap_or_default(),
             payload: message.payload.clone(),
             delivered,
+            stream,
             stream_sequence,
+            attempt: 1,
         };
-        let mut attempt = 1;
-        loop {
+        let outgoing = loop {
             match handler.handle(&view).await {
-                Handled::Publish(messages) => {
-                    outgoing.extend(messages);
-                    break;
-                }
+                Handled::Publish(outgoing) => break outgoing,
                 Handled::DeadLetter { reason } => {
-                    outgoing.push(dead_letter(&options, &view, &reason));
-                    break;
+                    break vec![dead_letter(&options, &view, &reason)];
                 }
-                Handled::Retry { reason, .. } if attempt >= options.max_attempts => {
-                    let reason = format!("gave up after {attempt} attempts: {reason}");
-                    outgoing.push(dead_letter(&options, &view, &reason));
-                    break;
+                Handled::Retry { reason, .. } if view.attempt >= options.max_attempts => {
+                    let reason = format!("gave up after {} attempts: {reason}", view.attempt);
+                    break vec![dead_letter(&options, &view, &reason)];
                 }
                 Handled::Retry { reason, delay } => {
-                    tracing::warn!(service = options.service, subject = %view.subject, attempt, %reason, "will retry");
+                    tracing::warn!(service = options.service, subject = %view.subject, attempt = view.attempt, %reason, "will retry");
                     // Still working on it: keep it from being delivered elsewhere.
-                    let _ = message
-                        .ack_with(async_nats::jetstream::AckKind::Progress)
-                        .await;
+                    let _ = message.ack_with(AckKind::Progress).await;
                     tokio::select! {
                         () = shutdown.requested() => return None,
-                        () = tokio::time::sleep(delay.max(backoff(attempt))) => {}
+                        () = tokio::time::sleep(delay.max(backoff(view.attempt))) => {}
                     }
-                    attempt += 1;
+                    view.attempt += 1;
                 }
             }
-        }
-        handled.push(message);
+        };
+        done.push(Done {
+            message,
+            view,
+            outgoing,
+        });
     }
-    Some(PartitionDone {
-        outgoing,
-        messages: handled,
-    })
+    Some(done)
 }
 
 fn dead_letter(options: &WorkerOptions, message: &Delivered, reason: &str) -> Outgoing {
@@ -341,7 +421,11 @@ fn dead_letter(options: &WorkerOptions, message: &Delivered, reason: &str) -> Ou
     headers.insert(DEAD_LETTER_SUBJECT, message.subject.as_str());
     Outgoing {
         subject: subjects::dead_letter(options.service),
-        message_id: Some(format!("{}/{}", options.service, message.stream_sequence)),
+        // One dead letter per stored message, whichever consumer of whichever stream.
+        message_id: Some(format!(
+            "{}/{}/{}/{}",
+            options.service, message.stream, message.stream_sequence, message.attempt
+        )),
         headers,
         payload: message.payload.clone(),
     }

@@ -42,8 +42,6 @@ pub use rules::{Identifier, Rules};
 
 /// The durable consumer identity reads raw events with.
 pub const CONSUMER: &str = "identity";
-/// After this many attempts an event that keeps failing goes to the dead letters.
-pub const MAX_ATTEMPTS: u32 = 10;
 
 /// Every variable identity reads: its own, the bus's and the store's.
 pub fn vars() -> Vec<Var> {
@@ -129,7 +127,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     let options = WorkerOptions {
         service: "identity",
         batch: config.batch,
-        max_attempts: MAX_ATTEMPTS,
+        max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
     };
     let worker = cairn_bus::worker::run(
         bus.clone(),

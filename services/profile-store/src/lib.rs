@@ -156,7 +156,7 @@ impl<S: Store> Partitions<S> {
             let options = WorkerOptions {
                 service: "profile-store",
                 batch: self.batch,
-                max_attempts: 10,
+                max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
             };
             workers.push(tokio::spawn(cairn_bus::worker::run(
                 self.bus.clone(),
