@@ -65,10 +65,7 @@ impl Clock {
     pub fn now_ms(&self) -> i64 {
         match &self.manual {
             Some(now) => now.load(Ordering::SeqCst),
-            None => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_millis() as i64)
-                .unwrap_or_default(),
+            None => cairn_runtime::clock::now_ms(),
         }
     }
 }

@@ -21,7 +21,7 @@ pub const LEASE: Var = Var {
 };
 pub const PATIENCE: Var = Var {
     name: "CAIRN_IDENTITY_PATIENCE",
-    default: "10s",
+    default: "2s",
     doc: "How long a worker waits for profiles other workers are changing before retrying the event later.",
 };
 

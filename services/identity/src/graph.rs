@@ -34,7 +34,7 @@ pub const IDENTITY: TableSpec = TableSpec {
 };
 
 /// How many times an event is retried inside the worker when the graph moves under it.
-const ATTEMPTS: u32 = 50;
+const ATTEMPTS: u32 = 10;
 /// Longest chain of merged profiles followed (guards against a damaged graph).
 const MAX_CHAIN: usize = 64;
 
@@ -582,8 +582,15 @@ impl<S: Store> Graph<S> {
             self.leases.release(held).await;
             result?;
         }
+        // What is left pointing nowhere (an identifier the deleted profile named but its
+        // identity record no longer did). One that leads to a live profile is someone
+        // else's now and stays; a conditional delete leaves one re-pointed meanwhile.
         for identifier in identifiers {
-            self.store.delete(&IDENTITY, &index_key(identifier)).await?;
+            if let Some((_, version, None)) = self.index(identifier).await? {
+                let write =
+                    Write::new(index_key(identifier)).delete_record(Expect::Version(version));
+                self.store.write(&IDENTITY, write).await?;
+            }
         }
         Ok(())
     }

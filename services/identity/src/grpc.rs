@@ -1,5 +1,6 @@
 //! `cairn.identity.v1.Identity`: Resolve and Explain for readers, Split for writers.
 
+use cairn_runtime::clock::now_ms;
 use std::sync::Arc;
 
 use cairn_bus::Bus;
@@ -58,13 +59,6 @@ impl<S: Store> IdentityService<S> {
                 ))
             })
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 #[tonic::async_trait]

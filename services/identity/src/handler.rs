@@ -1,6 +1,7 @@
 //! What identity does with one raw event: find its identifiers, give it a profile, and
 //! say so downstream.
 
+use cairn_runtime::clock::now_ms;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,13 +54,6 @@ pub struct IdentityHandler<S> {
     pub metrics: IdentityMetrics,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 /// A merge or a split, as published on `profiles.merged.<partition of the survivor>` or
 /// `profiles.split.<partition of the profile split>` (where that profile's owner in the
 /// profile store reads it).
@@ -100,9 +94,10 @@ impl<S: Store> IdentityHandler<S> {
             .await?;
 
         let mut merges = identified.merges;
-        if merges.is_empty() && message.delivered > 1 {
-            // A redelivery after a crash: the merges this event caused may not have been
-            // announced. Announce them again (the stream drops duplicates).
+        if merges.is_empty() && message.is_repeat() {
+            // A redelivery after a crash, or an attempt after one that failed halfway: the
+            // merges this event caused may not have been announced. Announce them again
+            // (the stream drops duplicates).
             let (_, history) = self.graph.history(&identified.profile_id).await?;
             merges = history
                 .into_iter()

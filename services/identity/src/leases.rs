@@ -8,6 +8,7 @@
 //! expire. Everything written under a lease is itself a compare-and-set on what was
 //! read under it, so even a worker that outlived its lease cannot overwrite newer work.
 
+use cairn_runtime::clock::now_ms;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,13 +37,6 @@ pub struct Leases<S> {
     /// Who this worker is, in the lease records (for people reading them).
     holder: String,
     duration: Duration,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 impl<S: Store> Leases<S> {

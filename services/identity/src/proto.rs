@@ -20,10 +20,7 @@ pub fn merge_record(entry: &LogEntry) -> pb::MergeRecord {
     };
     pb::MergeRecord {
         kind: kind.into(),
-        at: Some(prost_types::Timestamp {
-            seconds: entry.at_ms.div_euclid(1000),
-            nanos: (entry.at_ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
+        at: Some(cairn_runtime::clock::timestamp(entry.at_ms)),
         message_id: entry.message_id.clone(),
         from_profile_id: entry.from.clone(),
         into_profile_id: entry.into.clone(),

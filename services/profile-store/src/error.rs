@@ -24,6 +24,9 @@ pub enum ProfileError {
     Busy(String),
     #[error("stored profile data is damaged: {0}")]
     Corrupt(String),
+    /// A merge or split that no longer fits the profiles (one was merged elsewhere).
+    #[error("no longer applies: {0}")]
+    Stale(String),
 }
 
 impl ProfileError {
@@ -52,6 +55,7 @@ impl Classify for ProfileError {
                 ErrorKind::InvalidArgument
             }
             ProfileError::Busy(_) => ErrorKind::Unavailable,
+            ProfileError::Stale(_) => ErrorKind::FailedPrecondition,
             ProfileError::Config(_) | ProfileError::Corrupt(_) => ErrorKind::Internal,
         }
     }

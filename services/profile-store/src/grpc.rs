@@ -7,6 +7,7 @@ use cairn_proto::identity::v1 as identity_pb;
 use cairn_proto::profile::v1 as pb;
 use cairn_proto::profile::v1::profiles_server::Profiles;
 use cairn_runtime::auth::{Principal, Role, require_role};
+use cairn_runtime::clock::now_ms;
 use cairn_store::{Expect, ScanCursor, Store, TimelineCursor, TokenRange, Write};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
@@ -24,13 +25,6 @@ pub struct ProfilesService<S> {
 fn authorize<T>(request: &Request<T>, role: Role) -> Result<(), ProfileError> {
     require_role(request.extensions().get::<Principal>(), role)?;
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn required(value: &str, field: &str) -> Result<(), ProfileError> {
@@ -150,10 +144,7 @@ impl<S: Store> Profiles for ProfilesService<S> {
                     .map(|envelope| String::from_utf8_lossy(&envelope.raw).into_owned())
                     .unwrap_or_default();
                 pb::TimelineEntry {
-                    at: Some(prost_types::Timestamp {
-                        seconds: entry.at_ms.div_euclid(1000),
-                        nanos: (entry.at_ms.rem_euclid(1000) * 1_000_000) as i32,
-                    }),
+                    at: Some(cairn_runtime::clock::timestamp(entry.at_ms)),
                     message_id: String::from_utf8_lossy(&entry.id).into_owned(),
                     event_json,
                 }

@@ -3,6 +3,7 @@
 //! redelivered message changes nothing; every durable change is announced on
 //! `profiles.changed.<partition>`.
 
+use cairn_runtime::clock::now_ms;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use prost::Message as _;
 use crate::error::ProfileError;
 use crate::input::event_input;
 use crate::profile::{FoldSettings, Identifier, Profile, SessionStamp};
-use crate::store::{self, Changed, MARK_TTL, PROFILES};
+use crate::store::{self, Changed, MARK_TTL, PROFILES, WhenMerged};
 
 /// Counts what the profile store does.
 #[derive(Debug, Clone)]
@@ -50,13 +51,6 @@ pub struct ProfileHandler<S> {
     pub fold: Arc<FoldSettings>,
     pub partitions: Partitions,
     pub metrics: ProfileMetrics,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn once(id: String, ttl: Option<Duration>) -> Mark {
@@ -99,6 +93,46 @@ pub fn changed_message(
 }
 
 impl<S: Store> ProfileHandler<S> {
+    /// What to announce after [`store::change`]: a change, or, when the message may have
+    /// been handled before (a crash between the write and the announcement), the
+    /// profile as it is (the stream drops the duplicate if it was announced).
+    fn announce(
+        &self,
+        changed: &Changed,
+        message: &Delivered,
+        message_id: &str,
+        session: Option<&SessionStamp>,
+    ) -> Option<Outgoing> {
+        match changed {
+            Changed::Applied {
+                profile,
+                version,
+                fields,
+            } if !fields.is_empty() => {
+                self.metrics.changes.add(1, &[]);
+                Some(changed_message(
+                    self.partitions,
+                    profile,
+                    *version,
+                    fields.clone(),
+                    message_id,
+                    session,
+                ))
+            }
+            Changed::AlreadyApplied {
+                profile: Some(stored),
+            } if message.is_repeat() => Some(changed_message(
+                self.partitions,
+                &stored.profile,
+                stored.version,
+                Vec::new(),
+                message_id,
+                None,
+            )),
+            _ => None,
+        }
+    }
+
     async fn on_event(&self, message: &Delivered) -> Result<Vec<Outgoing>, ProfileError> {
         let identified = IdentifiedEvent::decode(message.payload.clone())
             .map_err(|err| ProfileError::Unreadable(format!("not an identified event: {err}")))?;
@@ -117,6 +151,7 @@ impl<S: Store> ProfileHandler<S> {
         let changed = store::change(
             &self.store,
             &identified.profile_id,
+            WhenMerged::Follow,
             Some(once(format!("e:{}", input.message_id), Some(MARK_TTL))),
             vec![entry],
             |profile| {
@@ -126,50 +161,33 @@ impl<S: Store> ProfileHandler<S> {
             },
         )
         .await?;
-        match changed {
+        // Index the event's identifiers: when new to the profile, or again on a repeat
+        // (the index write may not have happened before).
+        let indexed = match &changed {
             Changed::Applied {
-                profile,
-                version,
-                fields,
-            } => {
-                // Only identifiers new to the profile need an index entry.
-                let new_identifiers = fields.iter().any(|field| field == "identifiers");
-                let new: Vec<Identifier> = input
-                    .identifiers
-                    .iter()
-                    .filter(|identifier| {
-                        new_identifiers && profile.identifiers.contains(identifier)
-                    })
-                    .cloned()
-                    .collect();
-                store::index(&self.store, &new, &profile.id).await?;
-                self.metrics.changes.add(1, &[]);
-                Ok(vec![changed_message(
-                    self.partitions,
-                    &profile,
-                    version,
-                    fields,
-                    &input.message_id,
-                    stamp.as_ref(),
-                )])
-            }
-            Changed::AlreadyApplied { profile } => {
-                self.metrics.duplicates.add(1, &[]);
-                // After a crash between the write and the announcement, announce again.
-                Ok(match profile {
-                    Some(stored) if message.delivered > 1 => vec![changed_message(
-                        self.partitions,
-                        &stored.profile,
-                        stored.version,
-                        Vec::new(),
-                        &input.message_id,
-                        None,
-                    )],
-                    _ => Vec::new(),
-                })
-            }
-            Changed::Nothing => Ok(Vec::new()),
+                profile, fields, ..
+            } if fields.iter().any(|field| field == "identifiers") => Some(profile),
+            Changed::AlreadyApplied {
+                profile: Some(stored),
+            } if message.is_repeat() => Some(&stored.profile),
+            _ => None,
+        };
+        if let Some(profile) = indexed {
+            let identifiers: Vec<Identifier> = input
+                .identifiers
+                .iter()
+                .filter(|identifier| profile.identifiers.contains(identifier))
+                .cloned()
+                .collect();
+            store::index(&self.store, &identifiers, &profile.id).await?;
         }
+        if matches!(changed, Changed::AlreadyApplied { .. }) {
+            self.metrics.duplicates.add(1, &[]);
+        }
+        Ok(self
+            .announce(&changed, message, &input.message_id, stamp.as_ref())
+            .into_iter()
+            .collect())
     }
 
     async fn on_facts(&self, message: &Delivered) -> Result<Vec<Outgoing>, ProfileError> {
@@ -187,12 +205,14 @@ impl<S: Store> ProfileHandler<S> {
                 "facts need a source and a profile id".to_string(),
             ));
         }
-        let at = facts.at.as_ref().map_or_else(now_ms, |at| {
-            at.seconds * 1000 + i64::from(at.nanos) / 1_000_000
-        });
+        let at = facts
+            .at
+            .as_ref()
+            .map_or_else(now_ms, cairn_runtime::clock::timestamp_ms);
         let changed = store::change(
             &self.store,
             &facts.profile_id,
+            WhenMerged::Follow,
             Some(once(
                 format!("f:{}:{}", facts.source, facts.message_id),
                 Some(MARK_TTL),
@@ -201,24 +221,10 @@ impl<S: Store> ProfileHandler<S> {
             |profile| Some(profile.apply_facts(&facts.source, &map, at)),
         )
         .await?;
-        Ok(match changed {
-            Changed::Applied {
-                profile,
-                version,
-                fields,
-            } if !fields.is_empty() => {
-                self.metrics.changes.add(1, &[]);
-                vec![changed_message(
-                    self.partitions,
-                    &profile,
-                    version,
-                    fields,
-                    &facts.message_id,
-                    None,
-                )]
-            }
-            _ => Vec::new(),
-        })
+        Ok(self
+            .announce(&changed, message, &facts.message_id, None)
+            .into_iter()
+            .collect())
     }
 
     /// `from` becomes part of `into`: first `from` is marked merged (so its late events go
@@ -233,28 +239,40 @@ impl<S: Store> ProfileHandler<S> {
             ));
         }
         // 1. Freeze `from`: it now points at `into` and keeps its data for step 2.
-        let into_for_update = into.clone();
+        let mut merged_elsewhere = None;
         self.store
             .update(&PROFILES, Bytes::from(from.clone()), 50, |current| {
                 let mut profile = match current {
                     Some(record) => store::decode(&record.value).ok()?,
                     None => Profile::new(&from),
                 };
-                if profile.merged_into.is_some() {
-                    return None;
+                match &profile.merged_into {
+                    Some(other) if *other != into => {
+                        merged_elsewhere = Some(other.clone());
+                        return None;
+                    }
+                    Some(_) => return None, // done before
+                    None => {}
                 }
-                profile.merged_into = Some(into_for_update.clone());
+                profile.merged_into = Some(into.clone());
                 Some(cairn_store::Change::set(store::encode(&profile).ok()?))
             })
             .await?;
+        if let Some(other) = merged_elsewhere {
+            return Err(ProfileError::Stale(format!(
+                "merging {from} into {into}: {from} was merged into {other}"
+            )));
+        }
         let frozen = match self.store.get(&PROFILES, from.as_bytes()).await? {
             Some(record) => store::decode(&record.value)?,
             None => Profile::new(&from),
         };
-        // 2. Take its document in, once.
+        // 2. Take its document in, once (`into` may itself have been merged on since: the
+        //    mark is looked for along the way).
         let changed = store::change(
             &self.store,
             &into,
+            WhenMerged::Follow,
             Some(once(format!("merge:{from}"), None)),
             Vec::new(),
             |profile| {
@@ -264,9 +282,13 @@ impl<S: Store> ProfileHandler<S> {
         )
         .await?;
         // 3. Its timeline, with the marks of its events (a late redelivery of one of them
-        //    must not count twice). Appends and marks are idempotent, so this can repeat.
+        //    must not count twice), and its identifiers. Appends, marks and index entries
+        //    are idempotent, so this part is simply done again on a repeat.
         let survivor = match &changed {
             Changed::Applied { profile, .. } => profile.id.clone(),
+            Changed::AlreadyApplied {
+                profile: Some(stored),
+            } => stored.profile.id.clone(),
             _ => store::read(&self.store, &into)
                 .await?
                 .map_or(into.clone(), |stored| stored.profile.id),
@@ -296,28 +318,16 @@ impl<S: Store> ProfileHandler<S> {
             }
         }
         store::index(&self.store, &frozen.identifiers, &survivor).await?;
-        Ok(match changed {
-            Changed::Applied {
-                profile,
-                version,
-                fields,
-            } => {
-                self.metrics.changes.add(1, &[]);
-                vec![changed_message(
-                    self.partitions,
-                    &profile,
-                    version,
-                    fields,
-                    &merge.message_id,
-                    None,
-                )]
-            }
-            _ => Vec::new(),
-        })
+        Ok(self
+            .announce(&changed, message, &merge.message_id, None)
+            .into_iter()
+            .collect())
     }
 
-    /// Identifiers leave `from` for `into`: both profiles are folded again from `from`'s
-    /// timeline, each event going with its identifiers.
+    /// Identifiers leave `from` for `into`: `into` takes the events of those identifiers
+    /// (on top of whatever it has already), then `from` is folded again from the rest of
+    /// its timeline. Each side is written once, with a mark; a repeat redoes the index and
+    /// the announcements.
     async fn on_split(&self, message: &Delivered) -> Result<Vec<Outgoing>, ProfileError> {
         let split = MergeRecord::decode(message.payload.clone())
             .map_err(|err| ProfileError::Unreadable(format!("not a split: {err}")))?;
@@ -330,9 +340,9 @@ impl<S: Store> ProfileHandler<S> {
                 value: identifier.value.clone(),
             })
             .collect();
-        if from.is_empty() || into.is_empty() || moved.is_empty() {
+        if from.is_empty() || into.is_empty() || from == into || moved.is_empty() {
             return Err(ProfileError::Unreadable(
-                "a split needs two profiles and identifiers".to_string(),
+                "a split needs two different profiles and identifiers".to_string(),
             ));
         }
         // The events of `from`, oldest first, each to the side of its identifiers.
@@ -375,77 +385,80 @@ impl<S: Store> ProfileHandler<S> {
         for (_, input) in &leaving {
             split_out.apply_event(input, &self.fold);
         }
-        let mark = format!(
-            "split:{into}:{}",
-            split.at.as_ref().map_or(0, |at| at.seconds)
-        );
+        let at_ms = split
+            .at
+            .as_ref()
+            .map_or(0, cairn_runtime::clock::timestamp_ms);
+        let mark = format!("split:{from}:{into}:{at_ms}");
+        // 1. `into` takes what leaves, with those events' timeline entries. It may be a
+        //    profile merged into `from` before (it comes back to life), or one that
+        //    already has events of its own.
+        let appends: Vec<TimelineEntry> = leaving
+            .iter()
+            .map(|(entry, _)| entry.clone())
+            .take(900)
+            .collect();
+        let taken = store::change(
+            &self.store,
+            &into,
+            WhenMerged::Revive,
+            Some(once(mark.clone(), None)),
+            appends,
+            |profile| {
+                profile.absorb(&split_out, &self.fold);
+                Some(vec!["identifiers".to_string(), "split".to_string()])
+            },
+        )
+        .await?;
+        // 2. `from` keeps the rest.
         let fold = self.fold.clone();
         let kept = store::change(
             &self.store,
             &from,
+            WhenMerged::Refuse,
             Some(once(mark, None)),
             Vec::new(),
             |profile| {
                 let mut rebuilt = Profile::new(&profile.id);
+                for input in &staying {
+                    rebuilt.apply_event(input, &fold);
+                }
                 rebuilt.identifiers = profile
                     .identifiers
                     .iter()
                     .filter(|identifier| !moved.contains(identifier))
                     .cloned()
                     .collect();
-                for input in &staying {
-                    rebuilt.apply_event(input, &fold);
-                }
-                rebuilt
-                    .identifiers
-                    .retain(|identifier| !moved.contains(identifier));
+
                 rebuilt.facts = profile.facts.clone();
                 rebuilt.segments = profile.segments.clone();
-                rebuilt.merged_from = profile.merged_from.clone();
+                rebuilt.merged_from = profile
+                    .merged_from
+                    .iter()
+                    .filter(|id| **id != into)
+                    .cloned()
+                    .collect();
                 *profile = rebuilt;
                 Some(vec!["identifiers".to_string(), "split".to_string()])
             },
         )
         .await?;
-        let Changed::Applied {
-            profile: kept,
-            version: kept_version,
-            fields,
-        } = kept
-        else {
-            return Ok(Vec::new()); // done before
+        let survivor = match &taken {
+            Changed::Applied { profile, .. } => profile.id.clone(),
+            Changed::AlreadyApplied {
+                profile: Some(stored),
+            } => stored.profile.id.clone(),
+            _ => into.clone(),
         };
-        let mut write = Write::new(Bytes::from(into.clone()))
-            .record(cairn_store::Expect::Any, store::encode(&split_out)?);
-        write.appends = leaving
-            .iter()
-            .map(|(entry, _)| entry.clone())
-            .take(900)
-            .collect();
-        let applied = self.store.write(&PROFILES, write).await?;
-        let version = match applied {
-            cairn_store::Outcome::Applied { version } => version.unwrap_or_default(),
-            cairn_store::Outcome::Conflict { .. } => 0,
-        };
-        store::index(&self.store, &split_out.identifiers, &into).await?;
-        Ok(vec![
-            changed_message(
-                self.partitions,
-                &kept,
-                kept_version,
-                fields,
-                &split.message_id,
-                None,
-            ),
-            changed_message(
-                self.partitions,
-                &split_out,
-                version,
-                vec!["identifiers".to_string()],
-                &split.message_id,
-                None,
-            ),
-        ])
+        let moved: Vec<Identifier> = moved.into_iter().collect();
+        store::index(&self.store, &moved, &survivor).await?;
+        Ok([
+            self.announce(&taken, message, &split.message_id, None),
+            self.announce(&kept, message, &split.message_id, None),
+        ]
+        .into_iter()
+        .flatten()
+        .collect())
     }
 }
 

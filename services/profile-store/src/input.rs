@@ -54,7 +54,7 @@ pub fn event_input(identified: &IdentifiedEvent) -> Result<EventInput, String> {
     let received_ms = envelope
         .received_at
         .as_ref()
-        .map_or(0, |at| at.seconds * 1000 + i64::from(at.nanos) / 1_000_000);
+        .map_or(0, cairn_runtime::clock::timestamp_ms);
     let call = match envelope.r#type() {
         EventType::Track => "track",
         EventType::Identify => "identify",

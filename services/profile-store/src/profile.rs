@@ -619,7 +619,10 @@ impl Profile {
         for (segment, since) in &other.segments {
             self.segments.entry(segment.clone()).or_insert(*since);
         }
-        self.merged_from.push(other.id.clone());
+        // A split hands over part of a profile under the receiver's own id.
+        if other.id != self.id {
+            self.merged_from.push(other.id.clone());
+        }
         self.merged_from.extend(other.merged_from.iter().cloned());
     }
 

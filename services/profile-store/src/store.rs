@@ -100,13 +100,28 @@ pub enum Changed {
     Nothing,
 }
 
-/// Read-modify-write of the profile `id` leads to (following merges; creating it when
-/// it does not exist), with `mark` written in the same atomic write so that the same
-/// change is never applied twice. `apply` returns the changed fields, or `None` to write
-/// nothing; `appends` go to the profile's timeline.
+/// What [`change`] does when the profile was merged into another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenMerged {
+    /// Change the profile it was merged into (and so on, to the live one).
+    Follow,
+    /// Fail with [`ProfileError::Stale`]: the change was meant for this profile only.
+    Refuse,
+    /// Make it live again, starting empty: a split hands a merged profile back its
+    /// identifiers (its old data lives on in the profile it was merged into).
+    Revive,
+}
+
+/// Read-modify-write of the profile `id` (creating it when it does not exist), with
+/// `mark` written in the same atomic write so that the same change is never applied
+/// twice. A merged profile is followed or refused (`when_merged`); before following,
+/// the merged profile's own marks are checked (the change may have been applied there
+/// before the merge). `apply` returns the changed fields, or `None` to write nothing;
+/// `appends` go to the profile's timeline.
 pub async fn change<S, F>(
     store: &S,
     id: &str,
+    when_merged: WhenMerged,
     mark: Option<Mark>,
     appends: Vec<TimelineEntry>,
     mut apply: F,
@@ -130,8 +145,12 @@ where
                     None => Profile::new(&target),
                 };
                 if let Some(into) = &profile.merged_into {
-                    forward = Some(into.clone());
-                    return None;
+                    if when_merged == WhenMerged::Revive {
+                        profile = Profile::new(&target);
+                    } else {
+                        forward = Some(into.clone());
+                        return None;
+                    }
                 }
                 fields = apply(&mut profile)?;
                 let value = encode(&profile).ok()?;
@@ -150,7 +169,24 @@ where
         };
         match outcome {
             None => match forward.take() {
-                Some(into) => target = into,
+                Some(into) if when_merged == WhenMerged::Refuse => {
+                    return Err(ProfileError::Stale(format!(
+                        "profile {target} was merged into {into}"
+                    )));
+                }
+                Some(into) => {
+                    if let Some(mark) = &mark
+                        && store
+                            .mark(&PROFILES, target.as_bytes(), &mark.id)
+                            .await?
+                            .is_some()
+                    {
+                        return Ok(Changed::AlreadyApplied {
+                            profile: read(store, &into).await?,
+                        });
+                    }
+                    target = into;
+                }
                 None if produced.is_none() => {
                     // Declined, or a damaged document (reported by decode on the next read).
                     if let Some(record) = store.get(&PROFILES, target.as_bytes()).await? {

@@ -327,6 +327,143 @@ async fn a_merge_combines_two_rich_profiles_once_even_when_redelivered() {
 }
 
 #[tokio::test]
+async fn a_split_gives_each_profile_its_own_events_once_even_when_redelivered() {
+    let mesh = mesh().await;
+    mesh.send(json!([
+        {"type": "identify", "messageId": "t1", "userId": "tom", "anonymousId": "tom-laptop", "timestamp": "2026-11-20T09:00:00Z"},
+        {"type": "page", "messageId": "t2", "userId": "tom", "timestamp": "2026-11-20T09:01:00Z"},
+        {"type": "page", "messageId": "k1", "anonymousId": "kiosk", "timestamp": "2026-11-20T12:00:00Z",
+         "context": {"device": {"id": "kiosk-7"}}},
+        {"type": "page", "messageId": "k2", "anonymousId": "kiosk", "timestamp": "2026-11-20T12:01:00Z"},
+    ]))
+    .await;
+    let changes = mesh.changes(4).await;
+    let kiosk = changes
+        .iter()
+        .find(|change| change.message_id == "k1")
+        .unwrap()
+        .profile_id
+        .clone();
+    // Tom signs in on the kiosk: the kiosk's profile is merged into his.
+    mesh.send(json!([
+        {"type": "page", "messageId": "m1", "userId": "tom", "anonymousId": "kiosk", "timestamp": "2026-11-20T12:02:00Z"},
+    ]))
+    .await;
+    let tom = wait_for(&mesh, by("device_id", "kiosk-7"), |profile| {
+        profile["event_count"]["page"]["all"] == 4
+    })
+    .await;
+    let tom_id = tom["id"].as_str().unwrap().to_string();
+    assert_ne!(tom_id, kiosk);
+
+    // The kiosk was never Tom's: split it out again.
+    let mut identity = IdentityClient::new(
+        tonic::transport::Channel::from_shared(mesh.host.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let split = identity
+        .split(with_token(
+            cairn_proto::identity::v1::SplitRequest {
+                profile_id: tom_id.clone(),
+                identifiers: ["anonymous_id:kiosk", "device_id:kiosk-7"]
+                    .iter()
+                    .map(|pair| {
+                        let (kind, value) = pair.split_once(':').unwrap();
+                        Identifier {
+                            r#type: kind.into(),
+                            value: value.into(),
+                        }
+                    })
+                    .collect(),
+            },
+            "tk_admin",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        split.profile_id, kiosk,
+        "the kiosk gets its own profile back"
+    );
+    let check = |kiosk_profile: &Value, tom_profile: &Value| {
+        assert_eq!(kiosk_profile["id"], kiosk.as_str());
+        assert_eq!(
+            kiosk_profile["event_count"]["page"]["all"], 2,
+            "{kiosk_profile:#}"
+        );
+        assert!(kiosk_profile["merged_from"].as_array().unwrap().is_empty());
+        assert_eq!(tom_profile["id"], tom_id.as_str());
+        assert_eq!(
+            tom_profile["event_count"]["page"]["all"], 2,
+            "t2 and m1: {tom_profile:#}"
+        );
+        assert_eq!(tom_profile["event_count"]["identify"]["all"], 1);
+        assert!(tom_profile["merged_from"].as_array().unwrap().is_empty());
+        let identifiers = tom_profile["identifiers"].to_string();
+        assert!(!identifiers.contains("kiosk"), "{identifiers}");
+    };
+    let kiosk_profile = wait_for(&mesh, by("device_id", "kiosk-7"), |profile| {
+        profile["id"] == kiosk.as_str()
+    })
+    .await;
+    let tom_profile = wait_for(&mesh, by("user_id", "tom"), |profile| {
+        profile["event_count"]["page"]["all"] == 2
+    })
+    .await;
+    check(&kiosk_profile, &tom_profile);
+
+    // The split again (a redelivery), then a marker behind it on the same consumer.
+    let mut again = Vec::new();
+    for message in stream_messages(&mesh.bus, streams::PROFILES).await {
+        if message.subject.starts_with("profiles.split.") {
+            again.push(Outgoing {
+                subject: message.subject,
+                message_id: Some("redelivered-split".into()),
+                headers: async_nats::HeaderMap::new(),
+                payload: message.payload,
+            });
+        }
+    }
+    assert_eq!(again.len(), 1);
+    mesh.bus.publish_all(again).await.unwrap();
+    let partition = mesh.bus.partitions().of(&tom_id);
+    cairn_testkit::wait_consumer_idle(
+        &mesh.bus,
+        streams::PROFILES,
+        &format!("profile_store_links_{partition}"),
+    )
+    .await;
+    let kiosk_profile = mesh.get(by("device_id", "kiosk-7")).await.unwrap();
+    let tom_profile = mesh.get(by("user_id", "tom")).await.unwrap();
+    check(&kiosk_profile, &tom_profile);
+}
+
+/// Gets a profile until `done` holds for it (20 s at most).
+async fn wait_for(
+    mesh: &Mesh,
+    key: Option<pb::get_request::Key>,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let profile = mesh.get(key.clone()).await;
+        if let Ok(profile) = &profile
+            && done(profile)
+        {
+            return profile.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not there in 20s: {profile:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn deleting_a_profile_leaves_nothing_findable() {
     let mesh = mesh().await;
     mesh.send(json!([
