@@ -10,11 +10,13 @@
 //! share (after its caller stopped working those partitions) and claims free partitions
 //! up to its share (creating an entry only succeeds when nobody owns it). A replica that
 //! dies stops renewing: its entries expire and the others claim its partitions. A
-//! replica cut off from NATS cannot renew either, and learns it lost a partition on its
-//! next renewal. Writes are compare-and-set in the store besides, so even a replica that
-//! has not yet noticed it lost a partition cannot overwrite newer work.
+//! replica cut off from NATS cannot renew either: its caller stops working everything
+//! once renewals have failed for two thirds of the lease ([`Ownership::abandon`]), before
+//! the entries expire and another replica may claim them. A renewal refused because the
+//! entry changed means the partition was lost. (Profile writes are read-modify-writes
+//! with a version check, so the short overlap a paused replica may still cause loses no
+//! update either.)
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -32,6 +34,8 @@ pub struct Plan {
     pub give_back: Vec<u32>,
     /// Taken by another replica (our lease ran out): stop working them now.
     pub lost: Vec<u32>,
+    /// Whether every partition still owned was renewed (NATS answered every renewal).
+    pub renewed: bool,
 }
 
 /// One replica's view of a group's partitions.
@@ -81,8 +85,10 @@ impl Ownership {
         &self.member
     }
 
-    pub fn owned(&self) -> BTreeSet<u32> {
-        self.owned.keys().copied().collect()
+    /// Forgets every partition without telling NATS (it cannot be reached): the entries
+    /// expire on their own. Returns them, for the caller to stop.
+    pub fn abandon(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.owned).into_keys().collect()
     }
 
     async fn live_members(&self) -> Result<usize, BusError> {
@@ -104,6 +110,8 @@ impl Ownership {
     }
 
     /// One round: heartbeat, renew, and the plan to reach this replica's fair share.
+    /// Fails when NATS cannot be reached at the start; a renewal NATS does not answer
+    /// leaves the partition owned (nothing is known to be lost) and `renewed` false.
     pub async fn balance(&mut self) -> Result<Plan, BusError> {
         let me = Bytes::from(self.member.clone());
         self.kv
@@ -111,7 +119,10 @@ impl Ownership {
             .await
             .map_err(|err| unavailable("heartbeat", &err))?;
         let share = self.partitions.div_ceil(self.live_members().await? as u32) as usize;
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            renewed: true,
+            ..Plan::default()
+        };
 
         let owned: Vec<(u32, u64)> = self.owned.iter().map(|(p, r)| (*p, *r)).collect();
         for (partition, revision) in owned {
@@ -123,12 +134,19 @@ impl Ownership {
                 Ok(revision) => {
                     self.owned.insert(partition, revision);
                 }
-                Err(err) => {
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     tracing::warn!(member = %self.member, partition, error = %err, "lost a partition");
                     self.owned.remove(&partition);
                     plan.lost.push(partition);
                 }
+                Err(err) => {
+                    tracing::warn!(member = %self.member, partition, error = %err, "cannot renew a partition now");
+                    plan.renewed = false;
+                }
             }
+        }
+        if !plan.renewed {
+            return Ok(plan); // no claims or hand-backs while NATS is unsure
         }
         if self.owned.len() > share {
             plan.give_back = self

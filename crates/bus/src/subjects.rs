@@ -3,7 +3,7 @@
 //! Where order matters, subjects end in a partition token: `events.raw.<partition>`.
 //! The partition is a stable hash of a key (the profile id, or before identity the
 //! first identifier) modulo the configured partition count, so one person's messages go
-//! to one partition and are handled in order by one consumer at a time. The hash is
+//! to one partition and each consumer of that partition handles them in order. The hash is
 //! FNV-1a 64, fixed here forever: changing it would reshuffle every person.
 
 /// The number of partitions, and the hash that picks one.

@@ -1,12 +1,12 @@
 //! `cairn.identity.v1.Identity`: Resolve and Explain for readers, Split for writers.
 
-use cairn_runtime::clock::now_ms;
 use std::sync::Arc;
 
 use cairn_bus::Bus;
 use cairn_proto::identity::v1 as pb;
 use cairn_proto::identity::v1::identity_server::Identity;
 use cairn_runtime::auth::{Principal, Role, require_role};
+use cairn_runtime::clock::now_ms;
 use cairn_store::Store;
 use tonic::{Request, Response, Status};
 

@@ -1,7 +1,6 @@
 //! What identity does with one raw event: find its identifiers, give it a profile, and
 //! say so downstream.
 
-use cairn_runtime::clock::now_ms;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +8,7 @@ use bytes::Bytes;
 use cairn_bus::worker::{Delivered, Handled, Handler};
 use cairn_bus::{Outgoing, Partitions, subjects};
 use cairn_proto::event::v1::{Envelope, EventType, IdentifiedEvent};
+use cairn_runtime::clock::now_ms;
 use cairn_store::Store;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;

@@ -5,13 +5,15 @@
 //! compare-and-set (create-if-absent, or replace an expired one on its version) and
 //! released by deleting it on the version taken. Leases are taken in sorted order, so
 //! workers never wait on each other in a cycle; a worker that dies leaves leases that
-//! expire. Everything written under a lease is itself a compare-and-set on what was
-//! read under it, so even a worker that outlived its lease cannot overwrite newer work.
+//! expire. Profile records written under a lease are compare-and-sets on what was read
+//! under it, so a worker that outlived its lease cannot overwrite a newer profile;
+//! index entries are plain writes that only ever point at a profile's survivor, and
+//! reads follow merges, so a late one still leads to the right profile.
 
-use cairn_runtime::clock::now_ms;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cairn_runtime::clock::now_ms;
 use cairn_store::{Expect, Outcome, Store, TableSpec, Write};
 use serde::{Deserialize, Serialize};
 

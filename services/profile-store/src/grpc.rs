@@ -55,14 +55,15 @@ fn parse_page_token(token: &str) -> Result<TimelineCursor, ProfileError> {
         .next()
         .and_then(|part| part.parse().ok())
         .ok_or_else(invalid)?;
-    let hex = parts.next().ok_or_else(invalid)?;
+    let hex = parts.next().ok_or_else(invalid)?.as_bytes();
     if hex.len() % 2 != 0 {
         return Err(invalid());
     }
-    let id = (0..hex.len())
-        .step_by(2)
-        .map(|index| u8::from_str_radix(&hex[index..index + 2], 16).map_err(|_| invalid()))
-        .collect::<Result<Vec<u8>, _>>()?;
+    let digit = |byte: u8| char::from(byte).to_digit(16).ok_or_else(invalid);
+    let id = hex
+        .chunks_exact(2)
+        .map(|pair| Ok((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
+        .collect::<Result<Vec<u8>, ProfileError>>()?;
     Ok(TimelineCursor {
         at_ms,
         id: Bytes::from(id),
@@ -277,5 +278,7 @@ mod tests {
         assert_eq!(parse_page_token(&page_token(&cursor)).unwrap(), cursor);
         assert!(parse_page_token("nonsense").is_err());
         assert!(parse_page_token("1.2.zz").is_err());
+        assert!(parse_page_token("1.2.éé").is_err(), "not hex, and no panic");
+        assert!(parse_page_token("1.2.+1").is_err());
     }
 }

@@ -3,7 +3,6 @@
 //! redelivered message changes nothing; every durable change is announced on
 //! `profiles.changed.<partition>`.
 
-use cairn_runtime::clock::now_ms;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use cairn_bus::{Outgoing, Partitions, subjects};
 use cairn_proto::event::v1::IdentifiedEvent;
 use cairn_proto::identity::v1::MergeRecord;
 use cairn_proto::profile::v1::{Facts, ProfileChanged};
+use cairn_runtime::clock::now_ms;
 use cairn_store::{Mark, Store, TimelineEntry, Write};
 use opentelemetry::metrics::Counter;
 use prost::Message as _;

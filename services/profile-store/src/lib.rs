@@ -3,9 +3,11 @@
 //! It folds identified events, enricher facts, merges and splits into one document per
 //! profile ([`profile`]), keeps each profile's timeline, and announces every durable
 //! change on `profiles.changed.<partition>` for the segmenter. Partitions are owned by
-//! one replica at a time ([`cairn_bus::ownership`]), so one writer works each profile;
-//! every write is also a compare-and-set with a mark, so redeliveries and handovers
-//! never apply anything twice ([`store`], [`handler`]). `cairn.profile.v1.Profiles`
+//! one replica at a time ([`cairn_bus::ownership`]); within it a partition's events and
+//! facts, and its merges and splits, are two consumers working side by side. Every
+//! write is a read-modify-write on the profile's version with a mark, so concurrent
+//! writers, redeliveries and handovers never lose an update or apply one twice
+//! ([`store`], [`handler`]). `cairn.profile.v1.Profiles`
 //! serves Get, Timeline, Delete and Export ([`grpc`]).
 
 #![forbid(unsafe_code)]
@@ -113,18 +115,13 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         partitions: bus.partitions(),
         metrics: handler::ProfileMetrics::new(&context.metrics.meter("cairn.profile_store")),
     };
-    let partitions = Partitions {
+    let workers = PartitionWorkers {
         bus: bus.clone(),
         handler,
         batch: config.batch,
         running: BTreeMap::new(),
     };
-    let task = own_partitions(
-        ownership,
-        partitions,
-        config.lease,
-        context.shutdown.clone(),
-    );
+    let task = own_partitions(ownership, workers, config.lease, context.shutdown.clone());
     Ok(Module {
         name: "profile-store",
         grpc: GrpcServices::default()
@@ -140,14 +137,14 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
 type Running = (Shutdown, Vec<tokio::task::JoinHandle<Result<(), BusError>>>);
 
 /// The workers of the partitions this replica owns.
-struct Partitions<S> {
+struct PartitionWorkers<S> {
     bus: Bus,
     handler: handler::ProfileHandler<S>,
     batch: usize,
     running: BTreeMap<u32, Running>,
 }
 
-impl<S: Store> Partitions<S> {
+impl<S: Store> PartitionWorkers<S> {
     async fn start(&mut self, partition: u32, shutdown: &Shutdown) -> Result<(), BusError> {
         let stop = shutdown.child();
         let mut workers = Vec::new();
@@ -171,6 +168,16 @@ impl<S: Store> Partitions<S> {
         Ok(())
     }
 
+    /// Partitions with a worker that ended although it was not stopped (its consumer
+    /// went away, or it failed).
+    fn ended(&self) -> Vec<u32> {
+        self.running
+            .iter()
+            .filter(|(_, (_, workers))| workers.iter().any(|worker| worker.is_finished()))
+            .map(|(partition, _)| *partition)
+            .collect()
+    }
+
     /// Stops a partition's workers after they finish what they hold.
     async fn stop(&mut self, partition: u32) {
         if let Some((stop, workers)) = self.running.remove(&partition) {
@@ -183,26 +190,41 @@ impl<S: Store> Partitions<S> {
     }
 }
 
-/// Keeps this replica working its fair share of partitions until shutdown.
+/// Keeps this replica working its fair share of partitions until shutdown. When NATS
+/// does not answer renewals for two thirds of the lease, everything stops (the entries
+/// are about to expire and another replica may claim them); a partition whose worker
+/// ended on its own is given back, to be claimed again on a later round.
 async fn own_partitions<S: Store>(
     mut ownership: Ownership,
-    mut partitions: Partitions<S>,
+    mut workers: PartitionWorkers<S>,
     lease: Duration,
     shutdown: Shutdown,
 ) -> Result<(), BusError> {
     let round = lease / 3;
+    let mut last_renewed = tokio::time::Instant::now();
     loop {
+        for partition in workers.ended() {
+            tracing::warn!(
+                partition,
+                "a partition's worker ended; giving the partition back"
+            );
+            workers.stop(partition).await;
+            ownership.release(partition).await;
+        }
         match ownership.balance().await {
             Ok(plan) => {
+                if plan.renewed {
+                    last_renewed = tokio::time::Instant::now();
+                }
                 for partition in plan.lost {
-                    partitions.stop(partition).await;
+                    workers.stop(partition).await;
                 }
                 for partition in plan.give_back {
-                    partitions.stop(partition).await;
+                    workers.stop(partition).await;
                     ownership.release(partition).await;
                 }
                 for partition in plan.start {
-                    if let Err(err) = partitions.start(partition, &shutdown).await {
+                    if let Err(err) = workers.start(partition, &shutdown).await {
                         tracing::warn!(partition, error = %err, "cannot start a partition; giving it back");
                         ownership.release(partition).await;
                     }
@@ -210,14 +232,26 @@ async fn own_partitions<S: Store>(
             }
             Err(err) => tracing::warn!(error = %err, "cannot balance partitions now"),
         }
+        if last_renewed.elapsed() > lease * 2 / 3 {
+            let abandoned = ownership.abandon();
+            if !abandoned.is_empty() {
+                tracing::warn!(
+                    partitions = abandoned.len(),
+                    "cannot renew partitions; stopping them before they expire"
+                );
+            }
+            for partition in abandoned {
+                workers.stop(partition).await;
+            }
+        }
         tokio::select! {
             () = shutdown.requested() => break,
             () = tokio::time::sleep(round) => {}
         }
     }
-    let owned: Vec<u32> = partitions.running.keys().copied().collect();
+    let owned: Vec<u32> = workers.running.keys().copied().collect();
     for partition in owned {
-        partitions.stop(partition).await;
+        workers.stop(partition).await;
     }
     ownership.leave().await;
     Ok(())

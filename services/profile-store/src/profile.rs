@@ -14,6 +14,15 @@ pub const MAX_SESSIONS_KEPT: usize = 50;
 pub const MAX_URLS: usize = 20;
 pub const MAX_REFERRERS: usize = 50;
 pub const MAX_DEVICES: usize = 20;
+/// Event names counted one by one; further names are counted together under
+/// [`OTHER_EVENTS`], so a client sending a new name with every event cannot grow a
+/// profile without bound.
+pub const MAX_EVENT_NAMES: usize = 500;
+pub const OTHER_EVENTS: &str = "(other)";
+/// Traits kept; new names past this are ignored (existing ones still change).
+pub const MAX_TRAITS: usize = 1000;
+/// Values an append trait keeps (the most recent).
+pub const MAX_APPENDED_VALUES: usize = 100;
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
@@ -367,11 +376,14 @@ impl Profile {
             self.urls.truncate(MAX_URLS);
             add_unique(&mut changed, "urls");
         }
-        self.events
-            .entry(event.name.clone())
-            .or_default()
-            .add(event.at, 1);
-        add_unique(&mut changed, format!("events.{}", event.name));
+        let counted = self.count_event(&event.name);
+        counted.add(event.at, 1);
+        let counted_name = if self.events.contains_key(&event.name) {
+            event.name.as_str()
+        } else {
+            OTHER_EVENTS
+        };
+        add_unique(&mut changed, format!("events.{counted_name}"));
         for (name, value) in &event.traits {
             if self.set_trait(name, value.clone(), event.at, settings) {
                 add_unique(&mut changed, format!("traits.{name}"));
@@ -475,8 +487,22 @@ impl Profile {
         stamp
     }
 
+    /// The counts an event name goes to: its own, or [`OTHER_EVENTS`] once
+    /// [`MAX_EVENT_NAMES`] names are counted.
+    fn count_event(&mut self, name: &str) -> &mut EventCounts {
+        let name = if self.events.contains_key(name) || self.events.len() < MAX_EVENT_NAMES {
+            name
+        } else {
+            OTHER_EVENTS
+        };
+        self.events.entry(name.to_string()).or_default()
+    }
+
     fn set_trait(&mut self, name: &str, value: Value, at: i64, settings: &FoldSettings) -> bool {
         let current = self.traits.get(name);
+        if current.is_none() && self.traits.len() >= MAX_TRAITS {
+            return false;
+        }
         let next = match (settings.policy(name), current) {
             (_, None) => match settings.policy(name) {
                 TraitPolicy::Append => Stamped {
@@ -508,6 +534,9 @@ impl Profile {
                 }
                 if values.len() == before {
                     return false;
+                }
+                if values.len() > MAX_APPENDED_VALUES {
+                    values.drain(..values.len() - MAX_APPENDED_VALUES);
                 }
                 Stamped {
                     value: Value::Array(values),
@@ -606,7 +635,7 @@ impl Profile {
         self.urls.sort_by_key(|visit| std::cmp::Reverse(visit.at));
         self.urls.truncate(MAX_URLS);
         for (name, counts) in &other.events {
-            self.events.entry(name.clone()).or_default().absorb(counts);
+            self.count_event(name).absorb(counts);
         }
         for (name, value) in &other.traits {
             self.set_trait(name, value.value.clone(), value.at, settings);
@@ -721,6 +750,42 @@ mod tests {
             profile.apply_event(event, &FoldSettings::default());
         }
         profile
+    }
+
+    #[test]
+    fn endless_new_names_cannot_grow_a_profile_without_bound() {
+        let mut profile = Profile::new("p1");
+        let settings = FoldSettings::default();
+        for index in 0..(MAX_EVENT_NAMES + 100) {
+            let mut input = event(&format!("Event {index}"), T0 + index as i64);
+            input.traits = [(format!("trait_{index}"), json!(index))]
+                .into_iter()
+                .collect();
+            profile.apply_event(&input, &settings);
+        }
+        assert_eq!(profile.events.len(), MAX_EVENT_NAMES + 1);
+        assert_eq!(profile.events[OTHER_EVENTS].total, 100);
+        assert_eq!(
+            profile.events["Event 0"].total, 1,
+            "names counted before stay"
+        );
+        let mut input = event("Event 0", T0 + 10_000);
+        input.traits = [("trait_0".to_string(), json!("changed"))]
+            .into_iter()
+            .collect();
+        profile.apply_event(&input, &settings);
+        assert_eq!(profile.events["Event 0"].total, 2);
+        assert_eq!(profile.traits.len(), MAX_EVENT_NAMES + 100);
+
+        let mut many = Profile::new("p2");
+        for index in 0..(MAX_TRAITS + 10) {
+            many.set_trait(&format!("t{index}"), json!(index), T0, &settings);
+        }
+        assert_eq!(many.traits.len(), MAX_TRAITS);
+        assert!(
+            many.set_trait("t0", json!("new"), T0 + 1, &settings),
+            "known traits still change"
+        );
     }
 
     #[test]
