@@ -82,7 +82,10 @@ pub async fn up() -> anyhow::Result<()> {
 }
 
 /// Returns a nats-server this process started, or `None` when one already answers.
-async fn ensure_nats(settings: &Settings, data_dir: &Path) -> anyhow::Result<Option<NatsServer>> {
+pub async fn ensure_nats(
+    settings: &Settings,
+    data_dir: &Path,
+) -> anyhow::Result<Option<NatsServer>> {
     let url = settings.string(&NATS_URL);
     let probe = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(1))

@@ -11,6 +11,7 @@ mod dev;
 mod modules;
 mod process;
 mod profile;
+mod rebuild;
 mod send;
 
 use std::process::ExitCode;
@@ -52,6 +53,9 @@ enum Command {
     /// Profiles of the running Cairn (at CAIRN_GRPC_ADDR, with CAIRN_TOKEN).
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
+    /// Rebuild identities and profiles from the raw events (after a rule change), with
+    /// Cairn stopped.
+    Rebuild(rebuild::RebuildArgs),
     /// List the services and what each serves.
     Modules,
     /// Print every configuration variable with its default and meaning.
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
             Command::Bench(command) => bench::run(command).await,
             Command::Status => admin::status().await,
             Command::Profile(command) => profile::run(command).await,
+            Command::Rebuild(args) => rebuild::run(args).await,
             Command::Modules => modules::print(),
             Command::Config => process::print_config(),
         }

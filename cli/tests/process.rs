@@ -383,3 +383,177 @@ async fn killing_the_mesh_mid_stream_loses_and_doubles_nothing() {
     let (code, stderr) = exit_of(&mut child).await;
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+fn as_admin<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer tk_admin".parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn rebuild_applies_changed_rules_and_keeps_deleted_people_deleted() {
+    let nats = TestNats::start().await;
+    let bus = nats.bus().await;
+    let data = tempfile::tempdir().unwrap();
+    let rules = data.path().join("identity.toml");
+    std::fs::write(&rules, "blocked = []\n").unwrap();
+    let (http, grpc, admin) = (free_addr(), free_addr(), free_addr());
+    let env = [
+        ("CAIRN_NATS_URL", nats.url()),
+        ("CAIRN_HTTP_ADDR", http.to_string()),
+        ("CAIRN_GRPC_ADDR", grpc.to_string()),
+        ("CAIRN_ADMIN_ADDR", admin.to_string()),
+        ("CAIRN_DATA_DIR", data.path().display().to_string()),
+        ("CAIRN_WRITE_KEYS", "web:wk_web".to_string()),
+        ("CAIRN_ADMIN_TOKENS", "admin:tk_admin".to_string()),
+        ("CAIRN_IDENTITY_RULES", rules.display().to_string()),
+        ("CAIRN_PARTITION_LEASE", "1s".to_string()),
+    ];
+    let command = |args: &[&str]| {
+        let mut command = cairn();
+        command.args(args);
+        for (name, value) in &env {
+            command.env(name, value);
+        }
+        command
+    };
+    let client = reqwest::Client::new();
+    let send = |batch: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .post(format!("http://{http}/v1/batch"))
+                .basic_auth("wk_web", Some(""))
+                .json(&serde_json::json!({ "batch": batch }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    let profiles = || async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        cairn_proto::profile::v1::profiles_client::ProfilesClient::new(channel)
+    };
+
+    let profile_of = |anonymous_id: &'static str| async move {
+        let request = as_admin(cairn_proto::profile::v1::GetRequest {
+            key: Some(cairn_proto::profile::v1::get_request::Key::Identifier(
+                cairn_proto::identity::v1::Identifier {
+                    r#type: "anonymous_id".into(),
+                    value: anonymous_id.into(),
+                },
+            )),
+        });
+        profiles()
+            .await
+            .get(request)
+            .await
+            .ok()
+            .map(|response| response.into_inner().profile_id)
+    };
+
+    // Two desks share a team mailbox: one person, by the rules so far.
+    let mut mesh = command(&["up"]).spawn().unwrap();
+    wait_ready(admin, &mut mesh).await;
+    send(serde_json::json!([
+        {"type": "identify", "messageId": "d1", "anonymousId": "desk-1", "traits": {"email": "team@shop.example"}},
+        {"type": "identify", "messageId": "d2", "anonymousId": "desk-2", "traits": {"email": "team@shop.example"}},
+        {"type": "identify", "messageId": "g1", "anonymousId": "gone-1", "traits": {"email": "gone@example.com"}},
+    ]))
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let gone = loop {
+        let (one, two, gone) = (
+            profile_of("desk-1").await,
+            profile_of("desk-2").await,
+            profile_of("gone-1").await,
+        );
+        if let (Some(one), Some(two), Some(gone)) = (one, two, gone)
+            && one == two
+        {
+            break gone;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the desks were not merged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // One person asks to be forgotten.
+    profiles()
+        .await
+        .delete(as_admin(cairn_proto::profile::v1::DeleteRequest {
+            profile_id: gone.clone(),
+        }))
+        .await
+        .unwrap();
+    cairn_testkit::wait_consumer_idle(&bus, "PROFILES", "identity_forget").await;
+    sigterm(&mesh);
+    let (code, stderr) = exit_of(&mut mesh).await;
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // The mailbox is blocked from now on; the rebuild asks before it deletes anything.
+    std::fs::write(&rules, "blocked = [\"team@shop.example\"]\n").unwrap();
+    let (code, _, stderr) = output(&mut command(&["rebuild"])).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("from the 3 raw events"), "{stderr}");
+    assert!(stderr.contains("cairn rebuild --yes"), "{stderr}");
+    let (code, stdout, stderr) = output(&mut command(&["rebuild", "--yes"])).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("rebuild them from the 3 raw events"),
+        "{stdout}"
+    );
+
+    let mut mesh = command(&["up"]).spawn().unwrap();
+    wait_ready(admin, &mut mesh).await;
+    cairn_testkit::wait_consumer_idle(&bus, "EVENTS", "identity").await;
+    // Identity replayed every event: the desks are two people now, and the forgotten
+    // person's event was dropped, not given a profile again.
+    let identified: Vec<(String, String)> = cairn_testkit::stream_messages(&bus, "IDENTIFIED")
+        .await
+        .into_iter()
+        .filter_map(|message| {
+            let event = <cairn_proto::event::v1::IdentifiedEvent as prost::Message>::decode(
+                message.payload,
+            )
+            .ok()?;
+            Some((event.envelope?.message_id, event.profile_id))
+        })
+        .collect();
+    let ids: Vec<&str> = identified.iter().map(|(id, _)| id.as_str()).collect();
+    assert!(!ids.contains(&"g1"), "{identified:?}");
+    assert!(ids.contains(&"d1") && ids.contains(&"d2"), "{identified:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (one, two) = (profile_of("desk-1").await, profile_of("desk-2").await);
+        if let (Some(one), Some(two)) = (&one, &two) {
+            assert_ne!(one, two, "the blocked mailbox no longer links the desks");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the desks' profiles were not rebuilt"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(profile_of("gone-1").await, None);
+
+    // While Cairn runs, a rebuild refuses.
+    let (code, _, stderr) = output(&mut command(&["rebuild", "--yes"])).await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("stop every Cairn process first"),
+        "{stderr}"
+    );
+    sigterm(&mesh);
+    let (code, stderr) = exit_of(&mut mesh).await;
+    assert_eq!(code, Some(0), "{stderr}");
+}

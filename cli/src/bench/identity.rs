@@ -163,7 +163,7 @@ async fn graph_only(
     for (n, event) in warm_up.iter().enumerate() {
         let found = extract::identifiers(graph.rules(), event, false);
         graph
-            .identify(&found.identifiers, &format!("w{n}"), 0)
+            .identify(&found.identifiers, &format!("w{n}"), 0, 0)
             .await?;
     }
     let started = Instant::now();
@@ -177,7 +177,7 @@ async fn graph_only(
                 let event: serde_json::Value = serde_json::from_slice(&raw)?;
                 let found = extract::identifiers(graph.rules(), &event, false);
                 graph
-                    .identify(&found.identifiers, &format!("k{n}"), 0)
+                    .identify(&found.identifiers, &format!("k{n}"), 0, 0)
                     .await?;
             }
             Ok::<(), anyhow::Error>(())

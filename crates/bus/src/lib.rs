@@ -187,6 +187,77 @@ impl Bus {
             })
     }
 
+    /// A durable consumer's state, if the stream and the consumer exist.
+    pub async fn consumer_info(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<Option<consumer::Info>, BusError> {
+        let fail = |err: &dyn std::error::Error| BusError::Consumer {
+            stream: stream.to_string(),
+            name: name.to_string(),
+            reason: error_chain(err),
+        };
+        let found = match self.jetstream.get_stream(stream).await {
+            Ok(found) => found,
+            Err(err) if stream_missing(&err) => return Ok(None),
+            Err(err) => return Err(fail(&err)),
+        };
+        match found.consumer_info(name).await {
+            Ok(info) => Ok(Some(info)),
+            Err(err) => match err.kind() {
+                jetstream::context::ConsumerInfoErrorKind::NotFound
+                | jetstream::context::ConsumerInfoErrorKind::StreamNotFound => Ok(None),
+                _ => Err(fail(&err)),
+            },
+        }
+    }
+
+    /// Deletes a stream with its messages and consumers; false when there was none.
+    pub async fn delete_stream(&self, name: &str) -> Result<bool, BusError> {
+        match self.jetstream.delete_stream(name).await {
+            Ok(_) => Ok(true),
+            Err(err) => match err.kind() {
+                jetstream::context::DeleteStreamErrorKind::JetStream(api)
+                    if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                _ => Err(BusError::Stream {
+                    name: name.to_string(),
+                    reason: error_chain(&err),
+                }),
+            },
+        }
+    }
+
+    /// Deletes a durable consumer; false when there was none.
+    pub async fn delete_consumer(&self, stream: &str, name: &str) -> Result<bool, BusError> {
+        match self
+            .jetstream
+            .delete_consumer_from_stream(name, stream)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(err) => match err.kind() {
+                stream::ConsumerErrorKind::JetStream(api)
+                    if [
+                        jetstream::ErrorCode::CONSUMER_NOT_FOUND,
+                        jetstream::ErrorCode::STREAM_NOT_FOUND,
+                    ]
+                    .contains(&api.error_code()) =>
+                {
+                    Ok(false)
+                }
+                _ => Err(BusError::Consumer {
+                    stream: stream.to_string(),
+                    name: name.to_string(),
+                    reason: error_chain(&err),
+                }),
+            },
+        }
+    }
+
     /// Publishes every message, then waits for every acknowledgement. Succeeds only when
     /// JetStream acknowledged all of them (duplicates count: they are stored already).
     /// While NATS is unreachable it fails at once, so the caller can answer 503 without
@@ -286,6 +357,12 @@ fn is_stream_full(error: &jetstream::Error) -> bool {
     ) || (code == STORE_FAILED && text.contains("exceeded"))
         || text.contains("maximum messages exceeded")
         || text.contains("maximum bytes exceeded")
+}
+
+/// Whether getting a stream failed because there is no such stream.
+pub(crate) fn stream_missing(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(api)
+        if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// An error and its sources, joined: async-nats keeps the useful part in the source.

@@ -52,6 +52,44 @@ fn unavailable(what: &str, err: &dyn std::error::Error) -> BusError {
     BusError::Unavailable(format!("{what}: {}", error_chain(err)))
 }
 
+fn bucket_name(group: &str) -> String {
+    format!("owners_{group}")
+}
+
+async fn count_members(kv: &kv::Store) -> Result<usize, BusError> {
+    let mut keys = kv
+        .keys()
+        .await
+        .map_err(|err| unavailable("partition owners", &err))?;
+    let mut members = 0;
+    while let Some(key) = keys.next().await {
+        if key
+            .map_err(|err| unavailable("partition owners", &err))?
+            .starts_with("m.")
+        {
+            members += 1;
+        }
+    }
+    Ok(members)
+}
+
+/// How many replicas of `group` are live now (0 when the group never ran).
+pub async fn live_members(bus: &Bus, group: &str) -> Result<usize, BusError> {
+    let bucket = bucket_name(group);
+
+    match bus.jetstream().get_stream(format!("KV_{bucket}")).await {
+        Ok(_) => {}
+        Err(err) if crate::stream_missing(&err) => return Ok(0),
+        Err(err) => return Err(unavailable("partition owners", &err)),
+    }
+    let kv = bus
+        .jetstream()
+        .get_key_value(bucket)
+        .await
+        .map_err(|err| unavailable("partition owners bucket", &err))?;
+    count_members(&kv).await
+}
+
 impl Ownership {
     /// Joins `group` (one KV bucket per group) as a new member.
     pub async fn join(
@@ -63,7 +101,7 @@ impl Ownership {
         let kv = bus
             .jetstream()
             .create_or_update_key_value(kv::Config {
-                bucket: format!("owners_{group}"),
+                bucket: bucket_name(group),
                 description: format!("Which {group} replica owns which partition"),
                 history: 1,
                 max_age: lease,
@@ -92,21 +130,7 @@ impl Ownership {
     }
 
     async fn live_members(&self) -> Result<usize, BusError> {
-        let mut keys = self
-            .kv
-            .keys()
-            .await
-            .map_err(|err| unavailable("partition owners", &err))?;
-        let mut members = 0;
-        while let Some(key) = keys.next().await {
-            if key
-                .map_err(|err| unavailable("partition owners", &err))?
-                .starts_with("m.")
-            {
-                members += 1;
-            }
-        }
-        Ok(members.max(1))
+        Ok(count_members(&self.kv).await?.max(1))
     }
 
     /// One round: heartbeat, renew, and the plan to reach this replica's fair share.

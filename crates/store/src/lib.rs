@@ -205,6 +205,30 @@ pub async fn remember<S: Store>(
     }
 }
 
+/// Deletes everything in `table` (records, timelines, marks) except the keys `keep`
+/// says to keep; returns how many keys were deleted. For rebuilding derived state.
+pub async fn delete_all<S: Store>(
+    store: &S,
+    table: &TableSpec,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<u64> {
+    let mut deleted = 0;
+    let mut cursor = None;
+    loop {
+        let page = store.scan(table, TokenRange::FULL, cursor, 500).await?;
+        for (key, _) in &page.records {
+            if !keep(key) {
+                store.delete(table, key).await?;
+                deleted += 1;
+            }
+        }
+        cursor = page.next;
+        if cursor.is_none() {
+            return Ok(deleted);
+        }
+    }
+}
+
 /// The backend chosen at start-up.
 #[derive(Clone, Debug)]
 pub enum AnyStore {

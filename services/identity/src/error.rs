@@ -31,6 +31,15 @@ pub enum IdentityError {
     Auth(#[from] cairn_runtime::auth::AuthError),
     #[error("stored identity data is damaged: {0}")]
     Corrupt(String),
+    /// Something must be stopped or finished first (a rebuild while identity runs).
+    #[error("{0}")]
+    NotStopped(String),
+    /// The event names an identifier (of this type) whose profile was deleted after the
+    /// event was received: it is dropped, not given to anyone.
+    #[error(
+        "an identifier ({kind}) of this event belongs to a profile deleted after the event was received"
+    )]
+    Forgotten { kind: String },
 }
 
 impl IdentityError {
@@ -59,6 +68,9 @@ impl Classify for IdentityError {
             | IdentityError::NoIdentifiers
             | IdentityError::Unreadable(_) => ErrorKind::InvalidArgument,
             IdentityError::Busy(_) => ErrorKind::Unavailable,
+            IdentityError::Forgotten { .. } | IdentityError::NotStopped(_) => {
+                ErrorKind::FailedPrecondition
+            }
             IdentityError::Rules(_) | IdentityError::Config(_) | IdentityError::Corrupt(_) => {
                 ErrorKind::Internal
             }

@@ -6,7 +6,11 @@
 //!   profile's own list is the truth; an index entry whose profile does not list the
 //!   identifier is a leftover of an interrupted change and is ignored);
 //! - `pf:<profile id>` → the profile: its identifiers, or the profile it was merged into.
-//!   Its timeline is the merge log.
+//!   Its timeline is the merge log;
+//! - `gone:<sha-256 of type:value>` → when a profile holding the identifier was deleted
+//!   (a hash, so the forgotten value is not kept). Events received before then with
+//!   the identifier are dropped: a late redelivery or a rebuild does not bring the
+//!   person back. A rebuild keeps these records.
 //!
 //! Changing a profile takes its lease (see [`crate::leases`]); a new identifier is
 //! claimed by creating its index record, which only one worker can do. The survivor of
@@ -90,6 +94,8 @@ struct Sight {
     stale: Vec<String>,
     /// For each identifier without a profile, the index state a claim must find.
     claims: Vec<(Identifier, Expect)>,
+    /// Identifiers without a profile that were forgotten, and when.
+    forgotten: Vec<(Identifier, i64)>,
 }
 
 /// The result of a split.
@@ -115,6 +121,17 @@ fn profile_key(id: &str) -> Bytes {
 fn index_key(identifier: &Identifier) -> Bytes {
     Bytes::from(format!("id:{}:{}", identifier.kind, identifier.value))
 }
+
+/// The key of the record that `identifier` was forgotten.
+pub fn forgotten_key(identifier: &Identifier) -> Bytes {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{}:{}", identifier.kind, identifier.value));
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    Bytes::from(format!("{FORGOTTEN_PREFIX}{hex}"))
+}
+
+/// Where the records of forgotten identifiers start.
+pub const FORGOTTEN_PREFIX: &str = "gone:";
 
 fn lease_name(profile: &str) -> String {
     format!("pf:{profile}")
@@ -254,20 +271,33 @@ impl<S: Store> Graph<S> {
         Ok(identifiers)
     }
 
-    /// Gives the event with `identifiers` its profile, stitching and merging under the
-    /// rules. Safe to run for the same event again (it changes nothing the second time)
-    /// and from many workers at once.
+    /// Gives the event with `identifiers` (received at `received_ms`) its profile,
+    /// stitching and merging under the rules. Safe to run for the same event again (it
+    /// changes nothing the second time) and from many workers at once. Fails with
+    /// [`IdentityError::Forgotten`] when an identifier was forgotten after the event was
+    /// received.
     pub async fn identify(
         &self,
         identifiers: &[Identifier],
         message_id: &str,
+        received_ms: i64,
         now_ms: i64,
     ) -> Result<Identified, IdentityError> {
         if identifiers.is_empty() {
             return Err(IdentityError::NoIdentifiers);
         }
         for _ in 0..ATTEMPTS {
-            let Sight { seen, stale, .. } = self.see(identifiers).await?;
+            let Sight {
+                seen,
+                stale,
+                forgotten,
+                ..
+            } = self.see(identifiers).await?;
+            if let Some((identifier, _)) = forgotten.iter().find(|(_, at)| *at >= received_ms) {
+                return Err(IdentityError::Forgotten {
+                    kind: identifier.kind.clone(),
+                });
+            }
             let decision = decide(&self.rules, &seen);
             if decision.changes_nothing() && stale.is_empty() {
                 let target = decision
@@ -337,10 +367,14 @@ impl<S: Store> Graph<S> {
                     sight
                         .claims
                         .push((identifier.clone(), Expect::Version(version)));
+                    self.note_forgotten(identifier, &mut sight.forgotten)
+                        .await?;
                     None
                 }
                 None => {
                     sight.claims.push((identifier.clone(), Expect::Absent));
+                    self.note_forgotten(identifier, &mut sight.forgotten)
+                        .await?;
                     None
                 }
             };
@@ -350,6 +384,26 @@ impl<S: Store> Graph<S> {
             });
         }
         Ok(sight)
+    }
+
+    /// Adds when `identifier` was forgotten, if it was.
+    async fn note_forgotten(
+        &self,
+        identifier: &Identifier,
+        forgotten: &mut Vec<(Identifier, i64)>,
+    ) -> Result<(), IdentityError> {
+        if let Some(record) = self
+            .store
+            .get(&IDENTITY, &forgotten_key(identifier))
+            .await?
+        {
+            let at_ms = std::str::from_utf8(&record.value)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .ok_or_else(|| corrupt("forgotten identifier", "not a time"))?;
+            forgotten.push((identifier.clone(), at_ms));
+        }
+        Ok(())
     }
 
     /// Under the leases of `leased` profiles: decides again and applies the decision if
@@ -367,6 +421,7 @@ impl<S: Store> Graph<S> {
             seen,
             stale,
             claims,
+            ..
         } = self.see(identifiers).await?;
         let decision = decide(&self.rules, &seen);
         // An index entry pointing at a profile whose lease is not held may be another
@@ -544,9 +599,29 @@ impl<S: Store> Graph<S> {
         Ok((root.id, entries))
     }
 
-    /// Forgets a person (right to be forgotten): the index entries of `identifiers`, the
-    /// profile they lead to, the profiles merged into it, and their merge logs.
-    pub async fn forget(&self, identifiers: &[Identifier]) -> Result<(), IdentityError> {
+    /// Forgets a person (right to be forgotten) deleted at `deleted_at_ms`: the index
+    /// entries of `identifiers`, the profile they lead to, the profiles merged into it,
+    /// and their merge logs; and records that the identifiers were forgotten then.
+    pub async fn forget(
+        &self,
+        identifiers: &[Identifier],
+        deleted_at_ms: i64,
+    ) -> Result<(), IdentityError> {
+        // First, so that events still in flight cannot bring the person back meanwhile.
+        // The latest deletion counts; a repeat of this one changes nothing.
+        for identifier in identifiers {
+            self.store
+                .update(&IDENTITY, forgotten_key(identifier), 10, |current| {
+                    let known = current.and_then(|record| {
+                        std::str::from_utf8(&record.value).ok()?.parse::<i64>().ok()
+                    });
+                    if known.is_some_and(|known| known >= deleted_at_ms) {
+                        return None;
+                    }
+                    Some(cairn_store::Change::set(deleted_at_ms.to_string()))
+                })
+                .await?;
+        }
         let mut roots = Vec::new();
         for identifier in identifiers {
             if let Some((_, _, Some(root))) = self.index(identifier).await?

@@ -25,6 +25,7 @@ pub struct IdentityMetrics {
     events: Counter<u64>,
     merges: Counter<u64>,
     dead_letters: Counter<u64>,
+    dropped: Counter<u64>,
 }
 
 impl IdentityMetrics {
@@ -41,6 +42,12 @@ impl IdentityMetrics {
             dead_letters: meter
                 .u64_counter("cairn_identity_dead_letters")
                 .with_description("Events identity could not process, by reason")
+                .build(),
+            dropped: meter
+                .u64_counter("cairn_identity_dropped")
+                .with_description(
+                    "Events dropped on purpose, by reason (forgotten: of a deleted person)",
+                )
                 .build(),
         }
     }
@@ -88,9 +95,13 @@ impl<S: Store> IdentityHandler<S> {
         let is_alias = envelope.r#type() == EventType::Alias;
         let found = extract::identifiers(self.graph.rules(), &event, is_alias);
         let identifiers = self.graph.event_identifiers(&found).await?;
+        let received_ms = envelope
+            .received_at
+            .as_ref()
+            .map_or(0, cairn_runtime::clock::timestamp_ms);
         let identified = self
             .graph
-            .identify(&identifiers, &envelope.message_id, now_ms())
+            .identify(&identifiers, &envelope.message_id, received_ms, now_ms())
             .await?;
 
         let mut merges = identified.merges;
@@ -141,6 +152,13 @@ impl<S: Store> Handler for IdentityHandler<S> {
     async fn handle(&self, message: &Delivered) -> Handled {
         match self.identify(message).await {
             Ok(outgoing) => Handled::Publish(outgoing),
+            Err(err @ IdentityError::Forgotten { .. }) => {
+                tracing::info!(subject = %message.subject, reason = %err, "event dropped");
+                self.metrics
+                    .dropped
+                    .add(1, &[KeyValue::new("reason", "forgotten")]);
+                Handled::Publish(Vec::new())
+            }
             Err(err) if err.is_transient() => Handled::Retry {
                 reason: err.to_string(),
                 delay: Duration::from_secs(1),
@@ -186,7 +204,11 @@ impl<S: Store> Handler for ForgetHandler<S> {
                 crate::rules::Identifier::new(identifier.r#type.clone(), identifier.value.clone())
             })
             .collect();
-        match self.graph.forget(&identifiers).await {
+        let deleted_at_ms = deleted
+            .at
+            .as_ref()
+            .map_or_else(now_ms, cairn_runtime::clock::timestamp_ms);
+        match self.graph.forget(&identifiers, deleted_at_ms).await {
             Ok(()) => {
                 tracing::info!(profile_id = %deleted.profile_id, identifiers = identifiers.len(), "forgot a deleted profile");
                 Handled::Publish(Vec::new())

@@ -23,6 +23,7 @@ pub mod grpc;
 pub mod handler;
 pub mod leases;
 pub mod proto;
+pub mod rebuild;
 pub mod rules;
 
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub use rules::{Identifier, Rules};
 
 /// The durable consumer identity reads raw events with.
 pub const CONSUMER: &str = "identity";
+/// The durable consumer identity reads profile deletions with.
+pub const FORGET_CONSUMER: &str = "identity_forget";
 
 /// Every variable identity reads: its own, the bus's and the store's.
 pub fn vars() -> Vec<Var> {
@@ -69,7 +72,7 @@ pub fn consumer_config(batch: usize) -> consumer::pull::Config {
 /// The consumer of `profiles.deleted`: a deleted person's identifiers are forgotten.
 pub fn forget_consumer_config() -> consumer::pull::Config {
     consumer::pull::Config {
-        durable_name: Some("identity_forget".to_string()),
+        durable_name: Some(FORGET_CONSUMER.to_string()),
         description: Some("Identity: forgets the identifiers of deleted profiles".to_string()),
         filter_subject: subjects::PROFILES_DELETED.to_string(),
         ack_policy: consumer::AckPolicy::Explicit,

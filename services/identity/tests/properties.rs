@@ -145,7 +145,12 @@ async fn run(
                     return;
                 };
                 graph
-                    .identify(&event, &format!("m{n}"), 1_700_000_000_000 + n as i64)
+                    .identify(
+                        &event,
+                        &format!("m{n}"),
+                        1_700_000_000_000 + n as i64,
+                        1_700_000_000_000 + n as i64,
+                    )
                     .await
                     .unwrap();
             }

@@ -54,7 +54,12 @@ impl World {
         let identifiers = self.graph.event_identifiers(&found).await?;
         let identified = self
             .graph
-            .identify(&identifiers, &format!("m{n}"), self.clock_ms.get())
+            .identify(
+                &identifiers,
+                &format!("m{n}"),
+                self.clock_ms.get(),
+                self.clock_ms.get(),
+            )
             .await?;
         Ok(identified.profile_id)
     }
@@ -288,12 +293,12 @@ async fn the_same_event_twice_changes_nothing() {
     let found = extract::identifiers(world.graph.rules(), &event, false);
     let first = world
         .graph
-        .identify(&found.identifiers, "linking", 5)
+        .identify(&found.identifiers, "linking", 5, 5)
         .await
         .unwrap();
     let again = world
         .graph
-        .identify(&found.identifiers, "linking", 6)
+        .identify(&found.identifiers, "linking", 6, 6)
         .await
         .unwrap();
     assert_eq!(first.profile_id, again.profile_id);
@@ -382,7 +387,10 @@ async fn forgetting_a_person_leaves_no_identifier_behind() {
         Identifier::new("anonymous_id", "c1"),
         Identifier::new("anonymous_id", "c2"),
     ];
-    world.graph.forget(&identifiers).await.unwrap();
+    let deleted_at = world.clock_ms.get();
+    world.graph.forget(&identifiers, deleted_at).await.unwrap();
+    // A repeat of the deletion changes nothing.
+    world.graph.forget(&identifiers, deleted_at).await.unwrap();
     for identifier in &identifiers {
         assert_eq!(
             world.graph.lookup(identifier).await.unwrap(),
@@ -392,4 +400,42 @@ async fn forgetting_a_person_leaves_no_identifier_behind() {
     }
     assert!(world.graph.root(&gone).await.unwrap().is_none());
     assert_eq!(world.profile_of("user_id", "stays").await, Some(kept));
+
+    // An event received before the deletion (a late redelivery, a rebuild) is dropped,
+    // even beside a known identifier; one received after it starts afresh.
+    let email = Identifier::new("email", "g@example.com");
+    let stays = Identifier::new("user_id", "stays");
+    let err = world
+        .graph
+        .identify(
+            &[stays.clone(), email.clone()],
+            "late",
+            deleted_at - 1,
+            deleted_at + 5,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, IdentityError::Forgotten { ref kind } if kind == "email"),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains("g@example.com"),
+        "the value is not repeated: {err}"
+    );
+    let back = world
+        .graph
+        .identify(
+            std::slice::from_ref(&email),
+            "back",
+            deleted_at + 10,
+            deleted_at + 10,
+        )
+        .await
+        .unwrap();
+    assert_ne!(back.profile_id, gone);
+    assert_eq!(
+        world.graph.lookup(&email).await.unwrap().unwrap().id,
+        back.profile_id
+    );
 }

@@ -24,6 +24,9 @@ pub enum ProfileError {
     Busy(String),
     #[error("stored profile data is damaged: {0}")]
     Corrupt(String),
+    /// Something must be stopped first (a rebuild while replicas run).
+    #[error("{0}")]
+    NotStopped(String),
     /// A merge or split that no longer fits the profiles (one was merged elsewhere).
     #[error("no longer applies: {0}")]
     Stale(String),
@@ -55,7 +58,7 @@ impl Classify for ProfileError {
                 ErrorKind::InvalidArgument
             }
             ProfileError::Busy(_) => ErrorKind::Unavailable,
-            ProfileError::Stale(_) => ErrorKind::FailedPrecondition,
+            ProfileError::Stale(_) | ProfileError::NotStopped(_) => ErrorKind::FailedPrecondition,
             ProfileError::Config(_) | ProfileError::Corrupt(_) => ErrorKind::Internal,
         }
     }

@@ -193,6 +193,7 @@ impl<S: Store> Profiles for ProfilesService<S> {
         let deleted = pb::ProfileDeleted {
             profile_id: profile.id.clone(),
             identifiers: identifiers.clone(),
+            at: Some(cairn_runtime::clock::timestamp(now_ms())),
         };
         self.bus
             .publish_all(vec![Outgoing {

@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod handler;
 pub mod input;
 pub mod profile;
+pub mod rebuild;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,9 @@ use cairn_store::Store;
 
 pub use config::ProfileConfig;
 pub use error::ProfileError;
+
+/// The replicas' group for partition ownership.
+pub const OWNERS_GROUP: &str = "profile_store";
 
 /// Every variable the profile store reads: its own, the bus's and the store's.
 pub fn vars() -> Vec<Var> {
@@ -96,7 +100,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         bus.ensure_stream(stream).await?;
     }
     let ownership =
-        Ownership::join(&bus, "profile_store", bus_config.partitions, config.lease).await?;
+        Ownership::join(&bus, OWNERS_GROUP, bus_config.partitions, config.lease).await?;
     tracing::info!(
         member = ownership.member(),
         "joined the profile-store replicas"

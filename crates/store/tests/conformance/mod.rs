@@ -676,6 +676,45 @@ pub async fn delete_forgets_everything_under_a_key<S: Store>(backend: Backend<S>
     assert_eq!(again, Outcome::Applied { version: Some(1) });
 }
 
+pub async fn delete_all_clears_a_table_but_what_it_keeps<S: Store>(backend: Backend<S>) {
+    for n in 0..1200 {
+        let key = backend.key(&format!("clear-{n:04}"));
+        let write = Write::new(key)
+            .record(Expect::Absent, "doc")
+            .append(1, "e1", "event");
+        backend.store.write(&TABLE, write).await.unwrap();
+    }
+    let prefix = backend.prefix.clone();
+    // Other tests' keys share the table on a shared backend: keep them, and the 7s.
+    let kept = |key: &[u8]| !key.starts_with(prefix.as_bytes()) || key.ends_with(b"7");
+    let deleted = cairn_store::delete_all(&backend.store, &TABLE, kept)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1080);
+    assert!(
+        backend
+            .store
+            .get(&TABLE, &backend.key("clear-0007"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        backend
+            .store
+            .get(&TABLE, &backend.key("clear-0008"))
+            .await
+            .unwrap(),
+        None
+    );
+    let timeline = backend
+        .store
+        .timeline(&TABLE, &backend.key("clear-0008"), None, 10)
+        .await
+        .unwrap();
+    assert!(timeline.entries.is_empty());
+}
+
 /// Expands to one `#[tokio::test]` per check, each with a fresh backend from `$make`
 /// (an async fn returning `Backend<_>`), with any extra attributes given.
 #[macro_export]
@@ -691,7 +730,8 @@ macro_rules! conformance_tests {
             scans_see_every_key_once,
             oversized_values_are_rejected_clearly,
             writes_are_atomic_and_redelivery_changes_nothing,
-            delete_forgets_everything_under_a_key
+                        delete_forgets_everything_under_a_key,
+            delete_all_clears_a_table_but_what_it_keeps
         );
     };
     (@each $make:path, $attrs:tt, $($check:ident),*) => {
