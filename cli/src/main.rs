@@ -19,7 +19,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Many small allocations per event (keys, JSON, buffers): mimalloc handles them with
-/// less contention between threads than the system allocator.
+/// less contention between threads than the system allocator. Built without transparent
+/// huge pages (`no_thp`): zeroing a fresh 2 MiB page each time it reuses purged memory
+/// took 6% of the profile store's time.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

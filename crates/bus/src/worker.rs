@@ -24,7 +24,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use bytes::Bytes;
 use cairn_runtime::Shutdown;
 use cairn_runtime::error::{Classify as _, ErrorKind};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 
 use crate::{Bus, BusError, Outgoing, subjects};
 
@@ -114,11 +114,12 @@ pub async fn run<H: Handler>(
         .messages()
         .await
         .map_err(|err| BusError::Unavailable(format!("{}: cannot pull: {err}", options.service)))?
-        .ready_chunks(options.batch);
+        // Polled again after it ends (when draining a round): fused, it stays ended.
+        .fuse();
     let mut in_flight: VecDeque<tokio::task::JoinHandle<Option<Vec<Message>>>> = VecDeque::new();
     let mut ended = None;
     loop {
-        let chunk = tokio::select! {
+        let first = tokio::select! {
             biased;
             () = shutdown.requested() => break,
             // Acknowledge finished rounds as soon as they finish, even when no new
@@ -135,15 +136,24 @@ pub async fn run<H: Handler>(
                 }
                 continue;
             }
-            chunk = messages.next() => chunk,
+            first = messages.next() => first,
         };
-        let Some(chunk) = chunk else {
+        let Some(first) = first else {
             ended = Some(BusError::Unavailable(format!(
                 "{}: the consumer stream ended",
                 options.service
             )));
             break;
         };
+        // The round: the first message and whatever else has arrived, up to a batch.
+        // (Grown as needed: reserving a whole batch per round costs more than it saves.)
+        let mut chunk = vec![first];
+        while chunk.len() < options.batch {
+            match messages.next().now_or_never() {
+                Some(Some(message)) => chunk.push(message),
+                _ => break,
+            }
+        }
         let mut by_partition: BTreeMap<String, Vec<Message>> = BTreeMap::new();
         for message in chunk {
             match message {

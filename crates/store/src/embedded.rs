@@ -160,8 +160,8 @@ impl EmbeddedStore {
                 .map_err(fjall_error)
         };
         let keyspaces = TableKeyspaces {
-            // Records are rewritten whole on every change (profiles of a few KB): kept
-            // apart from the tree, compaction does not copy them again and again.
+            // Plain trees: key-value separation of the records (rewritten whole on every
+            // change) measured slower for profiles of a few KB.
             records: open("records", KeyspaceCreateOptions::default)?,
             timeline: open("timeline", KeyspaceCreateOptions::default)?,
             marks: open("marks", KeyspaceCreateOptions::default)?,

@@ -103,7 +103,7 @@ impl<S: Store> Profiles for ProfilesService<S> {
         Ok(Response::new(pb::GetResponse {
             profile_id: stored.profile.id.clone(),
             version: stored.version,
-            profile_json: stored.profile.view(now_ms()).to_string(),
+            profile_json: stored.profile.view_json(now_ms()),
         }))
     }
 
@@ -237,7 +237,7 @@ impl<S: Store> Profiles for ProfilesService<S> {
                     }
                     let item = pb::ExportResponse {
                         profile_id: profile.id.clone(),
-                        profile_json: profile.view(now).to_string(),
+                        profile_json: profile.view_json(now),
                     };
                     if sender.send(Ok(item)).await.is_err() {
                         return; // the client went away

@@ -78,7 +78,7 @@ pub fn changed_message(
         changed_fields: fields,
         message_id: message_id.to_string(),
         at: Some(std::time::SystemTime::now().into()),
-        profile_json: profile.view(now).to_string(),
+        profile_json: profile.view_json(now),
         session_id: session.map(|stamp| stamp.id.clone()).unwrap_or_default(),
         session_index: session.map_or(0, |stamp| stamp.index),
     };

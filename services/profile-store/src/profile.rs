@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// How many of each list a profile keeps.
 pub const MAX_SESSIONS_KEPT: usize = 50;
@@ -678,55 +678,198 @@ impl Profile {
 
     /// The profile as people and segments read it, with the rolling windows counted as
     /// of `now`.
-    pub fn view(&self, now: i64) -> Value {
-        let time = |ms: i64| {
-            chrono::DateTime::from_timestamp_millis(ms)
-                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                .unwrap_or_default()
-        };
-        let mut event_count = serde_json::Map::new();
-        let mut event_last = serde_json::Map::new();
-        for (name, counts) in &self.events {
-            let mut windows = serde_json::Map::new();
-            for (window, length) in WINDOWS {
-                windows.insert(window.to_string(), json!(counts.within(length, now)));
-            }
-            windows.insert("all".to_string(), json!(counts.total));
-            event_count.insert(name.clone(), Value::Object(windows));
-            event_last.insert(name.clone(), json!(time(counts.last)));
-        }
-        json!({
-            "id": self.id,
-            "identifiers": self.identifiers,
-            "first_seen": self.first_seen.map(time),
-            "last_seen": self.last_seen.map(time),
-            "visit_count": self.visit_count,
-            "session_count": self.session_count,
-            "sessions": self.sessions.iter().rev().take(5).map(|session| json!({
-                "id": session.id, "start": time(session.start), "end": time(session.end), "events": session.events,
-            })).collect::<Vec<_>>(),
-            "referrer_domains": self.referrer_domains,
-            "devices": self.devices.iter().map(|device| json!({
-                "key": device.key, "user_agent": device.user_agent,
-                "first_seen": time(device.first_seen), "last_seen": time(device.last_seen),
-            })).collect::<Vec<_>>(),
-            "city": self.city.as_ref().map(|city| &city.value),
-            "country": self.country.as_ref().map(|country| &country.value),
-            "timezone": self.timezone.as_ref().map(|timezone| &timezone.value),
-            "urls": self.urls.iter().map(|visit| json!({"url": visit.url, "at": time(visit.at)})).collect::<Vec<_>>(),
-            "event_count": event_count,
-            "event_last": event_last,
-            "traits": self.traits.iter().map(|(name, value)| (name.clone(), value.value.clone())).collect::<serde_json::Map<_, _>>(),
-            "facts": self.facts.iter().map(|(name, value)| (name.clone(), value.value.clone())).collect::<serde_json::Map<_, _>>(),
-            "segments": self.segments.iter().map(|(name, since)| (name.clone(), json!(time(*since)))).collect::<serde_json::Map<_, _>>(),
-            "merged_from": self.merged_from,
-        })
+    pub fn view(&self, now: i64) -> ProfileView<'_> {
+        ProfileView { profile: self, now }
+    }
+
+    /// [`Profile::view`] as JSON text.
+    pub fn view_json(&self, now: i64) -> String {
+        // Serializing maps with string keys and plain values cannot fail.
+        serde_json::to_string(&self.view(now)).unwrap_or_default()
+    }
+}
+
+/// The profile as clients read it (gRPC, `profiles.changed`): times as RFC 3339 text,
+/// event counts per window as of `now`. Serialized straight from the profile, with no
+/// JSON tree in between (it is written for every change).
+pub struct ProfileView<'a> {
+    profile: &'a Profile,
+    now: i64,
+}
+
+fn time_text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Serializes the pairs a function yields as a JSON object.
+struct Pairs<F>(F);
+
+impl<F, I, K, V> Serialize for Pairs<F>
+where
+    F: Fn() -> I,
+    I: IntoIterator<Item = (K, V)>,
+    K: Serialize,
+    V: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map((self.0)())
+    }
+}
+
+/// Serializes the items a function yields as a JSON array.
+struct Items<F>(F);
+
+impl<F, I> Serialize for Items<F>
+where
+    F: Fn() -> I,
+    I: IntoIterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq((self.0)())
+    }
+}
+
+#[derive(Serialize)]
+struct SessionView<'a> {
+    id: &'a str,
+    start: String,
+    end: String,
+    events: u32,
+}
+
+#[derive(Serialize)]
+struct DeviceView<'a> {
+    key: &'a str,
+    user_agent: &'a str,
+    first_seen: String,
+    last_seen: String,
+}
+
+#[derive(Serialize)]
+struct UrlView<'a> {
+    url: &'a str,
+    at: String,
+}
+
+impl Serialize for ProfileView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let (profile, now) = (self.profile, self.now);
+        let mut map = serializer.serialize_map(Some(18))?;
+        map.serialize_entry("id", &profile.id)?;
+        map.serialize_entry("identifiers", &profile.identifiers)?;
+        map.serialize_entry("first_seen", &profile.first_seen.map(time_text))?;
+        map.serialize_entry("last_seen", &profile.last_seen.map(time_text))?;
+        map.serialize_entry("visit_count", &profile.visit_count)?;
+        map.serialize_entry("session_count", &profile.session_count)?;
+        map.serialize_entry(
+            "sessions",
+            &Items(|| {
+                profile
+                    .sessions
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .map(|session| SessionView {
+                        id: &session.id,
+                        start: time_text(session.start),
+                        end: time_text(session.end),
+                        events: session.events,
+                    })
+            }),
+        )?;
+        map.serialize_entry("referrer_domains", &profile.referrer_domains)?;
+        map.serialize_entry(
+            "devices",
+            &Items(|| {
+                profile.devices.iter().map(|device| DeviceView {
+                    key: &device.key,
+                    user_agent: &device.user_agent,
+                    first_seen: time_text(device.first_seen),
+                    last_seen: time_text(device.last_seen),
+                })
+            }),
+        )?;
+        map.serialize_entry("city", &profile.city.as_ref().map(|city| &city.value))?;
+        map.serialize_entry(
+            "country",
+            &profile.country.as_ref().map(|country| &country.value),
+        )?;
+        map.serialize_entry(
+            "timezone",
+            &profile.timezone.as_ref().map(|timezone| &timezone.value),
+        )?;
+        map.serialize_entry(
+            "urls",
+            &Items(|| {
+                profile.urls.iter().map(|visit| UrlView {
+                    url: &visit.url,
+                    at: time_text(visit.at),
+                })
+            }),
+        )?;
+        map.serialize_entry(
+            "event_count",
+            &Pairs(|| {
+                profile.events.iter().map(move |(name, counts)| {
+                    let windows = Pairs(move || {
+                        WINDOWS
+                            .iter()
+                            .map(move |(window, length)| (*window, counts.within(*length, now)))
+                            .chain(std::iter::once(("all", counts.total)))
+                    });
+                    (name, windows)
+                })
+            }),
+        )?;
+        map.serialize_entry(
+            "event_last",
+            &Pairs(|| {
+                profile
+                    .events
+                    .iter()
+                    .map(|(name, counts)| (name, time_text(counts.last)))
+            }),
+        )?;
+        map.serialize_entry(
+            "traits",
+            &Pairs(|| {
+                profile
+                    .traits
+                    .iter()
+                    .map(|(name, value)| (name, &value.value))
+            }),
+        )?;
+        map.serialize_entry(
+            "facts",
+            &Pairs(|| {
+                profile
+                    .facts
+                    .iter()
+                    .map(|(name, value)| (name, &value.value))
+            }),
+        )?;
+        map.serialize_entry(
+            "segments",
+            &Pairs(|| {
+                profile
+                    .segments
+                    .iter()
+                    .map(|(name, since)| (name, time_text(*since)))
+            }),
+        )?;
+        map.serialize_entry("merged_from", &profile.merged_from)?;
+        map.end()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const T0: i64 = 1_763_800_000_000;
 
@@ -884,7 +1027,7 @@ mod tests {
         assert_eq!(counts.within(7 * DAY, T0 + HOUR), 3);
         assert_eq!(counts.within(30 * DAY, T0 + HOUR), 4);
         assert!(counts.buckets.len() <= 5);
-        let view = profile.view(T0);
+        let view = serde_json::to_value(profile.view(T0)).unwrap();
         assert_eq!(view["event_count"]["purchase"]["all"], 5);
         assert_eq!(view["event_count"]["purchase"]["24h"], 2);
     }
@@ -917,7 +1060,7 @@ mod tests {
         );
         // An older event arrives late: it does not override the latest plan, but is the first source.
         profile.apply_event(&identify(T0 - HOUR, "free", "friend", "shoes"), &settings);
-        let view = profile.view(T0);
+        let view = serde_json::to_value(profile.view(T0)).unwrap();
         assert_eq!(view["traits"]["plan"], "team");
         assert_eq!(view["traits"]["signup_source"], "friend");
         assert_eq!(view["traits"]["interests"], json!(["shoes", "bags"]));
@@ -940,7 +1083,7 @@ mod tests {
         later.city = Some("Paris".into());
         later.device_id = Some("phone-1".into());
         let profile = fold(&[page, later]);
-        let view = profile.view(T0);
+        let view = serde_json::to_value(profile.view(T0)).unwrap();
         assert_eq!(view["referrer_domains"]["google.com"], 2);
         assert_eq!(view["city"], "Paris");
         assert_eq!(view["timezone"], "Europe/London");
