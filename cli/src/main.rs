@@ -8,6 +8,7 @@
 mod admin;
 mod bench;
 mod dev;
+mod enrich;
 mod modules;
 mod process;
 mod profile;
@@ -55,6 +56,9 @@ enum Command {
     /// Profiles of the running Cairn (at CAIRN_GRPC_ADDR, with CAIRN_TOKEN).
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
+    /// Run an enricher's logic on input given here, for people debugging data.
+    #[command(subcommand)]
+    Enrich(enrich::EnrichCommand),
     /// Rebuild identities and profiles from the raw events (after a rule change), with
     /// Cairn stopped.
     Rebuild(rebuild::RebuildArgs),
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             Command::Bench(command) => bench::run(command).await,
             Command::Status => admin::status().await,
             Command::Profile(command) => profile::run(command).await,
+            Command::Enrich(command) => enrich::run(command),
             Command::Rebuild(args) => rebuild::run(args).await,
             Command::Modules => modules::print(),
             Command::Config => process::print_config(),

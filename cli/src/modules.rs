@@ -84,6 +84,32 @@ pub const MODULES: &[ModuleSpec] = &[
             })
         },
     },
+    ModuleSpec {
+        name: "enrich-geo",
+        summary: "geo facts: client IP -> country, region, city, timezone, ASN (events.identified -> profile.facts)",
+        http: false,
+        vars: cairn_enrich_geo::vars,
+        start: |context, _| {
+            Box::pin(async move {
+                cairn_enrich_geo::start(context)
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            })
+        },
+    },
+    ModuleSpec {
+        name: "enrich-device",
+        summary: "device facts: User-Agent -> browser, OS, device, type, bot (events.identified -> profile.facts)",
+        http: false,
+        vars: cairn_enrich_device::vars,
+        start: |context, _| {
+            Box::pin(async move {
+                cairn_enrich_device::start(context)
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            })
+        },
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ModuleSpec> {

@@ -1,5 +1,6 @@
 //! `cairn bench ...`: the benchmarks, each printing its figures and a JSON line last.
 
+mod enrich;
 mod identity;
 mod ingest;
 mod profiles;
@@ -23,6 +24,22 @@ pub enum BenchCommand {
     /// Profile store: events/s from events.identified to profiles.changed, and the
     /// latency at a steady rate (NATS as for `ingest`; the embedded store).
     Profiles(ProfilesArgs),
+    /// Enrichers: geo and device lookups/s on one core (geo on a MaxMind test database;
+    /// device with the cache on a realistic mix, and uncached).
+    Enrich(EnrichArgs),
+}
+
+#[derive(clap::Args)]
+pub struct EnrichArgs {
+    /// The geo database (default: the MaxMind test database under testdata/).
+    #[arg(long, default_value = "testdata/geo/GeoIP2-City-Test.mmdb")]
+    pub(crate) db: std::path::PathBuf,
+    /// Geo lookups.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub(crate) lookups: usize,
+    /// Device lookups through the cache.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) agents: usize,
 }
 
 #[derive(clap::Args)]
@@ -86,6 +103,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Store(args) => store::run(args).await,
         BenchCommand::Identity(args) => identity::run(args).await,
         BenchCommand::Profiles(args) => profiles::run(args).await,
+        BenchCommand::Enrich(args) => enrich::run(args),
     }
 }
 

@@ -1,0 +1,266 @@
+//! The enricher framework: what geo, device, activity and content share, so that each
+//! of them is only its own logic ([`Enrich`]).
+//!
+//! An enricher consumes `events.identified.>` on its own durable consumer (replicas of
+//! one enricher share it), reads each event ([`cairn_event::Event`]), asks its logic for
+//! facts, and publishes them on `profile.facts.<partition>` for the profile store, with
+//! the message id `facts:<source>:<event message id>`: a redelivered event yields the
+//! same facts, which the stream drops as a duplicate and the profile store would apply
+//! only once anyway. The worker loop of [`cairn_bus::worker`] acknowledges after
+//! publishing, retries what fails for now and dead-letters what never can succeed.
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use bytes::Bytes;
+use cairn_bus::worker::{Delivered, Handled, Handler, WorkerOptions};
+use cairn_bus::{Bus, BusConfig, Outgoing, Partitions, streams, subjects};
+use cairn_event::Event;
+use cairn_proto::event::v1::IdentifiedEvent;
+use cairn_proto::profile::v1::Facts;
+use cairn_runtime::config::{ConfigError, Settings, Var};
+use cairn_runtime::error::{Classify, ErrorKind};
+use cairn_runtime::grpc::GrpcServices;
+use cairn_runtime::{BoxError, Module, ModuleContext};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Counter;
+use prost::Message as _;
+use serde_json::{Map, Value};
+
+pub const BATCH: Var = Var {
+    name: "CAIRN_ENRICH_BATCH",
+    default: "500",
+    doc: "Most events an enricher handles per round.",
+};
+
+/// The variables every enricher reads (besides the bus's).
+pub const VARS: &[Var] = &[BATCH];
+
+/// Every variable of an enricher with its `own`: those, the framework's and the bus's.
+pub fn vars(own: &[Var]) -> Vec<Var> {
+    [own, VARS, cairn_bus::config::VARS].concat()
+}
+
+/// What an enricher learned from one event: a JSON object kept under
+/// `facts.<source>` in the profile.
+pub type FactSet = Map<String, Value>;
+
+/// An enricher's own logic.
+pub trait Enrich: Send + Sync + 'static {
+    /// Its name: `geo`, `device`, `activity`, `content`. Names the facts' source, the
+    /// durable consumer (`enrich_<source>`) and the dead letters.
+    fn source(&self) -> &'static str;
+
+    /// What `event` tells about `profile_id`, if anything.
+    fn enrich(
+        &self,
+        profile_id: &str,
+        event: &Event,
+    ) -> impl Future<Output = Result<Option<FactSet>, EnrichError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    #[error("{0}")]
+    Bus(#[from] cairn_bus::BusError),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The message is not something an enricher can read.
+    #[error("unreadable message: {0}")]
+    Unreadable(String),
+    /// A dependency is down; the event is tried again.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A data file (database, rules) cannot be used.
+    #[error("{0}")]
+    Data(String),
+}
+
+impl Classify for EnrichError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            EnrichError::Bus(err) => err.kind(),
+            EnrichError::Unreadable(_) => ErrorKind::InvalidArgument,
+            EnrichError::Unavailable(_) => ErrorKind::Unavailable,
+            EnrichError::Config(_) | EnrichError::Data(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Counts what an enricher does, by source.
+#[derive(Debug, Clone)]
+struct EnrichMetrics {
+    events: Counter<u64>,
+    facts: Counter<u64>,
+    source: KeyValue,
+}
+
+/// The worker's handler: one event in, facts (maybe none) out.
+pub struct Enricher<E> {
+    logic: Arc<E>,
+    partitions: Partitions,
+    metrics: EnrichMetrics,
+}
+
+impl<E> Clone for Enricher<E> {
+    fn clone(&self) -> Self {
+        Self {
+            logic: self.logic.clone(),
+            partitions: self.partitions,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<E: Enrich> Enricher<E> {
+    pub fn new(
+        logic: Arc<E>,
+        partitions: Partitions,
+        meter: &opentelemetry::metrics::Meter,
+    ) -> Self {
+        let metrics = EnrichMetrics {
+            events: meter
+                .u64_counter("cairn_enrich_events")
+                .with_description("Identified events an enricher read")
+                .build(),
+            facts: meter
+                .u64_counter("cairn_enrich_facts")
+                .with_description("Facts an enricher published")
+                .build(),
+            source: KeyValue::new("source", logic.source()),
+        };
+        Self {
+            logic,
+            partitions,
+            metrics,
+        }
+    }
+
+    /// The facts message for one identified event, if the logic learned anything.
+    pub async fn facts_for(&self, payload: Bytes) -> Result<Option<Outgoing>, EnrichError> {
+        let identified = IdentifiedEvent::decode(payload)
+            .map_err(|err| EnrichError::Unreadable(format!("not an identified event: {err}")))?;
+        if identified.profile_id.is_empty() {
+            return Err(EnrichError::Unreadable(
+                "the event has no profile id".to_string(),
+            ));
+        }
+        let envelope = identified
+            .envelope
+            .as_ref()
+            .ok_or_else(|| EnrichError::Unreadable("no envelope".to_string()))?;
+        let event = Event::read(envelope).map_err(EnrichError::Unreadable)?;
+        self.metrics
+            .events
+            .add(1, std::slice::from_ref(&self.metrics.source));
+        let Some(facts) = self.logic.enrich(&identified.profile_id, &event).await? else {
+            return Ok(None);
+        };
+        if facts.is_empty() {
+            return Ok(None);
+        }
+        self.metrics
+            .facts
+            .add(1, std::slice::from_ref(&self.metrics.source));
+        let source = self.logic.source();
+        let message = Facts {
+            profile_id: identified.profile_id.clone(),
+            message_id: event.message_id.clone(),
+            source: source.to_string(),
+            at: Some(cairn_runtime::clock::timestamp(event.at_ms)),
+            facts_json: Value::Object(facts).to_string(),
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        cairn_bus::trace::inject_current(&mut headers);
+        Ok(Some(Outgoing {
+            subject: subjects::profile_facts(self.partitions.of(&identified.profile_id)),
+            message_id: Some(format!("facts:{source}:{}", event.message_id)),
+            headers,
+            payload: Bytes::from(message.encode_to_vec()),
+        }))
+    }
+}
+
+impl<E: Enrich> Handler for Enricher<E> {
+    async fn handle(&self, message: &Delivered) -> Handled {
+        match self.facts_for(message.payload.clone()).await {
+            Ok(facts) => Handled::Publish(facts.into_iter().collect()),
+            Err(err) if err.kind() == ErrorKind::Unavailable => Handled::Retry {
+                reason: err.to_string(),
+                delay: Duration::from_millis(500),
+            },
+            Err(err) => Handled::DeadLetter {
+                reason: err.to_string(),
+            },
+        }
+    }
+}
+
+/// The durable consumer of the enricher `source`: every identified event.
+pub fn consumer_config(source: &str, batch: usize) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(format!("enrich_{source}")),
+        description: Some(format!("Enricher {source}: facts from identified events")),
+        filter_subject: subjects::events_identified_all(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: cairn_bus::worker::ACK_WAIT,
+        max_ack_pending: (batch * 8).max(1000) as i64,
+        ..Default::default()
+    }
+}
+
+/// Starts the enricher `service` (e.g. `enrich-geo`) around `logic`.
+pub async fn start<E: Enrich>(
+    context: &ModuleContext,
+    service: &'static str,
+    logic: E,
+) -> Result<Module, EnrichError> {
+    let batch = batch(&context.settings)?;
+    let bus_config = BusConfig::from_settings(&context.settings)?;
+    let bus = Bus::connect(&bus_config, &format!("cairn-{service}")).await?;
+    for stream in [
+        streams::identified(&bus_config),
+        streams::dead_letters(&bus_config),
+    ] {
+        bus.ensure_stream(stream).await?;
+    }
+    let consumer = bus
+        .ensure_consumer(streams::IDENTIFIED, consumer_config(logic.source(), batch))
+        .await?;
+    let readiness_bus = bus.clone();
+    context
+        .readiness
+        .add_check(format!("{service}: NATS"), move || {
+            if readiness_bus.is_connected() {
+                Ok(())
+            } else {
+                Err("not connected".to_string())
+            }
+        });
+    let handler = Enricher::new(
+        Arc::new(logic),
+        bus.partitions(),
+        &context.metrics.meter("cairn.enricher"),
+    );
+    let options = WorkerOptions {
+        service,
+        batch,
+        max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
+    };
+    let worker = cairn_bus::worker::run(bus, consumer, handler, options, context.shutdown.clone());
+    Ok(Module {
+        name: service,
+        grpc: GrpcServices::default(),
+        http: None,
+        tasks: vec![Box::pin(async move {
+            worker.await.map_err(|err| Box::new(err) as BoxError)
+        })],
+    })
+}
+
+fn batch(settings: &Settings) -> Result<usize, ConfigError> {
+    Ok(settings.number(&BATCH, 1)? as usize)
+}

@@ -1,0 +1,195 @@
+//! The geo and device enrichers in the mesh, against a real nats-server: events sent to
+//! the collector come back as facts on the person's profile, once per event even when
+//! an event is delivered again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use cairn_bus::{Bus, Outgoing, streams};
+use cairn_proto::identity::v1::Identifier;
+use cairn_proto::profile::v1 as pb;
+use cairn_proto::profile::v1::profiles_client::ProfilesClient;
+use cairn_store::{Clock, EmbeddedStore, Fsync};
+use cairn_testkit::{TestHost, TestNats, stream_messages, wait_consumer_idle};
+use prost::Message as _;
+use serde_json::{Value, json};
+
+const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+
+struct Mesh {
+    _nats: TestNats,
+    host: TestHost,
+    bus: Bus,
+    _dir: tempfile::TempDir,
+}
+
+async fn mesh() -> Mesh {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), Fsync::Buffer, 8 << 20, Clock::system()).unwrap();
+    let url = nats.url();
+    let city = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/geo/GeoIP2-City-Test.mmdb"
+    );
+    let vars = [
+        cairn_runtime::VARS.to_vec(),
+        cairn_collector::vars(),
+        cairn_identity::vars(),
+        cairn_profile_store::vars(),
+        cairn_enrich_geo::vars(),
+        cairn_enrich_device::vars(),
+    ]
+    .concat();
+    let context = TestHost::context(
+        &vars,
+        [
+            ("CAIRN_NATS_URL", url.as_str()),
+            ("CAIRN_WRITE_KEYS", "web:wk_web"),
+            ("CAIRN_ADMIN_TOKENS", "read:tk_read"),
+            ("CAIRN_PARTITION_LEASE", "1s"),
+            ("CAIRN_GEO_DATABASES", city),
+        ],
+    );
+    let modules = vec![
+        cairn_collector::start(&context).await.unwrap(),
+        cairn_identity::start(&context, store.clone())
+            .await
+            .unwrap(),
+        cairn_profile_store::start(&context, store).await.unwrap(),
+        cairn_enrich_geo::start(&context).await.unwrap(),
+        cairn_enrich_device::start(&context).await.unwrap(),
+    ];
+    let host = TestHost::serve(modules, context).await;
+    let bus = nats.bus().await;
+    Mesh {
+        _nats: nats,
+        host,
+        bus,
+        _dir: dir,
+    }
+}
+
+impl Mesh {
+    async fn send(&self, batch: Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/batch", self.host.http_url()))
+            .basic_auth("wk_web", Some(""))
+            .json(&json!({ "batch": batch }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+
+    /// The profile of anonymous id `anonymous`, once `ready` holds for it (30 s at most).
+    async fn profile_when(&self, anonymous: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let mut client = ProfilesClient::new(
+            tonic::transport::Channel::from_shared(self.host.grpc_url())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut request = tonic::Request::new(pb::GetRequest {
+                key: Some(pb::get_request::Key::Identifier(Identifier {
+                    r#type: "anonymous_id".into(),
+                    value: anonymous.into(),
+                })),
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", "Bearer tk_read".parse().unwrap());
+            if let Ok(response) = client.get(request).await {
+                let profile: Value =
+                    serde_json::from_str(&response.into_inner().profile_json).unwrap();
+                if ready(&profile) {
+                    return profile;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the profile of {anonymous} never got its facts"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Facts published so far.
+    async fn facts(&self) -> Vec<pb::Facts> {
+        stream_messages(&self.bus, streams::IDENTIFIED)
+            .await
+            .into_iter()
+            .filter(|message| message.subject.starts_with("profile.facts."))
+            .map(|message| pb::Facts::decode(message.payload).unwrap())
+            .collect()
+    }
+
+    async fn settle(&self) {
+        for consumer in ["enrich_geo", "enrich_device"] {
+            wait_consumer_idle(&self.bus, streams::IDENTIFIED, consumer).await;
+        }
+    }
+}
+
+fn count(facts: &[pb::Facts], source: &str) -> usize {
+    facts.iter().filter(|fact| fact.source == source).count()
+}
+
+#[tokio::test]
+async fn events_bring_geo_and_device_facts_to_the_profile_once() {
+    let mesh = mesh().await;
+    mesh.send(json!([
+        {"type": "page", "messageId": "p1", "anonymousId": "a1",
+         "context": {"ip": "81.2.69.142", "userAgent": IPHONE, "page": {"url": "https://shop.example.com/"}}},
+        {"type": "page", "messageId": "p2", "anonymousId": "a2",
+         "context": {"ip": "192.168.1.20", "userAgent": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"}},
+    ]))
+    .await;
+
+    let tom = mesh
+        .profile_when("a1", |profile| {
+            profile["facts"]["geo"]["city"] == "London"
+                && profile["facts"]["device"]["device_type"] == "mobile"
+        })
+        .await;
+    assert_eq!(tom["facts"]["geo"]["country"], "GB");
+    assert_eq!(tom["facts"]["geo"]["timezone"], "Europe/London");
+    assert_eq!(tom["facts"]["device"]["os"], "iOS");
+
+    // A private address gives no geo facts; a crawler is flagged.
+    let bot = mesh
+        .profile_when("a2", |profile| profile["facts"]["device"]["bot"] == true)
+        .await;
+    assert_eq!(bot["facts"]["device"]["device_type"], "bot");
+    assert!(bot["facts"].get("geo").is_none(), "{bot}");
+
+    mesh.settle().await;
+    let before = mesh.facts().await;
+    assert_eq!(count(&before, "geo"), 1);
+    assert_eq!(count(&before, "device"), 2);
+
+    // The same identified event delivered again (as after a crash before the ack):
+    // the enrichers answer with the same facts, which the stream drops.
+    let identified = stream_messages(&mesh.bus, streams::IDENTIFIED)
+        .await
+        .into_iter()
+        .find(|message| message.subject.starts_with("events.identified."))
+        .unwrap();
+    mesh.bus
+        .publish_all(vec![Outgoing {
+            subject: identified.subject.clone(),
+            message_id: Some("redelivered".into()),
+            headers: async_nats::HeaderMap::new(),
+            payload: identified.payload.clone(),
+        }])
+        .await
+        .unwrap();
+    mesh.settle().await;
+    let after = mesh.facts().await;
+    assert_eq!(count(&after, "geo"), 1);
+    assert_eq!(count(&after, "device"), 2);
+}
