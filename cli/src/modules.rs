@@ -110,6 +110,20 @@ pub const MODULES: &[ModuleSpec] = &[
             })
         },
     },
+    ModuleSpec {
+        name: "enrich-activity",
+        summary: "activity facts: active hours, best send hour, working hours, B2B/B2C (events.identified -> profile.facts)",
+        http: false,
+        vars: cairn_enrich_activity::vars,
+        start: |context, resources| {
+            Box::pin(async move {
+                let store = resources.store(context).await?;
+                cairn_enrich_activity::start(context, store)
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            })
+        },
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ModuleSpec> {

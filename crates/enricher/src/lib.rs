@@ -11,6 +11,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod state;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +70,8 @@ pub enum EnrichError {
     Bus(#[from] cairn_bus::BusError),
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    Store(#[from] cairn_store::StoreError),
     /// The message is not something an enricher can read.
     #[error("unreadable message: {0}")]
     Unreadable(String),
@@ -83,6 +87,7 @@ impl Classify for EnrichError {
     fn kind(&self) -> ErrorKind {
         match self {
             EnrichError::Bus(err) => err.kind(),
+            EnrichError::Store(err) => err.kind(),
             EnrichError::Unreadable(_) => ErrorKind::InvalidArgument,
             EnrichError::Unavailable(_) => ErrorKind::Unavailable,
             EnrichError::Config(_) | EnrichError::Data(_) => ErrorKind::Internal,

@@ -7,7 +7,7 @@ use cairn_runtime::config::{ConfigError, Settings, Var};
 pub const REGEXES: Var = Var {
     name: "CAIRN_DEVICE_REGEXES",
     default: "",
-    doc: "A uap-core `regexes.yaml` for enrich-device; unset uses the bundled copy (uap-core 0.15).",
+    doc: "A uap-core `regexes.yaml` for enrich-device; unset uses the bundled copy (uap-core 0.18).",
 };
 pub const CACHE_SIZE: Var = Var {
     name: "CAIRN_DEVICE_CACHE_SIZE",

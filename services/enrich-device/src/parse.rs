@@ -5,12 +5,11 @@ use std::sync::Arc;
 
 use cairn_enricher::{EnrichError, FactSet};
 use serde::Serialize;
-use uaparser::{Parser as _, UserAgentParser};
 
 use crate::cache::Cache;
 
-/// The uap-core rules Cairn ships (uap-core 0.15, Apache-2.0).
-const BUNDLED_REGEXES: &[u8] = include_bytes!("../data/regexes.yaml");
+/// The uap-core rules Cairn ships (uap-core 0.18, Apache-2.0).
+const BUNDLED_REGEXES: &str = include_str!("../data/regexes.yaml");
 
 /// What a User-Agent says about the device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,24 +41,26 @@ impl DeviceInfo {
 
 /// The parser and its cache.
 pub struct Devices {
-    parser: UserAgentParser,
+    /// The rules compiled, with literal prefilters: only the regexes whose required
+    /// text occurs in an agent are tried.
+    rules: ua_parser::Extractor<'static>,
     cache: Cache<DeviceInfo>,
 }
 
 impl Devices {
     /// The rules at `regexes` (a uap-core `regexes.yaml`), or the bundled ones.
     pub fn load(regexes: Option<&Path>, cache_size: usize) -> Result<Self, EnrichError> {
-        let parser = match regexes {
+        let rules = match regexes {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|err| {
+                let text = std::fs::read_to_string(path).map_err(|err| {
                     EnrichError::Data(format!("device rules {}: {err}", path.display()))
                 })?;
-                rules(&bytes, &path.display().to_string())?
+                compile(&text, &path.display().to_string())?
             }
-            None => rules(BUNDLED_REGEXES, "the bundled regexes.yaml")?,
+            None => compile(BUNDLED_REGEXES, "the bundled regexes.yaml")?,
         };
         Ok(Self {
-            parser,
+            rules,
             cache: Cache::new(cache_size),
         })
     }
@@ -72,43 +73,51 @@ impl Devices {
 
     /// Parses `user_agent` (no cache).
     pub fn parse(&self, user_agent: &str) -> DeviceInfo {
-        let client = self.parser.parse(user_agent);
+        let (agent, os, device) = self.rules.extract(user_agent);
         let version = |parts: [Option<&str>; 3]| {
             let parts: Vec<&str> = parts.into_iter().map_while(|part| part).collect();
             (!parts.is_empty()).then(|| parts.join("."))
         };
-        let agent = &client.user_agent;
-        let os = &client.os;
-        let device = &client.device;
-        let bot = device.family == "Spider" || looks_like_a_bot(user_agent);
+        let agent = agent.unwrap_or_default();
+        let os = os.unwrap_or_default();
+        let os_family = if os.os.is_empty() { "Other" } else { &os.os };
+        let (device_family, brand, model) = match device {
+            Some(device) => (
+                device.device.to_string(),
+                device.brand.map(|brand| brand.to_string()),
+                device.model.map(|model| model.to_string()),
+            ),
+            None => ("Other".to_string(), None, None),
+        };
+        let bot = device_family == "Spider" || looks_like_a_bot(user_agent);
         DeviceInfo {
-            browser: agent.family.to_string(),
-            browser_version: version([
-                agent.major.as_deref(),
-                agent.minor.as_deref(),
-                agent.patch.as_deref(),
-            ]),
-            os: os.family.to_string(),
+            browser: if agent.family.is_empty() {
+                "Other".to_string()
+            } else {
+                agent.family.to_string()
+            },
+            browser_version: version([agent.major, agent.minor, agent.patch]),
+            os: os_family.to_string(),
             os_version: version([
                 os.major.as_deref(),
                 os.minor.as_deref(),
                 os.patch.as_deref(),
             ]),
-            device: device.family.to_string(),
-            brand: device.brand.as_deref().map(str::to_string),
-            model: device.model.as_deref().map(str::to_string),
-            device_type: device_type(bot, user_agent, &os.family, &device.family),
+            device_type: device_type(bot, user_agent, os_family, &device_family),
+            device: device_family,
+            brand,
+            model,
             bot,
         }
     }
 }
 
-fn rules(bytes: &[u8], name: &str) -> Result<UserAgentParser, EnrichError> {
-    UserAgentParser::builder()
-        // ASCII classes: the rules are written for ASCII, and it is several times faster.
-        .with_unicode_support(false)
-        .build_from_bytes(bytes)
-        .map_err(|err| EnrichError::Data(format!("device rules {name}: {err}")))
+fn compile(yaml: &str, name: &str) -> Result<ua_parser::Extractor<'static>, EnrichError> {
+    let unusable =
+        |err: &dyn std::fmt::Display| EnrichError::Data(format!("device rules {name}: {err}"));
+    let regexes: ua_parser::Regexes<'static> =
+        serde_yaml::from_str(yaml).map_err(|err| unusable(&err))?;
+    ua_parser::Extractor::try_from(regexes).map_err(|err| unusable(&err))
 }
 
 /// Crawlers that uap-core does not file as `Spider`.

@@ -185,6 +185,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "profile_index",
         cql: include_str!("../../migrations/scylla/0003_profile_index.cql"),
     },
+    Migration {
+        version: 4,
+        name: "enrichers",
+        cql: include_str!("../../migrations/scylla/0004_enrichers.cql"),
+    },
 ];
 
 /// The table that records which migrations ran.

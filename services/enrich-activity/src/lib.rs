@@ -1,0 +1,103 @@
+//! enrich-activity: when each person is active and how to reach them. Per profile it
+//! keeps an hour-of-week histogram in the person's local time (the event's
+//! `context.timezone`, else the last one known, else UTC), decayed with a half-life so
+//! that habits can change, and the addresses they gave ([`habits`]). Facts: the most
+//! active hours, the best hour to send email, weekday/weekend pattern, working hours
+//! and whether activity falls in office hours, and whether each address is business
+//! (B2B) or private (B2C) by its domain against a list of free mail providers.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod habits;
+
+use cairn_enricher::{Enrich, EnrichError, FactSet, state};
+use cairn_event::Event;
+use cairn_runtime::{Module, ModuleContext, Var};
+use cairn_store::{Retention, Store, TableSpec};
+
+pub use config::ActivityConfig;
+pub use habits::{FreeMail, Habits};
+
+/// Each profile's habits.
+pub const ACTIVITY: TableSpec = TableSpec {
+    name: "enrich_activity",
+    timeline: Retention {
+        max_entries: 1,
+        max_age: None,
+    },
+};
+
+/// The free mail providers Cairn knows.
+const BUNDLED_FREE_MAIL: &str = include_str!("../data/free_mail_domains.txt");
+
+/// Every variable enrich-activity reads (besides the store's).
+pub fn vars() -> Vec<Var> {
+    [
+        cairn_enricher::vars(config::VARS),
+        cairn_store::config::VARS.to_vec(),
+    ]
+    .concat()
+}
+
+pub struct Activity<S> {
+    pub store: S,
+    pub half_life_ms: f64,
+    pub free_mail: FreeMail,
+}
+
+impl<S: Store> Activity<S> {
+    pub fn new(store: S, config: &ActivityConfig) -> Result<Self, EnrichError> {
+        let free_mail = match &config.free_mail {
+            Some(path) => FreeMail::parse(&std::fs::read_to_string(path).map_err(|err| {
+                EnrichError::Data(format!("free mail list {}: {err}", path.display()))
+            })?),
+            None => FreeMail::parse(BUNDLED_FREE_MAIL),
+        };
+        Ok(Self {
+            store,
+            half_life_ms: config.half_life.as_millis() as f64,
+            free_mail,
+        })
+    }
+}
+
+impl<S: Store> Enrich for Activity<S> {
+    fn source(&self) -> &'static str {
+        "activity"
+    }
+
+    async fn enrich(
+        &self,
+        profile_id: &str,
+        event: &Event,
+    ) -> Result<Option<FactSet>, EnrichError> {
+        let timezone = event.text(&["context", "timezone"]);
+        let email = event
+            .traits()
+            .and_then(|traits| traits.get("email"))
+            .and_then(|email| email.as_str())
+            .map(str::to_string);
+        let habits: Habits = state::apply_once(
+            &self.store,
+            &ACTIVITY,
+            profile_id,
+            &event.message_id,
+            |habits: &mut Habits| {
+                habits.add(event.at_ms, timezone.as_deref(), self.half_life_ms);
+                if let Some(email) = &email {
+                    habits.add_email(email, &self.free_mail);
+                }
+            },
+        )
+        .await?;
+        Ok(Some(habits.facts()))
+    }
+}
+
+/// Starts enrich-activity on `store`.
+pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module, EnrichError> {
+    let config = ActivityConfig::from_settings(&context.settings)?;
+    let activity = Activity::new(store, &config)?;
+    cairn_enricher::start(context, "enrich-activity", activity).await
+}
