@@ -124,6 +124,20 @@ pub const MODULES: &[ModuleSpec] = &[
             })
         },
     },
+    ModuleSpec {
+        name: "enrich-content",
+        summary: "content facts: page topics (TF-IDF or a taxonomy) -> topic affinities (events.identified -> profile.facts)",
+        http: false,
+        vars: cairn_enrich_content::vars,
+        start: |context, resources| {
+            Box::pin(async move {
+                let store = resources.store(context).await?;
+                cairn_enrich_content::start(context, store)
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            })
+        },
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ModuleSpec> {

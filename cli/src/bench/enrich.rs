@@ -3,13 +3,19 @@
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
 use cairn_enrich_device::Devices;
 use cairn_enrich_geo::{Databases, Geo};
+use cairn_proto::event::v1::{Envelope, EventType, IdentifiedEvent};
+use cairn_runtime::Settings;
+use prost::Message as _;
 use serde_json::json;
 
 use super::EnrichArgs;
+use crate::modules;
 
 /// Addresses the MaxMind test databases know.
 const KNOWN: [[u8; 4]; 6] = [
@@ -33,7 +39,7 @@ const AGENTS: [&str; 8] = [
     "Mozilla/5.0 (compatible; Googlebot/2.{v}; +http://www.google.com/bot.html)",
 ];
 
-pub fn run(args: EnrichArgs) -> anyhow::Result<()> {
+pub async fn run(args: EnrichArgs) -> anyhow::Result<()> {
     println!(
         "cairn bench enrich: {} geo lookups on {}, {} device lookups, one core",
         args.lookups,
@@ -87,9 +93,125 @@ pub fn run(args: EnrichArgs) -> anyhow::Result<()> {
     }
     let cached_per_s = args.agents as f64 / started.elapsed().as_secs_f64();
     println!("  device, cached mix: {cached_per_s:>12.0} lookups/s");
-    println!(
-        "{}",
-        json!({"geo_lookups_per_s": geo_per_s.round(), "device_cached_per_s": cached_per_s.round(), "device_uncached_per_s": uncached_per_s.round()})
-    );
+    let through = through_services(&args, &distinct).await?;
+    let mut summary = json!({"geo_lookups_per_s": geo_per_s.round(), "device_cached_per_s": cached_per_s.round(), "device_uncached_per_s": uncached_per_s.round()});
+    for (service, eps) in through {
+        summary[format!("{}_eps", service.replace('-', "_"))] = json!(eps.round());
+    }
+    println!("{summary}");
     Ok(())
+}
+
+/// Events/s through each enricher: a backlog of identified events published first, then
+/// each enricher alone works through it (on NATS as for `ingest`; the embedded store).
+async fn through_services(
+    args: &EnrichArgs,
+    agents: &[String],
+) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let settings = Settings::from_env(&modules::all_vars())?;
+    let dir = tempfile::tempdir()?;
+    let (url, _server) = super::nats(&settings, &dir.path().join("nats")).await?;
+    let bus = Bus::connect(&BusConfig::for_url(&url), "cairn-bench").await?;
+    bus.ensure_stream(streams::identified(bus.config())).await?;
+    let events: Vec<Outgoing> = (0..args.events)
+        .map(|n| identified(&bus, n, &agents[n % agents.len()]))
+        .collect();
+    for chunk in events.chunks(1000) {
+        bus.publish_all(chunk.to_vec()).await?;
+    }
+    println!(
+        "  {} identified events published; each enricher works through them:",
+        args.events
+    );
+    let db = args.db.display().to_string();
+    let store = super::embedded_store(&dir.path().join("store"))?;
+    let mut results = Vec::new();
+    for service in [
+        "enrich-geo",
+        "enrich-device",
+        "enrich-activity",
+        "enrich-content",
+    ] {
+        let context = super::context(&url, &[("CAIRN_GEO_DATABASES", db.as_str())])?;
+        let started = Instant::now();
+        let module = match service {
+            "enrich-geo" => cairn_enrich_geo::start(&context).await?,
+            "enrich-device" => cairn_enrich_device::start(&context).await?,
+            "enrich-activity" => cairn_enrich_activity::start(&context, store.clone()).await?,
+            _ => cairn_enrich_content::start(&context, store.clone()).await?,
+        };
+        let served = super::serve(module, &context).await?;
+        let consumer = format!("enrich_{}", service.trim_start_matches("enrich-"));
+        drained(&bus, &consumer).await?;
+        let eps = args.events as f64 / started.elapsed().as_secs_f64();
+        println!("  {service:<16} {eps:>10.0} events/s");
+        results.push((service, eps));
+        context.shutdown.trigger();
+        served.host.await??;
+    }
+    Ok(results)
+}
+
+/// Waits until `consumer` has nothing pending and nothing unacknowledged.
+async fn drained(bus: &Bus, consumer: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let info = bus.consumer_info(streams::IDENTIFIED, consumer).await?;
+        if let Some(info) = info
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
+            && info.delivered.stream_sequence > 0
+        {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("{consumer} not done after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Identified event `n`: a page view by one of 20,000 people, from a browser in `agent`,
+/// from an address the test database knows every other time.
+fn identified(bus: &Bus, n: usize, agent: &str) -> Outgoing {
+    let person = (n * 7919) % 20_000;
+    let profile_id = format!("bench-profile-{person:06}");
+    let message_id = format!("e{n}");
+    let ip = Ipv4Addr::from(if n.is_multiple_of(2) {
+        KNOWN[n / 2 % KNOWN.len()]
+    } else {
+        [81, 2, (n % 250) as u8, (n % 199) as u8]
+    });
+    let section = ["shoes", "bags", "hats", "coats", "news", "sale", "boots"][n % 7];
+    let raw = json!({
+        "type": "page",
+        "messageId": message_id,
+        "anonymousId": format!("anon-{person}"),
+        "context": {
+            "ip": ip.to_string(),
+            "userAgent": agent,
+            "timezone": "Europe/London",
+            "page": {"url": format!("https://shop.example.com/{section}/item-{}", n % 500), "title": format!("Winter {section} item {} | Shop", n % 500)},
+            "traits": {"email": format!("person{person}@{}", if person.is_multiple_of(3) { "gmail.com" } else { "acme.example" })}
+        }
+    });
+    let envelope = Envelope {
+        raw: Bytes::from(serde_json::to_vec(&raw).unwrap_or_default()),
+        received_at: Some(std::time::SystemTime::now().into()),
+        source: "bench".into(),
+        message_id: message_id.clone(),
+        r#type: EventType::Page.into(),
+        ..Default::default()
+    };
+    let event = IdentifiedEvent {
+        envelope: Some(envelope),
+        profile_id: profile_id.clone(),
+        identifiers: Vec::new(),
+    };
+    Outgoing {
+        subject: subjects::events_identified(bus.partitions().of(&profile_id)),
+        message_id: Some(format!("bench:{message_id}")),
+        headers: async_nats::HeaderMap::new(),
+        payload: Bytes::from(event.encode_to_vec()),
+    }
 }

@@ -25,7 +25,8 @@ pub enum BenchCommand {
     /// latency at a steady rate (NATS as for `ingest`; the embedded store).
     Profiles(ProfilesArgs),
     /// Enrichers: geo and device lookups/s on one core (geo on a MaxMind test database;
-    /// device with the cache on a realistic mix, and uncached).
+    /// device with the cache on a realistic mix, and uncached), then events/s through
+    /// each enricher service (NATS as for `ingest`; the embedded store).
     Enrich(EnrichArgs),
 }
 
@@ -40,6 +41,9 @@ pub struct EnrichArgs {
     /// Device lookups through the cache.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) agents: usize,
+    /// Identified events each enricher service works through.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) events: usize,
 }
 
 #[derive(clap::Args)]
@@ -103,7 +107,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Store(args) => store::run(args).await,
         BenchCommand::Identity(args) => identity::run(args).await,
         BenchCommand::Profiles(args) => profiles::run(args).await,
-        BenchCommand::Enrich(args) => enrich::run(args),
+        BenchCommand::Enrich(args) => enrich::run(args).await,
     }
 }
 

@@ -22,8 +22,8 @@ use crate::config::{Settings, Var};
 
 pub const LOG: Var = Var {
     name: "CAIRN_LOG",
-    default: "info",
-    doc: "Log filter in tracing's EnvFilter syntax, e.g. `info` or `info,cairn_collector=debug`.",
+    default: "info,fjall=warn,lsm_tree=warn",
+    doc: "Log filter in tracing's EnvFilter syntax, e.g. `info` or `info,cairn_collector=debug` (the embedded store's own chatter is kept to warnings by default).",
 };
 
 pub const LOG_FORMAT: Var = Var {

@@ -549,7 +549,8 @@ impl Profile {
         true
     }
 
-    /// Folds an enricher's facts in (under `facts.<source>`, newer keys win).
+    /// Folds an enricher's facts in (under `facts.<source>`, newer keys win); geo's
+    /// city, country and time zone are also the profile's last ones.
     pub fn apply_facts(
         &mut self,
         source: &str,
@@ -576,6 +577,20 @@ impl Profile {
             }
         }
         entry.at = at;
+        // Where the person is, by their address, is their last city, country and time
+        // zone (as the event's own location would be).
+        if source == "geo" {
+            let text = |key: &str| facts.get(key).and_then(Value::as_str).map(str::to_string);
+            if let Some(city) = text("city") {
+                set_latest(&mut self.city, city, at, &mut changed, "city");
+            }
+            if let Some(country) = text("country") {
+                set_latest(&mut self.country, country, at, &mut changed, "country");
+            }
+            if let Some(timezone) = text("timezone") {
+                set_latest(&mut self.timezone, timezone, at, &mut changed, "timezone");
+            }
+        }
         changed
     }
 

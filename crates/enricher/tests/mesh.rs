@@ -1,4 +1,4 @@
-//! The geo, device and activity enrichers in the mesh, against a real nats-server: events sent to
+//! The four enrichers in the mesh, against a real nats-server: events sent to
 //! the collector come back as facts on the person's profile, once per event even when
 //! an event is delivered again.
 
@@ -41,6 +41,7 @@ async fn mesh() -> Mesh {
         cairn_enrich_geo::vars(),
         cairn_enrich_device::vars(),
         cairn_enrich_activity::vars(),
+        cairn_enrich_content::vars(),
     ]
     .concat();
     let context = TestHost::context(
@@ -61,7 +62,10 @@ async fn mesh() -> Mesh {
         cairn_profile_store::start(&context, store.clone())
             .await
             .unwrap(),
-        cairn_enrich_activity::start(&context, store).await.unwrap(),
+        cairn_enrich_activity::start(&context, store.clone())
+            .await
+            .unwrap(),
+        cairn_enrich_content::start(&context, store).await.unwrap(),
         cairn_enrich_geo::start(&context).await.unwrap(),
         cairn_enrich_device::start(&context).await.unwrap(),
     ];
@@ -133,7 +137,12 @@ impl Mesh {
     }
 
     async fn settle(&self) {
-        for consumer in ["enrich_geo", "enrich_device", "enrich_activity"] {
+        for consumer in [
+            "enrich_geo",
+            "enrich_device",
+            "enrich_activity",
+            "enrich_content",
+        ] {
             wait_consumer_idle(&self.bus, streams::IDENTIFIED, consumer).await;
         }
     }
@@ -144,12 +153,12 @@ fn count(facts: &[pb::Facts], source: &str) -> usize {
 }
 
 #[tokio::test]
-async fn events_bring_geo_device_and_activity_facts_to_the_profile_once() {
+async fn events_bring_every_enricher_s_facts_to_the_profile_once() {
     let mesh = mesh().await;
     mesh.send(json!([
         {"type": "page", "messageId": "p1", "anonymousId": "a1",
          "context": {"ip": "81.2.69.142", "userAgent": IPHONE, "timezone": "Europe/London",
-                     "traits": {"email": "tom@acme-corp.example"}, "page": {"url": "https://shop.example.com/"}}},
+                     "traits": {"email": "tom@acme-corp.example"}, "page": {"url": "https://shop.example.com/shoes/running-shoes", "title": "Running shoes"}}},
         {"type": "page", "messageId": "p2", "anonymousId": "a2",
          "context": {"ip": "192.168.1.20", "userAgent": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"}},
     ]))
@@ -160,10 +169,14 @@ async fn events_bring_geo_device_and_activity_facts_to_the_profile_once() {
             profile["facts"]["geo"]["city"] == "London"
                 && profile["facts"]["device"]["device_type"] == "mobile"
                 && profile["facts"]["activity"]["customer_type"] == "b2b"
+                && profile["facts"]["content"]["top_topic"] == "shoes"
         })
         .await;
     assert_eq!(tom["facts"]["geo"]["country"], "GB");
     assert_eq!(tom["facts"]["geo"]["timezone"], "Europe/London");
+    // Where the address is becomes the profile's last city.
+    assert_eq!(tom["city"], "London");
+    assert_eq!(tom["country"], "GB");
     assert_eq!(tom["facts"]["device"]["os"], "iOS");
     assert_eq!(tom["facts"]["activity"]["timezone"], "Europe/London");
 
@@ -179,6 +192,7 @@ async fn events_bring_geo_device_and_activity_facts_to_the_profile_once() {
     assert_eq!(count(&before, "geo"), 1);
     assert_eq!(count(&before, "device"), 2);
     assert_eq!(count(&before, "activity"), 2);
+    assert_eq!(count(&before, "content"), 1);
 
     // The same identified event delivered again (as after a crash before the ack):
     // the enrichers answer with the same facts, which the stream drops.
@@ -201,4 +215,5 @@ async fn events_bring_geo_device_and_activity_facts_to_the_profile_once() {
     assert_eq!(count(&after, "geo"), 1);
     assert_eq!(count(&after, "device"), 2);
     assert_eq!(count(&after, "activity"), 2);
+    assert_eq!(count(&after, "content"), 1);
 }

@@ -1,0 +1,38 @@
+//! enrich-content settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn_runtime::config::{ConfigError, Settings, Var};
+
+pub const HALF_LIFE: Var = Var {
+    name: "CAIRN_CONTENT_HALF_LIFE",
+    default: "14d",
+    doc: "How fast topic affinities fade in enrich-content: reading this long ago counts half as much as reading now.",
+};
+pub const TAXONOMY: Var = Var {
+    name: "CAIRN_CONTENT_TAXONOMY",
+    default: "",
+    doc: "A TOML file mapping topics to the words that signal them (`shoes = [\"shoe\", \"sneaker\", \"boot\"]`); when set, pages get these topics instead of TF-IDF terms.",
+};
+
+pub const VARS: &[Var] = &[HALF_LIFE, TAXONOMY];
+
+#[derive(Debug, Clone)]
+pub struct ContentConfig {
+    pub half_life: Duration,
+    pub taxonomy: Option<PathBuf>,
+}
+
+impl ContentConfig {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let half_life = settings.duration(&HALF_LIFE)?;
+        if half_life < Duration::from_secs(3_600) {
+            return Err(settings.invalid(&HALF_LIFE, "must be at least 1h"));
+        }
+        Ok(Self {
+            half_life,
+            taxonomy: settings.optional(&TAXONOMY).map(PathBuf::from),
+        })
+    }
+}

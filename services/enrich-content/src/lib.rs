@@ -1,0 +1,224 @@
+//! enrich-content: what people read. For page and screen views it takes the words of
+//! the URL path, the title, the keywords and the description ([`text`]), finds the
+//! page's topics (the terms that are frequent on the page and rare among the pages seen
+//! so far, by TF-IDF; or the topics of a configured taxonomy), and adds them to the
+//! person's topic affinities, which fade with a half-life. Facts: `topics` (the
+//! strongest ten, each with its share of the person's reading in 0..1) and `top_topic`.
+//!
+//! The corpus (how many pages were seen, and on how many of them each term occurs) is
+//! kept in the enricher's table next to the affinities; a page counts once, by URL.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod text;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use cairn_enricher::{Enrich, EnrichError, FactSet, state};
+use cairn_event::Event;
+use cairn_runtime::{Module, ModuleContext, Var};
+use cairn_store::{Change, Expect, Outcome, Retention, Store, TableSpec, Write};
+
+pub use config::ContentConfig;
+pub use text::{Affinity, Analyzer, PageText, PageTopic, Taxonomy, Term};
+
+/// Affinities (`profile:<id>`) and the corpus (`docs`, `doc:<url>`, `df:<stem>`).
+pub const CONTENT: TableSpec = TableSpec {
+    name: "enrich_content",
+    timeline: Retention {
+        max_entries: 1,
+        max_age: None,
+    },
+};
+
+const DOCS: &str = "docs";
+/// Attempts at a counter that keeps meeting other writers.
+const ATTEMPTS: u32 = 50;
+
+/// Every variable enrich-content reads (besides the store's).
+pub fn vars() -> Vec<Var> {
+    [
+        cairn_enricher::vars(config::VARS),
+        cairn_store::config::VARS.to_vec(),
+    ]
+    .concat()
+}
+
+pub struct Content<S> {
+    pub store: S,
+    pub analyzer: Analyzer,
+    pub taxonomy: Option<Taxonomy>,
+    pub half_life_ms: f64,
+}
+
+/// What a page or screen view says about its page.
+pub fn page_text(event: &Event) -> PageText {
+    let path = event
+        .text(&["context", "page", "path"])
+        .or_else(|| event.text(&["properties", "path"]))
+        .or_else(|| event.page_url().map(|url| path_of(&url)));
+    let keywords = match event
+        .get(&["properties", "keywords"])
+        .or_else(|| event.get(&["context", "page", "keywords"]))
+    {
+        Some(serde_json::Value::String(list)) => list.split(',').map(str::to_string).collect(),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .filter_map(|keyword| keyword.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    PageText {
+        path,
+        title: event
+            .text(&["context", "page", "title"])
+            .or_else(|| event.text(&["properties", "title"]))
+            .or_else(|| event.text(&["name"])),
+        keywords,
+        description: event
+            .text(&["properties", "description"])
+            .or_else(|| event.text(&["context", "page", "description"])),
+    }
+}
+
+/// The path of a URL, without scheme, host, query and fragment.
+fn path_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = rest.find('/').map_or("", |start| &rest[start..]);
+    path.split(['?', '#']).next().unwrap_or("").to_string()
+}
+
+fn number(record: Option<&cairn_store::Versioned>) -> f64 {
+    record
+        .and_then(|record| serde_json::from_slice::<f64>(&record.value).ok())
+        .unwrap_or(0.0)
+}
+
+impl<S: Store> Content<S> {
+    pub fn new(store: S, config: &ContentConfig) -> Result<Self, EnrichError> {
+        let analyzer = Analyzer::default();
+        let taxonomy = match &config.taxonomy {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|err| {
+                    EnrichError::Data(format!("taxonomy {}: {err}", path.display()))
+                })?;
+                Some(Taxonomy::parse(&text, &analyzer).map_err(|err| {
+                    EnrichError::Data(format!("taxonomy {}: {err}", path.display()))
+                })?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            store,
+            analyzer,
+            taxonomy,
+            half_life_ms: config.half_life.as_millis() as f64,
+        })
+    }
+
+    async fn increment(&self, key: String) -> Result<(), EnrichError> {
+        self.store
+            .update(&CONTENT, Bytes::from(key), ATTEMPTS, |current| {
+                Some(Change::set((number(current) + 1.0).to_string()))
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Counts the page at `url` into the corpus, the first time it is seen.
+    async fn count_page(
+        &self,
+        url: &str,
+        terms: &BTreeMap<String, Term>,
+    ) -> Result<(), EnrichError> {
+        let first = self
+            .store
+            .write(
+                &CONTENT,
+                Write::new(Bytes::from(format!("doc:{url}"))).record(Expect::Absent, "1"),
+            )
+            .await?;
+        if matches!(first, Outcome::Applied { .. }) {
+            self.increment(DOCS.to_string()).await?;
+            for stem in terms.keys() {
+                self.increment(format!("df:{stem}")).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The page's topics: by the taxonomy when there is one, else by TF-IDF.
+    pub async fn topics(
+        &self,
+        url: Option<&str>,
+        terms: &BTreeMap<String, Term>,
+    ) -> Result<Vec<PageTopic>, EnrichError> {
+        if let Some(taxonomy) = &self.taxonomy {
+            return Ok(taxonomy.topics(terms));
+        }
+        if let Some(url) = url {
+            self.count_page(url, terms).await?;
+        }
+        let pages = number(self.store.get(&CONTENT, DOCS.as_bytes()).await?.as_ref());
+        let mut idf = BTreeMap::new();
+        for stem in terms.keys() {
+            let with_term = number(
+                self.store
+                    .get(&CONTENT, format!("df:{stem}").as_bytes())
+                    .await?
+                    .as_ref(),
+            );
+            // The page itself is counted: a term on every page weighs almost nothing.
+            idf.insert(stem.as_str(), ((1.0 + pages) / with_term.max(1.0)).ln());
+        }
+        Ok(self
+            .analyzer
+            .topics_by_tf_idf(terms, |stem| idf.get(stem).copied().unwrap_or(1.0)))
+    }
+}
+
+impl<S: Store> Enrich for Content<S> {
+    fn source(&self) -> &'static str {
+        "content"
+    }
+
+    async fn enrich(
+        &self,
+        profile_id: &str,
+        event: &Event,
+    ) -> Result<Option<FactSet>, EnrichError> {
+        if !matches!(event.call, "page" | "screen") {
+            return Ok(None);
+        }
+        let page = page_text(event);
+        let terms = self.analyzer.terms(&page);
+        if terms.is_empty() {
+            return Ok(None);
+        }
+        let url = event
+            .page_url()
+            .map(|url| url.split(['?', '#']).next().unwrap_or("").to_string());
+        let topics = self.topics(url.as_deref(), &terms).await?;
+        if topics.is_empty() {
+            return Ok(None);
+        }
+        let affinity: Affinity = state::apply_once(
+            &self.store,
+            &CONTENT,
+            &format!("profile:{profile_id}"),
+            &event.message_id,
+            |affinity: &mut Affinity| affinity.add(&topics, event.at_ms, self.half_life_ms),
+        )
+        .await?;
+        Ok(Some(affinity.facts()))
+    }
+}
+
+/// Starts enrich-content on `store`.
+pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module, EnrichError> {
+    let config = ContentConfig::from_settings(&context.settings)?;
+    let content = Content::new(store, &config)?;
+    cairn_enricher::start(context, "enrich-content", content).await
+}
