@@ -303,7 +303,10 @@ async fn killing_the_mesh_mid_stream_loses_and_doubles_nothing() {
             let batch: Vec<serde_json::Value> = (from..to)
                 .map(|n| {
                     serde_json::json!({"type": "page", "messageId": format!("k{n}"), "anonymousId": format!("v{}", n % 25),
-                                       "timestamp": format!("2026-11-20T10:{:02}:{:02}Z", (n / 60) % 60, n % 60)})
+                                       "timestamp": format!("2026-11-20T10:{:02}:{:02}Z", (n / 60) % 60, n % 60),
+                                       "context": {"userAgent": "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+                                                   "timezone": "Europe/London",
+                                                   "page": {"url": format!("https://shop.example.com/shoes/item-{}", n % 10), "title": "Shoes"}}})
                 })
                 .collect();
             let response = client
@@ -343,6 +346,7 @@ async fn killing_the_mesh_mid_stream_loses_and_doubles_nothing() {
         .unwrap();
     let mut profiles = cairn_proto::profile::v1::profiles_client::ProfilesClient::new(channel);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut profile_ids = Vec::new();
     for visitor in 0..25 {
         let expected = 1500 / 25;
         loop {
@@ -357,19 +361,23 @@ async fn killing_the_mesh_mid_stream_loses_and_doubles_nothing() {
             request
                 .metadata_mut()
                 .insert("authorization", "Bearer tk_read".parse().unwrap());
-            let pages = match profiles.get(request).await {
+            let (pages, id) = match profiles.get(request).await {
                 Ok(response) => {
                     let profile: serde_json::Value =
                         serde_json::from_str(&response.into_inner().profile_json).unwrap();
-                    profile["event_count"]["page"]["all"].as_u64().unwrap_or(0)
+                    (
+                        profile["event_count"]["page"]["all"].as_u64().unwrap_or(0),
+                        profile["id"].as_str().unwrap_or("").to_string(),
+                    )
                 }
-                Err(_) => 0,
+                Err(_) => (0, String::new()),
             };
             assert!(
                 pages <= expected,
                 "v{visitor}: {pages} pages counted, {expected} sent"
             );
             if pages == expected {
+                profile_ids.push(id);
                 break;
             }
             assert!(
@@ -379,9 +387,56 @@ async fn killing_the_mesh_mid_stream_loses_and_doubles_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // Every enricher published facts once per event: an event delivered again after
+    // the kill gave the same facts, which the stream dropped.
+    let bus = nats.bus().await;
+    for consumer in ["enrich_device", "enrich_activity", "enrich_content"] {
+        cairn_testkit::wait_consumer_idle(&bus, cairn_bus::streams::IDENTIFIED, consumer).await;
+    }
+    let mut facts: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    let mut published = 0;
+    for message in cairn_testkit::stream_messages(&bus, cairn_bus::streams::IDENTIFIED).await {
+        if message.subject.starts_with("profile.facts.") {
+            let fact = <cairn_proto::profile::v1::Facts as prost::Message>::decode(message.payload)
+                .unwrap();
+            facts
+                .entry(fact.source)
+                .or_default()
+                .insert(fact.message_id);
+            published += 1;
+        }
+    }
+    for source in ["device", "activity", "content"] {
+        assert_eq!(
+            facts.get(source).map_or(0, |ids| ids.len()),
+            1500,
+            "{source}"
+        );
+    }
+    assert_eq!(published, 3 * 1500, "facts published twice");
     sigterm(&child);
     let (code, stderr) = exit_of(&mut child).await;
     assert_eq!(code, Some(0), "{stderr}");
+
+    // And each event counted once in the activity each enricher keeps per person.
+    let store = cairn_store::EmbeddedStore::open(
+        &data.path().join("store"),
+        cairn_store::Fsync::Buffer,
+        1 << 20,
+        cairn_store::Clock::system(),
+    )
+    .unwrap();
+    for id in &profile_ids {
+        let habits: cairn_enrich_activity::Habits =
+            cairn_enricher::state::read(&store, &cairn_enrich_activity::ACTIVITY, id)
+                .await
+                .unwrap()
+                .unwrap();
+        let weight: f64 = habits.hours.iter().sum();
+        // 60 events within the hour, with a 30-day half-life: 60, less a hair of fading.
+        assert!((weight - 60.0).abs() < 0.5, "{id}: weight {weight}");
+    }
 }
 
 fn as_admin<T>(message: T) -> tonic::Request<T> {
