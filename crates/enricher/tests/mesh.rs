@@ -161,6 +161,8 @@ async fn events_bring_every_enricher_s_facts_to_the_profile_once() {
                      "traits": {"email": "tom@acme-corp.example"}, "page": {"url": "https://shop.example.com/shoes/running-shoes", "title": "Running shoes"}}},
         {"type": "page", "messageId": "p2", "anonymousId": "a2",
          "context": {"ip": "192.168.1.20", "userAgent": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"}},
+        {"type": "track", "messageId": "p3", "anonymousId": "a3", "event": "Signed Up",
+         "context": {"ip": "81.2.69.142"}},
     ]))
     .await;
 
@@ -187,11 +189,19 @@ async fn events_bring_every_enricher_s_facts_to_the_profile_once() {
     assert_eq!(bot["facts"]["device"]["device_type"], "bot");
     assert!(bot["facts"].get("geo").is_none(), "{bot}");
 
+    // An event that does not say its time zone is counted in its address's.
+    let signed_up = mesh
+        .profile_when("a3", |profile| {
+            profile["facts"]["activity"]["timezone"].is_string()
+        })
+        .await;
+    assert_eq!(signed_up["facts"]["activity"]["timezone"], "Europe/London");
+
     mesh.settle().await;
     let before = mesh.facts().await;
-    assert_eq!(count(&before, "geo"), 1);
+    assert_eq!(count(&before, "geo"), 2);
     assert_eq!(count(&before, "device"), 2);
-    assert_eq!(count(&before, "activity"), 2);
+    assert_eq!(count(&before, "activity"), 3);
     assert_eq!(count(&before, "content"), 1);
 
     // The same identified event delivered again (as after a crash before the ack):
@@ -212,8 +222,8 @@ async fn events_bring_every_enricher_s_facts_to_the_profile_once() {
         .unwrap();
     mesh.settle().await;
     let after = mesh.facts().await;
-    assert_eq!(count(&after, "geo"), 1);
+    assert_eq!(count(&after, "geo"), 2);
     assert_eq!(count(&after, "device"), 2);
-    assert_eq!(count(&after, "activity"), 2);
+    assert_eq!(count(&after, "activity"), 3);
     assert_eq!(count(&after, "content"), 1);
 }

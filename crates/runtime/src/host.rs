@@ -26,6 +26,9 @@ use crate::telemetry::Metrics;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A module's background work (see [`Module::tasks`]).
+pub type ModuleTask = BoxFuture<'static, Result<(), BoxError>>;
+
 pub const HTTP_ADDR: Var = Var {
     name: "CAIRN_HTTP_ADDR",
     default: "127.0.0.1:8080",
@@ -93,7 +96,7 @@ pub struct Module {
     pub http: Option<axum::Router>,
     /// Background work (consumers, timers) that runs until shutdown is requested, then
     /// finishes what it holds and returns. Returning early, or an error, stops the process.
-    pub tasks: Vec<BoxFuture<'static, Result<(), BoxError>>>,
+    pub tasks: Vec<ModuleTask>,
 }
 
 impl std::fmt::Debug for Module {

@@ -29,7 +29,7 @@ pub use admin::Readiness;
 pub use auth::{Credentials, Principal, Role};
 pub use config::{ConfigError, Settings, Var};
 pub use error::{Classify, ErrorKind};
-pub use host::{BoxError, Listeners, Module, ModuleContext};
+pub use host::{BoxError, Listeners, Module, ModuleContext, ModuleTask};
 pub use shutdown::Shutdown;
 pub use telemetry::Metrics;
 

@@ -1,6 +1,7 @@
 //! enrich-activity: when each person is active and how to reach them. Per profile it
 //! keeps an hour-of-week histogram in the person's local time (the event's
-//! `context.timezone`, else the last one known, else UTC), decayed with a half-life so
+//! `context.timezone`, else the zone of its IP address when geo databases are
+//! configured, else the last one known, else UTC), decayed with a half-life so
 //! that habits can change, and the addresses they gave ([`habits`]). Facts: the most
 //! active hours, the best hour to send email, weekday/weekend pattern, working hours
 //! and whether activity falls in office hours, and whether each address is business
@@ -11,6 +12,9 @@
 pub mod config;
 pub mod habits;
 
+use std::sync::Arc;
+
+use cairn_enrich_geo::{Databases, Geo, GeoConfig};
 use cairn_enricher::{Enrich, EnrichError, FactSet, state};
 use cairn_event::Event;
 use cairn_runtime::{Module, ModuleContext, Var};
@@ -44,10 +48,12 @@ pub struct Activity<S> {
     pub store: S,
     pub half_life_ms: f64,
     pub free_mail: FreeMail,
+    /// Where addresses are, for events that do not say their time zone.
+    pub geo: Option<Geo>,
 }
 
 impl<S: Store> Activity<S> {
-    pub fn new(store: S, config: &ActivityConfig) -> Result<Self, EnrichError> {
+    pub fn new(store: S, config: &ActivityConfig, geo: Option<Geo>) -> Result<Self, EnrichError> {
         let free_mail = match &config.free_mail {
             Some(path) => FreeMail::parse(&std::fs::read_to_string(path).map_err(|err| {
                 EnrichError::Data(format!("free mail list {}: {err}", path.display()))
@@ -58,6 +64,7 @@ impl<S: Store> Activity<S> {
             store,
             half_life_ms: config.half_life.as_millis() as f64,
             free_mail,
+            geo,
         })
     }
 }
@@ -72,7 +79,10 @@ impl<S: Store> Enrich for Activity<S> {
         profile_id: &str,
         event: &Event,
     ) -> Result<Option<FactSet>, EnrichError> {
-        let timezone = event.text(&["context", "timezone"]);
+        let timezone = event.text(&["context", "timezone"]).or_else(|| {
+            let geo = self.geo.as_ref()?;
+            geo.locate(&event.ip()?)?.timezone
+        });
         let email = event
             .traits()
             .and_then(|traits| traits.get("email"))
@@ -98,6 +108,22 @@ impl<S: Store> Enrich for Activity<S> {
 /// Starts enrich-activity on `store`.
 pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module, EnrichError> {
     let config = ActivityConfig::from_settings(&context.settings)?;
-    let activity = Activity::new(store, &config)?;
-    cairn_enricher::start(context, "enrich-activity", activity).await
+    let geo_config = GeoConfig::from_settings(&context.settings)?;
+    let databases = (!geo_config.databases.is_empty())
+        .then(|| Databases::open(&geo_config.databases).map(Arc::new))
+        .transpose()?;
+    let geo = databases.as_ref().map(|databases| Geo {
+        databases: databases.clone(),
+        anonymize: geo_config.anonymize,
+    });
+    let activity = Activity::new(store, &config, geo)?;
+    let mut module = cairn_enricher::start(context, "enrich-activity", activity).await?;
+    if let Some(databases) = databases {
+        module.tasks.push(cairn_enrich_geo::watch(
+            databases,
+            &geo_config,
+            context.shutdown.clone(),
+        ));
+    }
+    Ok(module)
 }

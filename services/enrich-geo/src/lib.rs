@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use cairn_enricher::{Enrich, EnrichError, FactSet};
 use cairn_event::Event;
-use cairn_runtime::{Module, ModuleContext, Var};
+use cairn_runtime::{Module, ModuleContext, ModuleTask, Shutdown, Var};
 
 pub use config::GeoConfig;
 pub use database::{Databases, Location};
@@ -66,9 +66,7 @@ impl Enrich for Geo {
 /// Starts enrich-geo: databases loaded (and watched), the worker running.
 pub async fn start(context: &ModuleContext) -> Result<Module, EnrichError> {
     let config = GeoConfig::from_settings(&context.settings)?;
-    let databases = Arc::new(
-        Databases::open(&config.databases).map_err(|err| EnrichError::Data(err.to_string()))?,
-    );
+    let databases = Arc::new(Databases::open(&config.databases)?);
     if config.databases.is_empty() {
         tracing::warn!("no geo database configured (CAIRN_GEO_DATABASES): events get no geo facts");
     }
@@ -81,9 +79,16 @@ pub async fn start(context: &ModuleContext) -> Result<Module, EnrichError> {
         },
     )
     .await?;
-    let shutdown = context.shutdown.clone();
+    module
+        .tasks
+        .push(watch(databases, &config, context.shutdown.clone()));
+    Ok(module)
+}
+
+/// The task that reloads `databases` when their files change, until `shutdown`.
+pub fn watch(databases: Arc<Databases>, config: &GeoConfig, shutdown: Shutdown) -> ModuleTask {
     let check_every = config.reload_check;
-    module.tasks.push(Box::pin(async move {
+    Box::pin(async move {
         loop {
             tokio::select! {
                 () = shutdown.requested() => return Ok(()),
@@ -91,6 +96,5 @@ pub async fn start(context: &ModuleContext) -> Result<Module, EnrichError> {
             }
             databases.reload_changed();
         }
-    }));
-    Ok(module)
+    })
 }
