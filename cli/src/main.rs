@@ -13,6 +13,7 @@ mod modules;
 mod process;
 mod profile;
 mod rebuild;
+mod segment;
 mod send;
 
 use std::process::ExitCode;
@@ -59,6 +60,9 @@ enum Command {
     /// Run an enricher's logic on input given here, for people debugging data.
     #[command(subcommand)]
     Enrich(enrich::EnrichCommand),
+    /// Segments in FilterQL.
+    #[command(subcommand)]
+    Segment(segment::SegmentCommand),
     /// Rebuild identities and profiles from the raw events (after a rule change), with
     /// Cairn stopped.
     Rebuild(rebuild::RebuildArgs),
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
             Command::Status => admin::status().await,
             Command::Profile(command) => profile::run(command).await,
             Command::Enrich(command) => enrich::run(command),
+            Command::Segment(command) => segment::run(command),
             Command::Rebuild(args) => rebuild::run(args).await,
             Command::Modules => modules::print(),
             Command::Config => process::print_config(),

@@ -88,6 +88,28 @@ async fn an_unknown_service_is_a_usage_error() {
 }
 
 #[tokio::test]
+async fn segment_check_prints_the_canonical_form_or_where_the_error_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.fql");
+    std::fs::write(&good, "filter and(visit_count>3 exists email) -- engaged").unwrap();
+    let (code, stdout, _) = output(cairn().args(["segment", "check"]).arg(&good)).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout,
+        "FILTER AND (\n    visit_count > 3,\n    EXISTS email\n)\n"
+    );
+
+    let bad = dir.path().join("bad.fql");
+    std::fs::write(&bad, "FILTER AND (\n  visits > 5\n  plan ~ \"pro\"\n)").unwrap();
+    let (code, _, stderr) = output(cairn().args(["segment", "check"]).arg(&bad)).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("bad.fql:3:8: unexpected character '~'"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn bad_configuration_names_the_variable_and_exits_2() {
     let (code, _, stderr) = output(
         cairn()

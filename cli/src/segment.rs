@@ -1,0 +1,46 @@
+//! `cairn segment ...`: segments in FilterQL.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::process::UsageError;
+
+#[derive(Subcommand)]
+pub enum SegmentCommand {
+    /// Parse a FilterQL statement (from FILE, or standard input) and print its canonical
+    /// form; on an error, print its line and column and exit 2.
+    Check {
+        /// The file holding the statement (default: standard input).
+        file: Option<PathBuf>,
+    },
+}
+
+pub fn run(command: SegmentCommand) -> anyhow::Result<()> {
+    match command {
+        SegmentCommand::Check { file } => {
+            let (source, name) = match &file {
+                Some(path) => (
+                    std::fs::read_to_string(path).map_err(|err| {
+                        UsageError(format!("cannot read {}: {err}", path.display()))
+                    })?,
+                    path.display().to_string(),
+                ),
+                None => {
+                    let mut source = String::new();
+                    std::io::stdin().read_to_string(&mut source)?;
+                    (source, "<stdin>".to_string())
+                }
+            };
+            let filter = cairn_filterql::parse(&source).map_err(|err| {
+                UsageError(format!(
+                    "{name}:{}:{}: {}",
+                    err.line, err.column, err.message
+                ))
+            })?;
+            println!("{}", cairn_filterql::print(&filter));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! FilterQL, the language segments are written in (the filter language of Lytics):
+//!
+//! ```text
+//! FILTER AND (
+//!     visit_count > 3,
+//!     EXISTS email,
+//!     NOT INCLUDE churned,
+//!     last_seen > "now-7d",
+//!     event_count.purchase.30d >= 2
+//! )
+//! ALIAS engaged_buyers
+//! ```
+//!
+//! [`parse`] reads a statement, with errors that say where and what was expected;
+//! [`print`] writes its canonical form (parsing that gives the same statement back);
+//! [`eval`] decides whether a profile matches.
+
+#![forbid(unsafe_code)]
+
+pub mod ast;
+pub mod eval;
+pub mod parse;
+pub mod print;
+
+pub use ast::{CompareOp, Expr, Filter, Literal};
+pub use eval::{Context, matches};
+pub use parse::{ParseError, parse};
+pub use print::print;
