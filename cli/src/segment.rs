@@ -9,8 +9,9 @@ use crate::process::UsageError;
 
 #[derive(Subcommand)]
 pub enum SegmentCommand {
-    /// Parse a FilterQL statement (from FILE, or standard input) and print its canonical
-    /// form; on an error, print its line and column and exit 2.
+    /// Parse a FilterQL statement (from FILE, or standard input), check its fields
+    /// against the profile, and print its canonical form; on an error, print its line
+    /// and column (or the conditions that cannot work) and exit 2.
     Check {
         /// The file holding the statement (default: standard input).
         file: Option<PathBuf>,
@@ -39,6 +40,11 @@ pub fn run(command: SegmentCommand) -> anyhow::Result<()> {
                     err.line, err.column, err.message
                 ))
             })?;
+            let problems =
+                cairn_filterql::check(&filter, &cairn_profile_store::profile::ProfileSchema);
+            if !problems.is_empty() {
+                return Err(UsageError(format!("{name}: {}", problems.join("; "))).into());
+            }
             println!("{}", cairn_filterql::print(&filter));
             Ok(())
         }

@@ -107,6 +107,15 @@ async fn segment_check_prints_the_canonical_form_or_where_the_error_is() {
         stderr.contains("bad.fql:3:8: unexpected character '~'"),
         "{stderr}"
     );
+
+    let wrong = dir.path().join("wrong.fql");
+    std::fs::write(&wrong, "FILTER event_count.purchase.2d > 1").unwrap();
+    let (code, _, stderr) = output(cairn().args(["segment", "check"]).arg(&wrong)).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("the profile has no field \"event_count.purchase.2d\""),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

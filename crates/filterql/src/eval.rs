@@ -86,6 +86,66 @@ pub fn matches(expr: &Expr, profile: &Value, context: &Context<'_>) -> bool {
     }
 }
 
+/// Why a condition holds or not: for each condition, the value the profile has, and
+/// for groups, their parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// The condition, on one line.
+    pub condition: String,
+    pub holds: bool,
+    /// The value of the condition's field (`None` when missing, and for groups).
+    pub value: Option<Value>,
+    pub parts: Vec<Explanation>,
+}
+
+impl Explanation {
+    pub fn to_json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        out.insert("condition".into(), Value::String(self.condition.clone()));
+        out.insert("holds".into(), Value::Bool(self.holds));
+        if let Some(value) = &self.value {
+            out.insert("value".into(), value.clone());
+        }
+        if !self.parts.is_empty() {
+            out.insert(
+                "parts".into(),
+                Value::Array(self.parts.iter().map(Explanation::to_json).collect()),
+            );
+        }
+        Value::Object(out)
+    }
+}
+
+/// Evaluates `expr` like [`matches`], saying for every condition whether it held and
+/// what the profile had.
+pub fn explain(expr: &Expr, profile: &Value, context: &Context<'_>) -> Explanation {
+    let parts: Vec<Explanation> = match expr {
+        Expr::And(all) | Expr::Or(all) => all
+            .iter()
+            .map(|part| explain(part, profile, context))
+            .collect(),
+        Expr::Not(inner) => vec![explain(inner, profile, context)],
+        _ => Vec::new(),
+    };
+    let value = match expr {
+        Expr::Compare { field, .. }
+        | Expr::Exists(field)
+        | Expr::In { field, .. }
+        | Expr::Intersects { field, .. }
+        | Expr::Contains { field, .. }
+        | Expr::Like { field, .. }
+        | Expr::Between { field, .. } => resolve(profile, field).cloned(),
+        Expr::Include(segment) => (context.includes)(segment).map(Value::Bool),
+        _ => None,
+    };
+    Explanation {
+        condition: crate::print::expr_text(expr),
+        holds: matches(expr, profile, context),
+        value,
+        parts,
+    }
+}
+
 impl CompareOp {
     fn holds(self, order: std::cmp::Ordering) -> bool {
         match self {

@@ -13,16 +13,19 @@
 //!
 //! [`parse`] reads a statement, with errors that say where and what was expected;
 //! [`print`] writes its canonical form (parsing that gives the same statement back);
-//! [`eval`] decides whether a profile matches.
+//! [`check`] finds what cannot work before a filter is saved; [`eval`] decides whether
+//! a profile matches, and [`eval::explain`] says why.
 
 #![forbid(unsafe_code)]
 
 pub mod ast;
+pub mod check;
 pub mod eval;
 pub mod parse;
 pub mod print;
 
 pub use ast::{CompareOp, Expr, Filter, Literal};
-pub use eval::{Context, matches};
+pub use check::{FieldType, Schema, check, check_includes};
+pub use eval::{Context, Explanation, explain, matches};
 pub use parse::{ParseError, parse};
-pub use print::print;
+pub use print::{expr_text, print};

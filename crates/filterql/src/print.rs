@@ -63,6 +63,27 @@ pub fn literal(value: &Literal) -> String {
     }
 }
 
+/// One condition on one line (groups too), for messages and explanations.
+pub fn expr_text(condition: &Expr) -> String {
+    match condition {
+        Expr::And(items) | Expr::Or(items) => {
+            let keyword = if matches!(condition, Expr::And(_)) {
+                "AND"
+            } else {
+                "OR"
+            };
+            let items: Vec<String> = items.iter().map(expr_text).collect();
+            format!("{keyword} ({})", items.join(", "))
+        }
+        Expr::Not(inner) => format!("NOT {}", expr_text(inner)),
+        leaf => {
+            let mut out = String::new();
+            expr(&mut out, leaf, 0);
+            out
+        }
+    }
+}
+
 fn list(values: &[Literal]) -> String {
     let values: Vec<String> = values.iter().map(literal).collect();
     format!("({})", values.join(", "))

@@ -881,6 +881,40 @@ impl Serialize for ProfileView<'_> {
     }
 }
 
+/// The fields of [`ProfileView`], for checking segments before they are saved.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProfileSchema;
+
+impl cairn_filterql::Schema for ProfileSchema {
+    fn field_type(&self, field: &str) -> Option<cairn_filterql::FieldType> {
+        use cairn_filterql::FieldType::{Any, List, Map, Number, Text, Time};
+        let parts: Vec<&str> = field.split('.').collect();
+        let kind = match parts.as_slice() {
+            ["id" | "city" | "country" | "timezone"] => Text,
+            ["first_seen" | "last_seen"] => Time,
+            ["visit_count" | "session_count"] => Number,
+            ["identifiers" | "sessions" | "devices" | "urls" | "merged_from"] => List,
+            [
+                "referrer_domains" | "event_count" | "event_last" | "traits" | "facts" | "segments",
+            ] => Map,
+            // A field the profile does not have at its top is a trait.
+            [_] => Any,
+            ["referrer_domains", ..] => Number,
+            ["traits" | "facts", ..] => Any,
+            ["segments", _] => Time,
+            ["event_last", _, ..] => Time,
+            ["event_count", _] => Map,
+            ["event_count", .., window]
+                if *window == "all" || WINDOWS.iter().any(|(name, _)| name == window) =>
+            {
+                Number
+            }
+            _ => return None,
+        };
+        Some(kind)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1024,6 +1058,66 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(spans(&sorted), spans(&profile));
+    }
+
+    #[test]
+    fn the_segment_schema_knows_every_field_of_the_view() {
+        use cairn_filterql::{FieldType, Schema as _};
+        let mut page = event("page", T0);
+        page.url = Some("https://shop.example.com/shoes".into());
+        page.referrer_domain = Some("google.com".into());
+        page.user_agent = Some("Firefox".into());
+        page.city = Some("London".into());
+        page.country = Some("GB".into());
+        page.timezone = Some("Europe/London".into());
+        page.traits = [("plan".to_string(), json!("pro"))].into_iter().collect();
+        let mut profile = fold(&[page, event("Order Completed", T0 + MINUTE)]);
+        profile.apply_facts(
+            "geo",
+            &json!({"city": "London"}).as_object().unwrap().clone(),
+            T0,
+        );
+        profile.segments.insert("vip".into(), T0);
+        let view = serde_json::to_value(profile.view(T0)).unwrap();
+
+        fn walk(value: &Value, path: &str, seen: &mut Vec<(String, FieldType)>) {
+            let kind = match value {
+                Value::Number(_) => FieldType::Number,
+                Value::String(_) => FieldType::Text,
+                Value::Bool(_) => FieldType::Bool,
+                Value::Array(_) => FieldType::List,
+                Value::Object(map) => {
+                    for (key, inner) in map {
+                        let inner_path = if path.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{path}.{key}")
+                        };
+                        walk(inner, &inner_path, seen);
+                    }
+                    FieldType::Map
+                }
+                Value::Null => return,
+            };
+            if !path.is_empty() {
+                seen.push((path.to_string(), kind));
+            }
+        }
+        let mut seen = Vec::new();
+        walk(&view, "", &mut seen);
+        assert!(seen.len() > 20, "{seen:?}");
+        for (path, kind) in seen {
+            let known = ProfileSchema.field_type(&path);
+            assert!(known.is_some(), "{path} is not in the schema");
+            let fits = match (known.unwrap(), kind) {
+                (FieldType::Any, _) => true,
+                (FieldType::Time, FieldType::Text) => true,
+                (expected, found) => expected == found,
+            };
+            assert!(fits, "{path}: schema says {known:?}, the view has {kind:?}");
+        }
+        assert_eq!(ProfileSchema.field_type("event_count.purchase.2d"), None);
+        assert_eq!(ProfileSchema.field_type("sessions.id"), None);
     }
 
     #[test]
