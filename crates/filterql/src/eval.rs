@@ -249,6 +249,70 @@ pub fn time_of(text: &str, now_ms: i64) -> Option<i64> {
         .map(|at| at.and_utc().timestamp_millis())
 }
 
+/// When, after `now_ms`, a condition on date math (`last_seen > "now-7d"`) can next
+/// change its answer for this profile with no change to the profile: the earliest
+/// instant (ms) at which a time field crosses a moving boundary, plus one millisecond
+/// (so that it has crossed under any comparison). `None` when nothing moves.
+pub fn next_change(expr: &Expr, profile: &Value, now_ms: i64) -> Option<i64> {
+    let crossing = |field: &String, literal: &Literal| -> Option<i64> {
+        let Literal::Text(text) = literal else {
+            return None;
+        };
+        let text = text.trim();
+        if !text.starts_with("now") {
+            return None;
+        }
+        let at = time_of(resolve(profile, field)?.as_str()?, now_ms)?;
+        // The boundary is `now + shift`: it passes `at` when now = at - shift.
+        let shift = time_of(text, now_ms)? - now_ms;
+        let months = calendar_months(text);
+        let instant = match months {
+            Some(months) => {
+                let at = Utc.timestamp_millis_opt(at).single()?;
+                let count = Months::new(u32::try_from(months.unsigned_abs()).ok()?);
+                let moved = if months < 0 {
+                    at.checked_add_months(count)?
+                } else {
+                    at.checked_sub_months(count)?
+                };
+                moved.timestamp_millis()
+            }
+            None => at.checked_sub(shift)?,
+        };
+        (instant >= now_ms).then_some(instant + 1)
+    };
+    match expr {
+        Expr::And(all) | Expr::Or(all) => all
+            .iter()
+            .filter_map(|part| next_change(part, profile, now_ms))
+            .min(),
+        Expr::Not(inner) => next_change(inner, profile, now_ms),
+        Expr::Compare { field, value, .. } => crossing(field, value),
+        Expr::Between { field, low, high } => [crossing(field, low), crossing(field, high)]
+            .into_iter()
+            .flatten()
+            .min(),
+        _ => None,
+    }
+}
+
+/// For date math in months or years, the signed number of months.
+fn calendar_months(text: &str) -> Option<i64> {
+    let rest = text.strip_prefix("now")?;
+    let sign = match rest.as_bytes().first()? {
+        b'-' => -1,
+        b'+' => 1,
+        _ => return None,
+    };
+    let unit = rest.chars().last()?;
+    let count: i64 = rest[1..rest.len() - 1].parse().ok()?;
+    match unit {
+        'M' => Some(sign * count),
+        'y' => Some(sign * count * 12),
+        _ => None,
+    }
+}
+
 /// `*`-wildcard matching.
 fn like(text: &str, pattern: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();

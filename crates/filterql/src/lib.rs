@@ -26,6 +26,6 @@ pub mod print;
 
 pub use ast::{CompareOp, Expr, Filter, Literal};
 pub use check::{FieldType, Schema, check, check_includes};
-pub use eval::{Context, Explanation, explain, matches};
+pub use eval::{Context, Explanation, explain, matches, next_change};
 pub use parse::{ParseError, parse};
 pub use print::{expr_text, print};

@@ -133,3 +133,37 @@ fn an_explanation_gives_each_condition_and_the_value_seen() {
         })
     );
 }
+
+#[test]
+fn date_math_conditions_say_when_they_next_flip() {
+    use cairn_filterql::next_change;
+    const DAY: i64 = 86_400_000;
+    let now = 1_795_000_000_000;
+    let seen = chrono::DateTime::from_timestamp_millis(now - 2 * DAY)
+        .unwrap()
+        .to_rfc3339();
+    let profile = json!({"last_seen": seen, "visit_count": 4});
+    let when = |source: &str| next_change(&parse(source).unwrap().expr, &profile, now);
+    // Seen two days ago: "in the last 7 days" stops holding five days from now.
+    assert_eq!(
+        when(r#"FILTER last_seen > "now-7d""#),
+        Some(now + 5 * DAY + 1)
+    );
+    assert_eq!(
+        when(r#"FILTER AND (visit_count > 3, NOT last_seen > "now-3d", last_seen > "now-7d")"#),
+        Some(now + DAY + 1)
+    );
+    // Already past, or nothing that moves.
+    assert_eq!(when(r#"FILTER last_seen > "now-1d""#), None);
+    assert_eq!(when("FILTER visit_count > 3"), None);
+    assert_eq!(when(r#"FILTER last_seen > "2020-01-01""#), None);
+    // Calendar months: the boundary passes a month after the visit.
+    let flip = when(r#"FILTER last_seen > "now-1M""#).unwrap();
+    let expected = chrono::DateTime::from_timestamp_millis(now - 2 * DAY)
+        .unwrap()
+        .checked_add_months(chrono::Months::new(1))
+        .unwrap()
+        .timestamp_millis()
+        + 1;
+    assert_eq!(flip, expected);
+}

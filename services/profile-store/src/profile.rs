@@ -885,6 +885,47 @@ impl Serialize for ProfileView<'_> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProfileSchema;
 
+impl ProfileSchema {
+    /// The name under which `profiles.changed` reports a change of the view's `field`
+    /// (or of anything under it): event counts change as `events.<name>`, traits as
+    /// `traits.<name>`, facts as `facts.<source>`; a one-word field the profile does
+    /// not have is a trait.
+    pub fn change_of(field: &str) -> String {
+        let parts: Vec<&str> = field.split('.').collect();
+        match parts.as_slice() {
+            ["event_count" | "event_last", name, ..] => format!("events.{name}"),
+            ["traits" | "facts", name, ..] => format!("{}.{name}", parts[0]),
+            [top, ..] if TOP_FIELDS.contains(top) => (*top).to_string(),
+            [name] => format!("traits.{name}"),
+            [top, ..] => (*top).to_string(),
+            [] => String::new(),
+        }
+    }
+}
+
+/// The fields at the top of the view.
+const TOP_FIELDS: &[&str] = &[
+    "id",
+    "identifiers",
+    "first_seen",
+    "last_seen",
+    "visit_count",
+    "session_count",
+    "sessions",
+    "referrer_domains",
+    "devices",
+    "city",
+    "country",
+    "timezone",
+    "urls",
+    "event_count",
+    "event_last",
+    "traits",
+    "facts",
+    "segments",
+    "merged_from",
+];
+
 impl cairn_filterql::Schema for ProfileSchema {
     fn field_type(&self, field: &str) -> Option<cairn_filterql::FieldType> {
         use cairn_filterql::FieldType::{Any, List, Map, Number, Text, Time};
@@ -1116,8 +1157,43 @@ mod tests {
             };
             assert!(fits, "{path}: schema says {known:?}, the view has {kind:?}");
         }
+        let top: Vec<&String> = view.as_object().unwrap().keys().collect();
+        let mut known: Vec<&str> = TOP_FIELDS.to_vec();
+        known.sort();
+        let mut top: Vec<&str> = top.iter().map(|key| key.as_str()).collect();
+        top.sort();
+        assert_eq!(top, known, "TOP_FIELDS must list the view's fields");
         assert_eq!(ProfileSchema.field_type("event_count.purchase.2d"), None);
         assert_eq!(ProfileSchema.field_type("sessions.id"), None);
+    }
+
+    #[test]
+    fn fields_map_to_the_changes_that_announce_them() {
+        let cases = [
+            ("visit_count", "visit_count"),
+            ("event_count.purchase.30d", "events.purchase"),
+            ("event_last.purchase", "events.purchase"),
+            ("traits.plan", "traits.plan"),
+            ("plan", "traits.plan"),
+            ("facts.geo.city", "facts.geo"),
+            ("referrer_domains.google.com", "referrer_domains"),
+            ("city", "city"),
+        ];
+        for (field, change) in cases {
+            assert_eq!(ProfileSchema::change_of(field), change, "{field}");
+        }
+        // And the fold reports exactly these names.
+        let mut profile = Profile::new("p1");
+        let mut purchase = event("purchase", T0);
+        purchase.traits = [("plan".to_string(), json!("pro"))].into_iter().collect();
+        purchase.call = "identify".into();
+        let (fields, _) = profile.apply_event(&purchase, &FoldSettings::default());
+        for expected in ["events.purchase", "traits.plan", "last_seen"] {
+            assert!(
+                fields.iter().any(|field| field == expected),
+                "{expected} not in {fields:?}"
+            );
+        }
     }
 
     #[test]
