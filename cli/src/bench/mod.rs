@@ -4,6 +4,7 @@ mod enrich;
 mod identity;
 mod ingest;
 mod profiles;
+mod segments;
 mod store;
 
 use cairn_bus::config::NATS_URL;
@@ -28,6 +29,18 @@ pub enum BenchCommand {
     /// device with the cache on a realistic mix, and uncached), then events/s through
     /// each enricher service (NATS as for `ingest`; the embedded store).
     Enrich(EnrichArgs),
+    /// Segments: FilterQL evaluations/s on one core, 100 segments over realistic profiles.
+    Segments(SegmentsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SegmentsArgs {
+    /// Profiles to evaluate.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) profiles: usize,
+    /// Times every profile is evaluated against every segment.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) rounds: usize,
 }
 
 #[derive(clap::Args)]
@@ -108,6 +121,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Identity(args) => identity::run(args).await,
         BenchCommand::Profiles(args) => profiles::run(args).await,
         BenchCommand::Enrich(args) => enrich::run(args).await,
+        BenchCommand::Segments(args) => segments::run(args),
     }
 }
 

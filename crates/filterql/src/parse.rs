@@ -96,54 +96,68 @@ pub fn is_bare_identifier(name: &str) -> bool {
         && !is_keyword(name)
 }
 
+/// Where the lexer is: the character index, and its line and column (from 1).
+struct Cursor {
+    index: usize,
+    line: usize,
+    column: usize,
+}
+
+impl Cursor {
+    fn advance(&mut self, chars: &[char], count: usize) {
+        for _ in 0..count {
+            if chars.get(self.index) == Some(&'\n') {
+                self.line += 1;
+                self.column = 1;
+            } else {
+                self.column += 1;
+            }
+            self.index += 1;
+        }
+    }
+}
+
 fn lex(source: &str) -> Result<Vec<Spanned>, ParseError> {
     let chars: Vec<char> = source.chars().collect();
     let mut tokens = Vec::new();
-    let (mut index, mut line, mut column) = (0, 1, 1);
+    let mut cur = Cursor {
+        index: 0,
+        line: 1,
+        column: 1,
+    };
     let error = |line, column, message: String| ParseError {
         line,
         column,
         message,
     };
-    while index < chars.len() {
-        let c = chars[index];
-        let (start_line, start_column) = (line, column);
-        let mut advance = |count: usize, index: &mut usize| {
-            for _ in 0..count {
-                if chars.get(*index) == Some(&'\n') {
-                    line += 1;
-                    column = 1;
-                } else {
-                    column += 1;
-                }
-                *index += 1;
-            }
-        };
+    while cur.index < chars.len() {
+        let c = chars[cur.index];
+        let (start_line, start_column) = (cur.line, cur.column);
         if c.is_whitespace() {
-            advance(1, &mut index);
+            cur.advance(&chars, 1);
             continue;
         }
-        if c == '-' && chars.get(index + 1) == Some(&'-') {
-            while index < chars.len() && chars[index] != '\n' {
-                advance(1, &mut index);
+        if c == '-' && chars.get(cur.index + 1) == Some(&'-') {
+            while cur.index < chars.len() && chars[cur.index] != '\n' {
+                cur.advance(&chars, 1);
             }
             continue;
         }
         let token = match c {
             '(' => {
-                advance(1, &mut index);
+                cur.advance(&chars, 1);
                 Token::Open
             }
             ')' => {
-                advance(1, &mut index);
+                cur.advance(&chars, 1);
                 Token::Close
             }
             ',' => {
-                advance(1, &mut index);
+                cur.advance(&chars, 1);
                 Token::Comma
             }
             '=' | '!' | '<' | '>' => {
-                let next = chars.get(index + 1).copied();
+                let next = chars.get(cur.index + 1).copied();
                 let (op, width) = match (c, next) {
                     ('=', Some('=')) => ("==", 2),
                     ('=', _) => ("=", 1),
@@ -161,14 +175,14 @@ fn lex(source: &str) -> Result<Vec<Spanned>, ParseError> {
                         ));
                     }
                 };
-                advance(width, &mut index);
+                cur.advance(&chars, width);
                 Token::Op(op)
             }
             '"' => {
-                advance(1, &mut index);
+                cur.advance(&chars, 1);
                 let mut text = String::new();
                 loop {
-                    match chars.get(index) {
+                    match chars.get(cur.index) {
                         None => {
                             return Err(error(
                                 start_line,
@@ -177,61 +191,34 @@ fn lex(source: &str) -> Result<Vec<Spanned>, ParseError> {
                             ));
                         }
                         Some('"') => {
-                            advance(1, &mut index);
+                            cur.advance(&chars, 1);
                             break;
                         }
                         Some('\\') => {
-                            let escaped = match chars.get(index + 1) {
+                            let escaped = match chars.get(cur.index + 1) {
                                 Some('"') => '"',
                                 Some('\\') => '\\',
                                 Some('n') => '\n',
                                 Some('t') => '\t',
                                 _ => {
                                     return Err(error(
-                                        line,
-                                        column,
+                                        cur.line,
+                                        cur.column,
                                         "unknown escape in text (use \\\", \\\\, \\n or \\t)"
                                             .to_string(),
                                     ));
                                 }
                             };
                             text.push(escaped);
-                            advance(2, &mut index);
+                            cur.advance(&chars, 2);
                         }
                         Some(other) => {
                             text.push(*other);
-                            advance(1, &mut index);
+                            cur.advance(&chars, 1);
                         }
                     }
                 }
                 Token::Text(text)
-            }
-            '`' => {
-                advance(1, &mut index);
-                let mut name = String::new();
-                loop {
-                    match chars.get(index) {
-                        None | Some('\n') => {
-                            return Err(error(
-                                start_line,
-                                start_column,
-                                "this name has no closing back-tick".to_string(),
-                            ));
-                        }
-                        Some('`') => {
-                            advance(1, &mut index);
-                            break;
-                        }
-                        Some(other) => {
-                            name.push(*other);
-                            advance(1, &mut index);
-                        }
-                    }
-                }
-                if name.is_empty() {
-                    return Err(error(start_line, start_column, "an empty name".to_string()));
-                }
-                Token::Quoted(name)
             }
             '\'' => {
                 return Err(error(
@@ -241,11 +228,11 @@ fn lex(source: &str) -> Result<Vec<Spanned>, ParseError> {
                 ));
             }
             c if c.is_ascii_digit()
-                || (c == '-' && chars.get(index + 1).is_some_and(char::is_ascii_digit)) =>
+                || (c == '-' && chars.get(cur.index + 1).is_some_and(char::is_ascii_digit)) =>
             {
                 let mut text = String::from(c);
-                advance(1, &mut index);
-                while let Some(&next) = chars.get(index) {
+                cur.advance(&chars, 1);
+                while let Some(&next) = chars.get(cur.index) {
                     let exponent_sign = (next == '-' || next == '+') && text.ends_with(['e', 'E']);
                     if next.is_ascii_digit()
                         || next == '.'
@@ -254,7 +241,7 @@ fn lex(source: &str) -> Result<Vec<Spanned>, ParseError> {
                         || exponent_sign
                     {
                         text.push(next);
-                        advance(1, &mut index);
+                        cur.advance(&chars, 1);
                     } else {
                         break;
                     }
@@ -280,17 +267,60 @@ fn lex(source: &str) -> Result<Vec<Spanned>, ParseError> {
                     })?)
                 }
             }
-            c if c.is_ascii_alphabetic() || c == '_' => {
-                let mut word = String::new();
-                while let Some(&next) = chars.get(index) {
-                    if next.is_ascii_alphanumeric() || next == '_' || next == '.' {
-                        word.push(next);
-                        advance(1, &mut index);
-                    } else {
-                        break;
+            // A name: words joined by dots, any part of which may be in back-ticks
+            // (`event_count.`Order Completed`.30d`).
+            c if c.is_ascii_alphabetic() || c == '_' || c == '`' => {
+                let mut name = String::new();
+                let mut quoted = false;
+                loop {
+                    match chars.get(cur.index) {
+                        Some('`') if name.is_empty() || name.ends_with('.') => {
+                            let (quote_line, quote_column) = (cur.line, cur.column);
+                            cur.advance(&chars, 1);
+                            let mut part = String::new();
+                            loop {
+                                match chars.get(cur.index) {
+                                    None | Some('\n') => {
+                                        return Err(error(
+                                            quote_line,
+                                            quote_column,
+                                            "this name has no closing back-tick".to_string(),
+                                        ));
+                                    }
+                                    Some('`') => {
+                                        cur.advance(&chars, 1);
+                                        break;
+                                    }
+                                    Some(other) => {
+                                        part.push(*other);
+                                        cur.advance(&chars, 1);
+                                    }
+                                }
+                            }
+                            if part.is_empty() {
+                                return Err(error(
+                                    quote_line,
+                                    quote_column,
+                                    "an empty name".to_string(),
+                                ));
+                            }
+                            name.push_str(&part);
+                            quoted = true;
+                        }
+                        Some(&next)
+                            if next.is_ascii_alphanumeric() || next == '_' || next == '.' =>
+                        {
+                            name.push(next);
+                            cur.advance(&chars, 1);
+                        }
+                        _ => break,
                     }
                 }
-                Token::Word(word)
+                if quoted {
+                    Token::Quoted(name)
+                } else {
+                    Token::Word(name)
+                }
             }
             other => {
                 return Err(error(
@@ -308,8 +338,8 @@ fn lex(source: &str) -> Result<Vec<Spanned>, ParseError> {
     }
     tokens.push(Spanned {
         token: Token::End,
-        line,
-        column,
+        line: cur.line,
+        column: cur.column,
     });
     Ok(tokens)
 }

@@ -50,6 +50,7 @@ fn every_construct_parses() {
             email LIKE "*@acme.com"
             modified BETWEEN "2015-07-01" AND "2016-08-01"
             NOT NOT EXISTS `favourite colour`
+            event_count.`Order Completed`.all > 1
             vip == true
             (a > 1 AND b > 2 OR c > 3)
         )
@@ -63,7 +64,15 @@ fn every_construct_parses() {
     let Expr::And(items) = &filter.expr else {
         panic!("{filter:?}")
     };
-    assert_eq!(items.len(), 13);
+    assert_eq!(items.len(), 14);
+    assert_eq!(
+        items[11],
+        field(
+            "event_count.Order Completed.all",
+            CompareOp::Gt,
+            Literal::Int(1)
+        )
+    );
     assert_eq!(
         items[0],
         Expr::Or(vec![
@@ -90,7 +99,7 @@ fn every_construct_parses() {
     );
     // Infix AND binds tighter than OR.
     assert_eq!(
-        items[12],
+        items[13],
         Expr::Or(vec![
             Expr::And(vec![
                 field("a", CompareOp::Gt, Literal::Int(1)),

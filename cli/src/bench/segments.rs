@@ -1,0 +1,139 @@
+//! `cairn bench segments`: segment evaluations/s on one core, with the code the
+//! segmenter runs, over realistic profiles (folded from generated events) and 100
+//! segments of the kinds marketers write.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::Instant;
+
+use cairn_profile_store::profile::{EventInput, FoldSettings, Identifier, Profile};
+use cairn_segmenter::SegmentSet;
+use serde_json::json;
+
+use super::SegmentsArgs;
+
+const HOUR: i64 = 3_600_000;
+const NOW: i64 = 1_795_000_000_000;
+const SECTIONS: [&str; 6] = ["shoes", "bags", "hats", "coats", "sale", "news"];
+const CITIES: [&str; 5] = ["London", "Paris", "Berlin", "Madrid", "Rome"];
+const PLANS: [&str; 3] = ["free", "pro", "team"];
+const DOMAINS: [&str; 2] = ["gmail.com", "acme.com"];
+
+/// Person `n`: a few weeks of page views, carts and purchases, with traits and facts.
+fn profile(n: usize) -> serde_json::Value {
+    let mut profile = Profile::new(&format!("p{n}"));
+    let settings = FoldSettings::default();
+    let events = 10 + n % 40;
+    for k in 0..events {
+        let at = NOW - ((events - k) as i64) * 7 * HOUR;
+        let (call, name) = match k % 10 {
+            7 => ("track", "Added to Cart"),
+            9 if n.is_multiple_of(3) => ("track", "Order Completed"),
+            _ => ("page", "page"),
+        };
+        let input = EventInput {
+            message_id: format!("m{n}-{k}"),
+            call: call.into(),
+            name: name.into(),
+            at,
+            identifiers: vec![Identifier {
+                kind: "anonymous_id".into(),
+                value: format!("a{n}"),
+            }],
+            url: Some(format!(
+                "https://shop.example.com/{}/item-{k}",
+                SECTIONS[(n + k) % 6]
+            )),
+            referrer_domain: Some("google.com".into()),
+            user_agent: Some("Mozilla/5.0 Firefox/120.0".into()),
+            timezone: Some("Europe/London".into()),
+            city: Some(CITIES[n % 5].into()),
+            country: Some("GB".into()),
+            traits: [
+                ("plan".to_string(), json!(PLANS[n % 3])),
+                (
+                    "email".to_string(),
+                    json!(format!("p{n}@{}", DOMAINS[n % 2])),
+                ),
+                ("age".to_string(), json!(18 + n % 60)),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        profile.apply_event(&input, &settings);
+    }
+    let device_type = ["desktop", "mobile", "tablet"][n % 3];
+    let facts = json!({"device_type": device_type, "bot": n.is_multiple_of(50)});
+    if let serde_json::Value::Object(facts) = facts {
+        profile.apply_facts("device", &facts, NOW);
+    }
+    serde_json::to_value(profile.view(NOW)).unwrap_or_default()
+}
+
+/// Segment `n` of 100: twenty shapes, five thresholds each.
+fn segment(n: usize) -> String {
+    let k = n / 20 + 1;
+    match n % 20 {
+        0 => format!("FILTER visit_count > {k}"),
+        1 => format!("FILTER event_count.page.30d >= {}", k * 5),
+        2 => format!("FILTER event_count.`Order Completed`.all >= {k}"),
+        3 => format!("FILTER last_seen > \"now-{k}d\""),
+        4 => format!("FILTER AND (EXISTS email, plan == \"pro\", visit_count > {k})"),
+        5 => "FILTER plan IN (\"pro\", \"team\")".to_string(),
+        6 => "FILTER email LIKE \"*@acme.com\"".to_string(),
+        7 => format!("FILTER age BETWEEN {} AND {}", 18 + k * 5, 30 + k * 5),
+        8 => "FILTER city IN (\"London\", \"Paris\")".to_string(),
+        9 => "FILTER facts.device.device_type == \"mobile\"".to_string(),
+        10 => "FILTER NOT facts.device.bot == true".to_string(),
+        11 => format!(
+            "FILTER OR (event_count.`Added to Cart`.7d >= {k}, event_count.`Order Completed`.30d >= 1)"
+        ),
+        12 => format!(
+            "FILTER AND (event_count.`Added to Cart`.30d >= 1, NOT event_count.`Order Completed`.30d >= {k})"
+        ),
+        13 => "FILTER referrer_domains.google.com > 2".to_string(),
+        14 => format!("FILTER first_seen < \"now-{}d\"", k * 3),
+        15 => "FILTER urls CONTAINS \"x\"".to_string(),
+        16 => format!("FILTER AND (INCLUDE s{}, plan != \"free\")", n - 16),
+        17 => format!("FILTER OR (INCLUDE s{}, INCLUDE s{})", n - 17, n - 14),
+        18 => format!("FILTER session_count >= {k}"),
+        _ => format!(
+            "FILTER AND (country == \"GB\", visit_count BETWEEN {k} AND {})",
+            k * 10
+        ),
+    }
+}
+
+pub fn run(args: SegmentsArgs) -> anyhow::Result<()> {
+    let mut set = SegmentSet::default();
+    for n in 0..100 {
+        let filter = cairn_filterql::parse(&segment(n))
+            .map_err(|err| anyhow::anyhow!("segment {n}: {err}"))?;
+        set.insert(&format!("s{n}"), filter)?;
+    }
+    let profiles: Vec<serde_json::Value> = (0..args.profiles).map(profile).collect();
+    println!(
+        "cairn bench segments: {} segments over {} profiles, {} rounds, one core",
+        set.len(),
+        profiles.len(),
+        args.rounds
+    );
+    let started = Instant::now();
+    let mut members_total = 0;
+    for round in 0..args.rounds {
+        for profile in &profiles {
+            let mut members = BTreeMap::new();
+            black_box(set.evaluate(profile, None, &mut members, NOW + round as i64));
+            members_total += members.len();
+        }
+    }
+    let evaluations = (args.rounds * profiles.len() * set.len()) as f64;
+    let per_s = evaluations / started.elapsed().as_secs_f64();
+    println!(
+        "  {per_s:>12.0} segment evaluations/s ({:.1} memberships per profile)",
+        members_total as f64 / (args.rounds * profiles.len()) as f64
+    );
+    println!("{}", json!({"segment_evaluations_per_s": per_s.round()}));
+    Ok(())
+}
