@@ -222,6 +222,20 @@ impl TestHost {
         format!("http://{}", self.http.expect("this host serves no HTTP"))
     }
 
+    /// Posts `batch` (the events) to the collector's `/v1/batch` with `write_key`, and
+    /// checks that it was accepted.
+    pub async fn send_batch(&self, write_key: &str, batch: serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/batch", self.http_url()))
+            .basic_auth(write_key, Some(""))
+            .json(&serde_json::json!({ "batch": batch }))
+            .send()
+            .await
+            .expect("the collector answers");
+        let status = response.status();
+        assert_eq!(status, 200, "{}", response.text().await.unwrap_or_default());
+    }
+
     /// `http://<grpc addr>`, for tonic clients.
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc)

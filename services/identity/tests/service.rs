@@ -53,14 +53,7 @@ async fn mesh() -> Mesh {
 
 impl Mesh {
     async fn send(&self, batch: serde_json::Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/batch", self.host.http_url()))
-            .basic_auth("wk_web", Some(""))
-            .json(&json!({ "batch": batch }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        self.host.send_batch("wk_web", batch).await;
     }
 
     async fn identified(&self, count: usize) -> Vec<(String, IdentifiedEvent)> {

@@ -82,14 +82,7 @@ fn by(kind: &str, value: &str) -> Option<pb::get_request::Key> {
 
 impl Mesh {
     async fn send(&self, batch: Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/batch", self.host.http_url()))
-            .basic_auth("wk_web", Some(""))
-            .json(&json!({ "batch": batch }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        self.host.send_batch("wk_web", batch).await;
     }
 
     async fn changes(&self, count: usize) -> Vec<pb::ProfileChanged> {
