@@ -93,7 +93,7 @@ fn main() -> ExitCode {
             Command::Status => admin::status().await,
             Command::Profile(command) => profile::run(command).await,
             Command::Enrich(command) => enrich::run(command),
-            Command::Segment(command) => segment::run(command),
+            Command::Segment(command) => segment::run(command).await,
             Command::Rebuild(args) => rebuild::run(args).await,
             Command::Modules => modules::print(),
             Command::Config => process::print_config(),

@@ -138,6 +138,20 @@ pub const MODULES: &[ModuleSpec] = &[
             })
         },
     },
+    ModuleSpec {
+        name: "segmenter",
+        summary: "segments in FilterQL, checked and saved; gRPC cairn.segment.v1.Segments (live memberships: next)",
+        http: false,
+        vars: cairn_segmenter::vars,
+        start: |context, resources| {
+            Box::pin(async move {
+                let store = resources.store(context).await?;
+                cairn_segmenter::start(context, store)
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            })
+        },
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ModuleSpec> {

@@ -49,3 +49,11 @@ pub mod collector {
         include!(concat!(env!("OUT_DIR"), "/cairn.collector.v1.rs"));
     }
 }
+
+/// `cairn.segment.v1`: segments in FilterQL.
+pub mod segment {
+    pub mod v1 {
+        #![allow(clippy::all, unused_qualifications)]
+        include!(concat!(env!("OUT_DIR"), "/cairn.segment.v1.rs"));
+    }
+}

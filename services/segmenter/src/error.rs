@@ -1,0 +1,49 @@
+//! The segmenter's errors.
+
+use cairn_runtime::error::{Classify, ErrorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// The segment cannot be saved as it is; the message says why.
+    #[error("segment {name}: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("segment {0} is included by {1}; change that segment first")]
+    Included(String, String),
+    #[error("there is no segment {0}")]
+    Missing(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Store(#[from] cairn_store::StoreError),
+    #[error("{0}")]
+    Auth(#[from] cairn_runtime::auth::AuthError),
+    #[error("{0}")]
+    Config(#[from] cairn_runtime::ConfigError),
+    #[error("stored segments are damaged: {0}")]
+    Corrupt(String),
+    /// Others kept changing the segments; try again.
+    #[error("busy: {0}")]
+    Busy(String),
+}
+
+impl Classify for SegmentError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SegmentError::Invalid { .. } | SegmentError::InvalidArgument(_) => {
+                ErrorKind::InvalidArgument
+            }
+            SegmentError::Included(..) => ErrorKind::FailedPrecondition,
+            SegmentError::Missing(_) => ErrorKind::NotFound,
+            SegmentError::Store(err) => err.kind(),
+            SegmentError::Auth(err) => err.kind(),
+            SegmentError::Busy(_) => ErrorKind::Unavailable,
+            SegmentError::Config(_) | SegmentError::Corrupt(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<SegmentError> for tonic::Status {
+    fn from(err: SegmentError) -> Self {
+        cairn_runtime::error::to_status(&err)
+    }
+}

@@ -1,0 +1,202 @@
+//! `cairn.segment.v1.Segments` served in-process on the embedded store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_proto::segment::v1 as pb;
+use cairn_proto::segment::v1::segments_client::SegmentsClient;
+use cairn_store::{Clock, EmbeddedStore, Fsync};
+use cairn_testkit::TestHost;
+use tonic::Code;
+
+struct Api {
+    host: TestHost,
+    _dir: tempfile::TempDir,
+}
+
+async fn api() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), Fsync::Buffer, 1 << 20, Clock::system()).unwrap();
+    let vars = [cairn_runtime::VARS.to_vec(), cairn_segmenter::vars()].concat();
+    let context = TestHost::context(
+        &vars,
+        [("CAIRN_ADMIN_TOKENS", "read:tk_read,write:tk_write")],
+    );
+    let module = cairn_segmenter::start(&context, store).await.unwrap();
+    Api {
+        host: TestHost::serve(vec![module], context).await,
+        _dir: dir,
+    }
+}
+
+impl Api {
+    async fn client(&self) -> SegmentsClient<tonic::transport::Channel> {
+        SegmentsClient::connect(self.host.grpc_url()).await.unwrap()
+    }
+}
+
+fn with<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn put(name: &str, filter: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        name: name.into(),
+        filter: filter.into(),
+        description: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn segments_are_saved_checked_listed_and_deleted() {
+    let api = api().await;
+    let mut client = api.client().await;
+    let saved = client
+        .put(with(
+            put("", "filter visit_count>3 alias frequent"),
+            "tk_write",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .segment
+        .unwrap();
+    assert_eq!(saved.name, "frequent");
+    assert_eq!(saved.filter, "FILTER visit_count > 3\nALIAS frequent");
+    client
+        .put(with(
+            put(
+                "frequent_pros",
+                "FILTER AND (INCLUDE frequent, plan == \"pro\")",
+            ),
+            "tk_write",
+        ))
+        .await
+        .unwrap();
+
+    let listed = client
+        .list(with(pb::ListRequest {}, "tk_read"))
+        .await
+        .unwrap()
+        .into_inner()
+        .segments;
+    let names: Vec<&str> = listed.iter().map(|segment| segment.name.as_str()).collect();
+    assert_eq!(names, vec!["frequent", "frequent_pros"]);
+
+    // What cannot work is refused, with the reason.
+    let refusals = [
+        (
+            put("x", "FILTER visit_count >"),
+            "filter: line 1, column 21",
+        ),
+        (
+            put("x", "FILTER event_count.purchase.2d > 1"),
+            "no field \"event_count.purchase.2d\"",
+        ),
+        (
+            put("x", "FILTER INCLUDE nobody"),
+            "there is no segment nobody",
+        ),
+        (
+            put("frequent", "FILTER INCLUDE frequent_pros"),
+            "INCLUDE goes round",
+        ),
+        (
+            put("y", "FILTER EXISTS email ALIAS z"),
+            "differs from the filter's ALIAS",
+        ),
+        (put("", "FILTER EXISTS email"), "name: required"),
+    ];
+    for (request, expected) in refusals {
+        let status = client.put(with(request, "tk_write")).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{}", status.message());
+    }
+    let status = client
+        .delete(with(
+            pb::DeleteRequest {
+                name: "frequent".into(),
+            },
+            "tk_write",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("included by frequent_pros"),
+        "{}",
+        status.message()
+    );
+
+    // Readers read; only writers write.
+    let status = client
+        .put(with(put("z", "FILTER EXISTS email"), "tk_read"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // Check says what is wrong without saving.
+    let checked = client
+        .check(with(
+            pb::CheckRequest {
+                filter: "FILTER AND (\n  visit_count > \"many\"\n  city ~ 1)".into(),
+                name: String::new(),
+            },
+            "tk_read",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (checked.problems[0].line, checked.problems[0].column),
+        (3, 8)
+    );
+    let checked = client
+        .check(with(
+            pb::CheckRequest {
+                filter: "filter visit_count > \"many\"".into(),
+                name: String::new(),
+            },
+            "tk_read",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.canonical, "FILTER visit_count > \"many\"");
+    assert!(
+        checked.problems[0].message.contains("holds a number"),
+        "{checked:?}"
+    );
+
+    client
+        .delete(with(
+            pb::DeleteRequest {
+                name: "frequent_pros".into(),
+            },
+            "tk_write",
+        ))
+        .await
+        .unwrap();
+    client
+        .delete(with(
+            pb::DeleteRequest {
+                name: "frequent".into(),
+            },
+            "tk_write",
+        ))
+        .await
+        .unwrap();
+    let status = client
+        .get(with(
+            pb::GetRequest {
+                name: "frequent".into(),
+            },
+            "tk_read",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
