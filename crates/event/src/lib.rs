@@ -138,16 +138,30 @@ fn parse_time(value: Option<&Value>) -> Option<i64> {
         .map(|at| at.timestamp_millis())
 }
 
+/// How far past its receipt an event time is believed: a clock a day fast is a broken
+/// clock, and a time in the future would outweigh every real event after it.
+pub const MAX_AHEAD_MS: i64 = 86_400_000;
+
 /// The event time, as Segment defines it: `timestamp`; else `originalTimestamp` moved by
-/// the client's clock skew (`receivedAt - sentAt`); else when it was received.
+/// the client's clock skew (`receivedAt - sentAt`); else when it was received. A time
+/// more than [`MAX_AHEAD_MS`] after the receipt is replaced by the receipt.
 pub fn event_time(event: &Value, received_ms: i64, batch_sent_at: &str) -> i64 {
+    let at = claimed_time(event, received_ms, batch_sent_at);
+    if received_ms > 0 && at > received_ms.saturating_add(MAX_AHEAD_MS) {
+        received_ms
+    } else {
+        at
+    }
+}
+
+fn claimed_time(event: &Value, received_ms: i64, batch_sent_at: &str) -> i64 {
     if let Some(at) = parse_time(event.get("timestamp")) {
         return at;
     }
     let sent = parse_time(event.get("sentAt"))
         .or_else(|| parse_time(Some(&Value::String(batch_sent_at.to_string()))));
     match (parse_time(event.get("originalTimestamp")), sent) {
-        (Some(original), Some(sent)) => original + (received_ms - sent),
+        (Some(original), Some(sent)) => original.saturating_add(received_ms.saturating_sub(sent)),
         (Some(original), None) => original,
         _ => received_ms,
     }
@@ -208,6 +222,17 @@ mod tests {
                 .unwrap()
                 .timestamp_millis()
         );
+    }
+
+    #[test]
+    fn a_time_far_in_the_future_is_taken_as_the_receipt() {
+        let received = chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        let future = json!({"timestamp": "9999-01-01T00:00:00Z"});
+        assert_eq!(event_time(&future, received, ""), received);
+        let slightly = json!({"timestamp": "2026-11-22T11:00:00Z"});
+        assert_eq!(event_time(&slightly, received, ""), received + 3_600_000);
     }
 
     #[test]

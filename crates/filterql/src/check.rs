@@ -33,7 +33,6 @@ fn fits(kind: FieldType, literal: &Literal) -> bool {
     match (kind, literal) {
         (FieldType::Any | FieldType::List | FieldType::Map, _) => true,
         (FieldType::Number, Literal::Int(_) | Literal::Float(_)) => true,
-        (FieldType::Number, Literal::Text(text)) => text.trim().parse::<f64>().is_ok(),
         (FieldType::Text, Literal::Text(_)) => true,
         (FieldType::Time, Literal::Text(text)) => time_of(text, 0).is_some(),
         (FieldType::Bool, Literal::Bool(_)) => true,
@@ -92,16 +91,20 @@ fn check_expr(expr: &Expr, schema: &dyn Schema, problems: &mut Vec<String>) {
         Expr::Exists(field) => {
             field_of(field, problems);
         }
-        Expr::Compare { field, value, .. } | Expr::Contains { field, value } => {
+        Expr::Compare { field, value, .. } => {
             if let Some(kind) = field_of(field, problems) {
-                let kind = if matches!(expr, Expr::Contains { .. }) && kind == FieldType::Text {
-                    FieldType::Text
-                } else {
-                    kind
-                };
                 mismatch(kind, value, problems);
             }
         }
+        Expr::Contains { field, value } => match field_of(field, problems) {
+            Some(FieldType::Text | FieldType::Time) => mismatch(FieldType::Text, value, problems),
+            Some(FieldType::List | FieldType::Map | FieldType::Any) | None => {}
+            Some(kind) => problems.push(format!(
+                "{}: CONTAINS looks in text or a list, and {field} holds {}",
+                expr_text(expr),
+                describe(kind)
+            )),
+        },
         Expr::In { field, values } | Expr::Intersects { field, values } => {
             if let Some(kind) = field_of(field, problems) {
                 for value in values {

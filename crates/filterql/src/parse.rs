@@ -344,9 +344,15 @@ fn lex(source: &str) -> Result<Vec<Spanned>, ParseError> {
     Ok(tokens)
 }
 
+/// How deep conditions may nest: far beyond what people write, shallow enough that
+/// parsing, printing and evaluation never run out of stack.
+pub const MAX_DEPTH: usize = 64;
+
 struct Parser {
     tokens: Vec<Spanned>,
     at: usize,
+    /// Groups and NOTs open around the current position.
+    depth: usize,
 }
 
 impl Parser {
@@ -470,10 +476,26 @@ impl Parser {
         })
     }
 
-    /// Whether the next `keyword` joins what came before (rather than, in a list,
-    /// starting the next element: `AND (` there opens a group).
+    /// Whether the next `keyword` joins what came before. In a list, where commas are
+    /// optional, `AND (` on a new line starts the next element; on the same line as
+    /// what came before, it joins it (`a = 1 AND (b = 2)` means the same everywhere).
     fn infix(&self, keyword: &str, in_list: bool) -> bool {
-        self.peek().is_keyword(keyword) && !(in_list && *self.peek_next() == Token::Open)
+        if !self.peek().is_keyword(keyword) {
+            return false;
+        }
+        if !in_list || *self.peek_next() != Token::Open || self.at == 0 {
+            return true;
+        }
+        self.tokens[self.at - 1].line == self.tokens[self.at].line
+    }
+
+    /// Enters a group or a NOT, refusing to nest without end.
+    fn deeper(&mut self) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return self.fail(&format!("at most {MAX_DEPTH} levels of nested conditions"));
+        }
+        Ok(())
     }
 
     fn group(&mut self) -> Result<Vec<Expr>, ParseError> {
@@ -495,6 +517,13 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
+        self.deeper()?;
+        let unary = self.unary_at_depth();
+        self.depth -= 1;
+        unary
+    }
+
+    fn unary_at_depth(&mut self) -> Result<Expr, ParseError> {
         if self.keyword("NOT") {
             return Ok(Expr::Not(Box::new(self.unary()?)));
         }
@@ -638,6 +667,7 @@ pub fn parse(source: &str) -> Result<Filter, ParseError> {
     let mut parser = Parser {
         tokens: lex(source)?,
         at: 0,
+        depth: 0,
     };
     parser.filter()
 }

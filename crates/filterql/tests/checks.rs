@@ -31,7 +31,7 @@ fn problems(source: &str) -> Vec<String> {
 fn a_sound_filter_has_no_problems() {
     assert_eq!(
         problems(
-            r#"FILTER AND (visit_count > 3, visit_count < "10", last_seen > "now-7d",
+            r#"FILTER AND (visit_count > 3, visit_count < 10, last_seen > "now-7d",
                last_seen BETWEEN "2026-01-01" AND "now", city LIKE "Lon*", vip == true,
                EXISTS plan, traits.plan IN ("pro", 3), urls CONTAINS "/shoes", INCLUDE churned)"#
         ),
@@ -49,7 +49,8 @@ fn unknown_fields_and_mismatched_values_are_named() {
             last_seen < "yesterday",
             vip == "yes",
             visit_count LIKE "1*",
-            city IN ("London", 4)
+            city IN ("London", 4),
+            visit_count CONTAINS 1
         )"#,
     );
     let expected = [
@@ -60,6 +61,7 @@ fn unknown_fields_and_mismatched_values_are_named() {
         r#"vip == "yes": vip holds true or false"#,
         r#"visit_count LIKE "1*": LIKE matches text, and visit_count holds a number"#,
         r#"city IN ("London", 4): city holds text"#,
+        "visit_count CONTAINS 1: CONTAINS looks in text or a list, and visit_count holds a number",
     ];
     assert_eq!(found.len(), expected.len(), "{found:#?}");
     for (found, expected) in found.iter().zip(expected) {

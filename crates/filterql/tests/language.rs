@@ -178,9 +178,60 @@ fn errors_say_where_and_what_was_expected() {
     ];
     for (source, line, column, message) in cases {
         let err = parse(source).unwrap_err();
+        let source: &str = source;
         assert_eq!((err.line, err.column), (line, column), "{source}: {err}");
         assert!(err.message.contains(message), "{source}: {err}");
     }
+}
+
+#[test]
+fn a_deep_filter_is_refused_not_a_crash() {
+    let deep = format!("FILTER {}a = 1{}", "(".repeat(100_000), ")".repeat(100_000));
+    assert!(
+        parse(&deep)
+            .unwrap_err()
+            .message
+            .contains("at most 64 levels")
+    );
+    let ands = format!(
+        "FILTER {}a = 1{}",
+        "AND (".repeat(100_000),
+        ")".repeat(100_000)
+    );
+    assert!(
+        parse(&ands)
+            .unwrap_err()
+            .message
+            .contains("at most 64 levels")
+    );
+}
+
+#[test]
+fn and_with_a_group_means_the_same_in_a_list_as_anywhere() {
+    let inside = parse("FILTER OR (a = 1 AND (b = 2))").unwrap();
+    assert_eq!(
+        inside.expr,
+        Expr::Or(vec![Expr::And(vec![
+            field("a", CompareOp::Eq, Literal::Int(1)),
+            field("b", CompareOp::Eq, Literal::Int(2)),
+        ])])
+    );
+    assert_eq!(
+        parse("FILTER a = 1 AND (b = 2)").unwrap().expr,
+        Expr::And(vec![
+            field("a", CompareOp::Eq, Literal::Int(1)),
+            field("b", CompareOp::Eq, Literal::Int(2)),
+        ])
+    );
+    // On its own line, a group is the next condition of the list.
+    let listed = parse("FILTER OR (\n  a = 1\n  AND (b = 2)\n)").unwrap();
+    assert_eq!(
+        listed.expr,
+        Expr::Or(vec![
+            field("a", CompareOp::Eq, Literal::Int(1)),
+            Expr::And(vec![field("b", CompareOp::Eq, Literal::Int(2))]),
+        ])
+    );
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! strongest ten, each with its share of the person's reading in 0..1) and `top_topic`.
 //!
 //! The corpus (how many pages were seen, and on how many of them each term occurs) is
-//! kept in the enricher's table next to the affinities; a page counts once, by URL.
+//! kept in the enricher's table next to the affinities; a page counts once, by URL
+//! (each counter marks the pages it counted).
 
 #![forbid(unsafe_code)]
 
@@ -19,12 +20,13 @@ use bytes::Bytes;
 use cairn_enricher::{Enrich, EnrichError, FactSet, state};
 use cairn_event::Event;
 use cairn_runtime::{Module, ModuleContext, Var};
-use cairn_store::{Change, Expect, Outcome, Retention, Store, TableSpec, Write};
+use cairn_store::{Change, Mark, Retention, Store, TableSpec};
+use sha2::{Digest as _, Sha256};
 
 pub use config::ContentConfig;
 pub use text::{Affinity, Analyzer, PageText, PageTopic, Taxonomy, Term};
 
-/// Affinities (`profile:<id>`) and the corpus (`docs`, `doc:<url>`, `df:<stem>`).
+/// Affinities (`profile:<id>`) and the corpus (`docs`, `df:<stem>`).
 pub const CONTENT: TableSpec = TableSpec {
     name: "enrich_content",
     timeline: Retention {
@@ -34,6 +36,9 @@ pub const CONTENT: TableSpec = TableSpec {
 };
 
 const DOCS: &str = "docs";
+/// How long the corpus remembers that it counted a page (read again after this, it
+/// counts again).
+const PAGE_MEMORY: std::time::Duration = std::time::Duration::from_secs(90 * 86_400);
 /// Attempts at a counter that keeps meeting other writers.
 const ATTEMPTS: u32 = 50;
 
@@ -118,33 +123,39 @@ impl<S: Store> Content<S> {
         })
     }
 
-    async fn increment(&self, key: String) -> Result<(), EnrichError> {
-        self.store
-            .update(&CONTENT, Bytes::from(key), ATTEMPTS, |current| {
-                Some(Change::set((number(current) + 1.0).to_string()))
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Counts the page at `url` into the corpus, the first time it is seen.
+    /// Counts the page at `url` into the corpus: the page count and each of its terms'
+    /// counts go up once per page, however often it is read or an event redelivered
+    /// (each counter keeps a mark per page it counted, for [`PAGE_MEMORY`]).
     async fn count_page(
         &self,
         url: &str,
         terms: &BTreeMap<String, Term>,
     ) -> Result<(), EnrichError> {
-        let first = self
-            .store
-            .write(
-                &CONTENT,
-                Write::new(Bytes::from(format!("doc:{url}"))).record(Expect::Absent, "1"),
-            )
-            .await?;
-        if matches!(first, Outcome::Applied { .. }) {
-            self.increment(DOCS.to_string()).await?;
-            for stem in terms.keys() {
-                self.increment(format!("df:{stem}")).await?;
-            }
+        let digest = Sha256::digest(url.as_bytes());
+        let page: String = digest[..16]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        let mark = Mark {
+            id: Bytes::from(format!("page:{page}")),
+            value: Bytes::new(),
+            ttl: Some(PAGE_MEMORY),
+            if_absent: true,
+        };
+        let counters =
+            std::iter::once(DOCS.to_string()).chain(terms.keys().map(|stem| format!("df:{stem}")));
+        for counter in counters {
+            // A counter that has this page's mark already answers with a conflict:
+            // counted before.
+            self.store
+                .update(&CONTENT, Bytes::from(counter), ATTEMPTS, |current| {
+                    Some(Change {
+                        value: Some(Bytes::from((number(current) + 1.0).to_string())),
+                        appends: Vec::new(),
+                        marks: vec![mark.clone()],
+                    })
+                })
+                .await?;
         }
         Ok(())
     }

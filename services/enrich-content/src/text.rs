@@ -19,6 +19,8 @@ const TOPICS_KEPT: usize = 20;
 const TOPICS_SHOWN: usize = 10;
 
 const STOP_WORDS: &str = include_str!("../data/stop_words.txt");
+/// Longer "words" are codes and hashes, not topics (and would make long store keys).
+const MAX_WORD_BYTES: usize = 40;
 
 /// What a page says about itself.
 #[derive(Debug, Clone, Default)]
@@ -69,6 +71,7 @@ impl Analyzer {
     pub fn stem(&self, word: &str) -> Option<String> {
         let word = word.to_lowercase();
         if word.chars().count() < 3
+            || word.len() > MAX_WORD_BYTES
             || word.chars().all(|c| c.is_ascii_digit())
             || self.stop_words.contains(&word)
         {

@@ -138,6 +138,39 @@ async fn a_taxonomy_gives_its_own_topics() {
 }
 
 #[tokio::test]
+async fn a_page_counts_once_in_the_corpus_however_often_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = content(dir.path(), None);
+    let long_url = format!("https://acme.example/shoes/{}", "x".repeat(2_000));
+    for n in 0..5 {
+        content
+            .enrich(
+                "tom",
+                &view(&format!("r{n}"), &long_url, "Shoes and boots", n),
+            )
+            .await
+            .unwrap();
+    }
+    content
+        .enrich("ann", &view("a1", "https://acme.example/bags", "Bags", 9))
+        .await
+        .unwrap();
+    let count = |key: &str| {
+        let store = content.store.clone();
+        let key = key.to_string();
+        async move {
+            cairn_store::Store::get(&store, &cairn_enrich_content::CONTENT, key.as_bytes())
+                .await
+                .unwrap()
+                .map(|record| String::from_utf8(record.value.to_vec()).unwrap())
+        }
+    };
+    assert_eq!(count("docs").await.as_deref(), Some("2"));
+    assert_eq!(count("df:shoe").await.as_deref(), Some("1"));
+    assert_eq!(count("df:bag").await.as_deref(), Some("1"));
+}
+
+#[tokio::test]
 async fn only_page_and_screen_views_are_read() {
     let dir = tempfile::tempdir().unwrap();
     let content = content(dir.path(), None);

@@ -50,6 +50,9 @@ impl<V> Cache<V> {
                 return found.clone();
             }
             if let Some(found) = generations.previous.remove(key) {
+                if generations.current.len() >= self.per_generation {
+                    generations.previous = std::mem::take(&mut generations.current);
+                }
                 generations.current.insert(key.to_string(), found.clone());
                 return found;
             }
@@ -96,6 +99,18 @@ mod tests {
         }
         assert!(cache.len() <= 320, "{}", cache.len());
         assert_eq!(made, 1, "the hot key was parsed again");
+    }
+
+    #[test]
+    fn hits_on_old_entries_do_not_grow_the_cache() {
+        let cache = Cache::new(320);
+        // Keys seen twice in a row, round after round, move between generations.
+        for round in 0..50 {
+            for n in 0..400 {
+                cache.get_or_insert_with(&format!("k{}", (round * 37 + n) % 1000), || 0);
+            }
+        }
+        assert!(cache.len() <= 320, "{}", cache.len());
     }
 
     #[test]

@@ -234,9 +234,10 @@ pub fn is_public(address: IpAddr) -> bool {
     }
 }
 
-/// `address` without its last octet (IPv4) or its last 80 bits (IPv6).
+/// `address` without its last octet (IPv4, also written as IPv4-mapped IPv6) or its
+/// last 80 bits (IPv6).
 pub fn anonymize(address: IpAddr) -> IpAddr {
-    match address {
+    match address.to_canonical() {
         IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();
             IpAddr::V4([a, b, c, 0].into())
@@ -428,6 +429,10 @@ mod tests {
     fn anonymising_drops_the_host_part() {
         assert_eq!(
             anonymize("81.2.69.142".parse().unwrap()),
+            "81.2.69.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            anonymize("::ffff:81.2.69.142".parse().unwrap()),
             "81.2.69.0".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
