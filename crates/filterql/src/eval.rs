@@ -270,12 +270,31 @@ pub fn next_change(expr: &Expr, profile: &Value, now_ms: i64) -> Option<i64> {
             Some(months) => {
                 let at = Utc.timestamp_millis_opt(at).single()?;
                 let count = Months::new(u32::try_from(months.unsigned_abs()).ok()?);
-                let moved = if months < 0 {
+                let mut moved = if months < 0 {
                     at.checked_add_months(count)?
                 } else {
                     at.checked_sub_months(count)?
                 };
-                moved.timestamp_millis()
+                // Months are shortened at their ends (Mar 31 + 1 month = Apr 30): step on
+                // a day at a time until the boundary has reached `at` for certain.
+                for _ in 0..4 {
+                    let boundary = time_of(text, moved.timestamp_millis())?;
+                    if boundary >= at.timestamp_millis() {
+                        break;
+                    }
+                    moved = moved.checked_add_days(chrono::Days::new(1))?;
+                }
+                // A shortened month makes the boundary jump at midnight: from there when so.
+                let midnight = moved
+                    .date_naive()
+                    .and_hms_opt(0, 0, 0)?
+                    .and_utc()
+                    .timestamp_millis();
+                if midnight > now_ms && time_of(text, midnight)? >= at.timestamp_millis() {
+                    midnight.min(moved.timestamp_millis())
+                } else {
+                    moved.timestamp_millis()
+                }
             }
             None => at.checked_sub(shift)?,
         };

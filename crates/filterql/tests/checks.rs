@@ -168,4 +168,30 @@ fn date_math_conditions_say_when_they_next_flip() {
         .timestamp_millis()
         + 1;
     assert_eq!(flip, expected);
+
+    // At a month's end the boundary still passes: seen on Mar 31, "now-1M" lets go
+    // after Apr 30 (not never).
+    let march = chrono::DateTime::parse_from_rfc3339("2027-03-31T12:00:00Z").unwrap();
+    let profile = json!({"last_seen": march.to_rfc3339()});
+    let on_april_10 = march.timestamp_millis() + 10 * DAY;
+    let flip = next_change(
+        &parse(r#"FILTER last_seen > "now-1M""#).unwrap().expr,
+        &profile,
+        on_april_10,
+    )
+    .unwrap();
+    let filter = parse(r#"FILTER last_seen > "now-1M""#).unwrap();
+    let none = |_: &str| None;
+    let holds = |at: i64| {
+        cairn_filterql::matches(
+            &filter.expr,
+            &profile,
+            &Context {
+                now_ms: at,
+                includes: &none,
+            },
+        )
+    };
+    assert!(holds(flip - 2), "still in just before");
+    assert!(!holds(flip + DAY), "out after the flip");
 }
