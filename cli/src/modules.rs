@@ -140,7 +140,7 @@ pub const MODULES: &[ModuleSpec] = &[
     },
     ModuleSpec {
         name: "segmenter",
-        summary: "segments in FilterQL, checked and saved; gRPC cairn.segment.v1.Segments (live memberships: next)",
+        summary: "segments in FilterQL: profiles.changed -> segments.changed (entered/exited); gRPC cairn.segment.v1.Segments",
         http: false,
         vars: cairn_segmenter::vars,
         start: |context, resources| {

@@ -38,6 +38,8 @@ pub const IDENTIFIED: &str = "IDENTIFIED";
 pub const PROFILES: &str = "PROFILES";
 /// What services could not process, with the reason.
 pub const DEAD_LETTERS: &str = "DEAD_LETTERS";
+/// Profiles entering and leaving segments.
+pub const SEGMENTS: &str = "SEGMENTS";
 
 /// The IDENTIFIED stream: `events.identified.<partition>` and what enrichers learn from
 /// them, `profile.facts.<partition>` (one stream, so the profile store reads a
@@ -71,6 +73,23 @@ pub fn profiles(config: &BusConfig) -> Config {
         name: PROFILES.to_string(),
         description: Some("Profile merges, splits, changes and deletions".to_string()),
         subjects: vec![subjects::PROFILES_ALL.to_string()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: config.derived_max_age,
+        duplicate_window: config.events_duplicate_window,
+        num_replicas: config.replicas,
+        ..Default::default()
+    }
+}
+
+/// The SEGMENTS stream: `segments.changed.<partition>`, profiles entering and leaving
+/// segments, deduplicated on message ids so a redelivered change is announced once.
+pub fn segments(config: &BusConfig) -> Config {
+    Config {
+        name: SEGMENTS.to_string(),
+        description: Some("Profiles entering and leaving segments".to_string()),
+        subjects: vec![subjects::SEGMENTS_ALL.to_string()],
         storage: StorageType::File,
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,

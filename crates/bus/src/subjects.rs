@@ -80,6 +80,11 @@ pub fn profiles_changed(partition: u32) -> String {
     format!("profiles.changed.{partition}")
 }
 
+/// The wildcard covering every profile change.
+pub fn profiles_changed_all() -> String {
+    "profiles.changed.>".to_string()
+}
+
 /// A person was forgotten.
 pub const PROFILES_DELETED: &str = "profiles.deleted";
 
@@ -93,6 +98,14 @@ pub fn profile_facts(partition: u32) -> String {
 
 /// The wildcard covering every fact.
 pub const PROFILE_FACTS_ALL: &str = "profile.facts.>";
+
+/// A profile entered or left a segment: `segments.changed.<partition>`.
+pub fn segments_changed(partition: u32) -> String {
+    format!("segments.changed.{partition}")
+}
+
+/// Every subject about segments.
+pub const SEGMENTS_ALL: &str = "segments.>";
 
 /// Where a service puts what it cannot process, with the reason in a header:
 /// `deadletter.<service>`.

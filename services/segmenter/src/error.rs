@@ -19,6 +19,8 @@ pub enum SegmentError {
     Auth(#[from] cairn_runtime::auth::AuthError),
     #[error("{0}")]
     Config(#[from] cairn_runtime::ConfigError),
+    #[error("{0}")]
+    Bus(#[from] cairn_bus::BusError),
     #[error("stored segments are damaged: {0}")]
     Corrupt(String),
     /// Others kept changing the segments; try again.
@@ -36,6 +38,7 @@ impl Classify for SegmentError {
             SegmentError::Missing(_) => ErrorKind::NotFound,
             SegmentError::Store(err) => err.kind(),
             SegmentError::Auth(err) => err.kind(),
+            SegmentError::Bus(err) => err.kind(),
             SegmentError::Busy(_) => ErrorKind::Unavailable,
             SegmentError::Config(_) | SegmentError::Corrupt(_) => ErrorKind::Internal,
         }

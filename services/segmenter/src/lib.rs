@@ -14,11 +14,15 @@
 pub mod definitions;
 pub mod error;
 pub mod grpc;
+pub mod live;
 pub mod segments;
 
+use async_nats::jetstream::consumer;
+use cairn_bus::worker::WorkerOptions;
+use cairn_bus::{Bus, BusConfig, streams, subjects};
 use cairn_proto::segment::v1::segments_server::SegmentsServer;
 use cairn_runtime::grpc::GrpcServices;
-use cairn_runtime::{Module, ModuleContext, Var};
+use cairn_runtime::{BoxError, Module, ModuleContext, Var};
 use cairn_store::Store;
 
 pub use error::SegmentError;
@@ -26,17 +30,62 @@ pub use segments::{Segment, SegmentSet, Transition};
 
 /// Every variable the segmenter reads.
 pub fn vars() -> Vec<Var> {
-    cairn_store::config::VARS.to_vec()
+    [cairn_bus::config::VARS, cairn_store::config::VARS].concat()
+}
+
+/// Profile changes handled per round.
+const BATCH: usize = 500;
+
+/// The durable consumer of profile changes, shared by the segmenter's replicas.
+pub fn consumer_config() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some("segmenter".to_string()),
+        description: Some("Segmenter: memberships from profile changes".to_string()),
+        filter_subject: subjects::profiles_changed_all(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: cairn_bus::worker::ACK_WAIT,
+        max_ack_pending: (BATCH * 8) as i64,
+        ..Default::default()
+    }
 }
 
 /// Starts the segmenter on `store`.
-pub async fn start<S: Store>(_context: &ModuleContext, store: S) -> Result<Module, SegmentError> {
+pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module, SegmentError> {
     // The saved segments must be readable before anything is served.
     definitions::load(&store).await?.0.set()?;
+    let bus_config = BusConfig::from_settings(&context.settings)?;
+    let bus = Bus::connect(&bus_config, "cairn-segmenter").await?;
+    for stream in [
+        streams::profiles(&bus_config),
+        streams::segments(&bus_config),
+        streams::dead_letters(&bus_config),
+    ] {
+        bus.ensure_stream(stream).await?;
+    }
+    let consumer = bus
+        .ensure_consumer(streams::PROFILES, consumer_config())
+        .await?;
+    let readiness_bus = bus.clone();
+    context.readiness.add_check("segmenter: NATS", move || {
+        if readiness_bus.is_connected() {
+            Ok(())
+        } else {
+            Err("not connected".to_string())
+        }
+    });
+    let handler = live::LiveHandler::new(store.clone(), bus.partitions());
+    let options = WorkerOptions {
+        service: "segmenter",
+        batch: BATCH,
+        max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
+    };
+    let worker = cairn_bus::worker::run(bus, consumer, handler, options, context.shutdown.clone());
     Ok(Module {
         name: "segmenter",
         grpc: GrpcServices::default().with(SegmentsServer::new(grpc::SegmentsService { store })),
         http: None,
-        tasks: Vec::new(),
+        tasks: vec![Box::pin(async move {
+            worker.await.map_err(|err| Box::new(err) as BoxError)
+        })],
     })
 }

@@ -5,25 +5,32 @@
 use cairn_proto::segment::v1 as pb;
 use cairn_proto::segment::v1::segments_client::SegmentsClient;
 use cairn_store::{Clock, EmbeddedStore, Fsync};
-use cairn_testkit::TestHost;
+use cairn_testkit::{TestHost, TestNats};
 use tonic::Code;
 
 struct Api {
     host: TestHost,
+    _nats: TestNats,
     _dir: tempfile::TempDir,
 }
 
 async fn api() -> Api {
+    let nats = TestNats::start().await;
+    let url = nats.url();
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path(), Fsync::Buffer, 1 << 20, Clock::system()).unwrap();
     let vars = [cairn_runtime::VARS.to_vec(), cairn_segmenter::vars()].concat();
     let context = TestHost::context(
         &vars,
-        [("CAIRN_ADMIN_TOKENS", "read:tk_read,write:tk_write")],
+        [
+            ("CAIRN_ADMIN_TOKENS", "read:tk_read,write:tk_write"),
+            ("CAIRN_NATS_URL", url.as_str()),
+        ],
     );
     let module = cairn_segmenter::start(&context, store).await.unwrap();
     Api {
         host: TestHost::serve(vec![module], context).await,
+        _nats: nats,
         _dir: dir,
     }
 }

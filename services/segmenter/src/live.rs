@@ -1,0 +1,198 @@
+//! Keeping memberships live: every `profiles.changed` re-evaluates the segments the
+//! change can affect (all of them when the segments changed since the profile was last
+//! evaluated), and each profile entering or leaving a segment is announced on
+//! `segments.changed.<partition>`.
+//!
+//! A profile's memberships are one record (`m:<profile id>`) holding the profile
+//! version they were decided on: an older or repeated change is not evaluated again
+//! (changes of one profile may arrive out of order when replicas share the consumer),
+//! and a repeated change announces again what it decided (the stream drops what was
+//! announced before).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_bus::worker::{Delivered, Handled, Handler};
+use cairn_bus::{Outgoing, Partitions, subjects};
+use cairn_proto::profile::v1::ProfileChanged;
+use cairn_proto::segment::v1::SegmentChanged;
+use cairn_runtime::clock::{now_ms, timestamp};
+use cairn_runtime::error::{Classify as _, ErrorKind};
+use cairn_store::{Change, Store};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::definitions::{self, SEGMENTS};
+use crate::error::SegmentError;
+use crate::segments::{SegmentSet, Transition};
+
+/// How long a replica uses the segments it loaded before looking for changes.
+const DEFINITIONS_FRESH: Duration = Duration::from_secs(1);
+const ATTEMPTS: u32 = 50;
+
+/// A profile's memberships, and what they were decided on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Members {
+    /// The profile version last evaluated.
+    pub version: u64,
+    /// The version of the saved segments it was evaluated against.
+    pub definitions: u64,
+    /// Segment → since when (ms).
+    pub members: BTreeMap<String, i64>,
+    /// What the last evaluation decided, to announce again on a repeat.
+    pub last: Vec<(String, bool)>,
+}
+
+pub fn members_key(profile_id: &str) -> Bytes {
+    Bytes::from(format!("m:{profile_id}"))
+}
+
+struct Loaded {
+    set: Arc<SegmentSet>,
+    version: u64,
+    at: Instant,
+}
+
+#[derive(Clone)]
+pub struct LiveHandler<S> {
+    pub store: S,
+    pub partitions: Partitions,
+    loaded: Arc<Mutex<Option<Loaded>>>,
+}
+
+impl<S: Store> LiveHandler<S> {
+    pub fn new(store: S, partitions: Partitions) -> Self {
+        Self {
+            store,
+            partitions,
+            loaded: Arc::default(),
+        }
+    }
+
+    /// The saved segments, at most [`DEFINITIONS_FRESH`] old, and their version.
+    async fn segments(&self) -> Result<(Arc<SegmentSet>, u64), SegmentError> {
+        let mut loaded = self.loaded.lock().await;
+        if let Some(current) = loaded.as_ref()
+            && current.at.elapsed() < DEFINITIONS_FRESH
+        {
+            return Ok((current.set.clone(), current.version));
+        }
+        let (saved, version) = definitions::load(&self.store).await?;
+        let set = Arc::new(saved.set()?);
+        let version = version.unwrap_or(0);
+        *loaded = Some(Loaded {
+            set: set.clone(),
+            version,
+            at: Instant::now(),
+        });
+        Ok((set, version))
+    }
+
+    async fn on_change(&self, message: &Delivered) -> Result<Vec<Outgoing>, SegmentError> {
+        let changed = ProfileChanged::decode(message.payload.clone())
+            .map_err(|err| SegmentError::InvalidArgument(format!("not a profile change: {err}")))?;
+        if changed.profile_id.is_empty() || changed.profile_json.is_empty() {
+            return Err(SegmentError::InvalidArgument(
+                "a profile change needs the profile id and the profile".to_string(),
+            ));
+        }
+        let profile: serde_json::Value = serde_json::from_str(&changed.profile_json)
+            .map_err(|err| SegmentError::InvalidArgument(format!("profile_json: {err}")))?;
+        let (set, definitions_version) = self.segments().await?;
+        let now = now_ms();
+        let mut decided: Option<Vec<(String, bool)>> = None;
+        let mut damaged = None;
+        self.store
+            .update(
+                &SEGMENTS,
+                members_key(&changed.profile_id),
+                ATTEMPTS,
+                |current| {
+                    decided = None;
+                    let mut members: Members = match current {
+                        Some(record) => match serde_json::from_slice(&record.value) {
+                            Ok(members) => members,
+                            Err(err) => {
+                                damaged = Some(SegmentError::Corrupt(format!(
+                                    "memberships of {}: {err}",
+                                    changed.profile_id
+                                )));
+                                return None;
+                            }
+                        },
+                        None => Members::default(),
+                    };
+                    let same_segments = members.definitions == definitions_version;
+                    if changed.version < members.version
+                        || (changed.version == members.version && same_segments)
+                    {
+                        // Decided before: announce it again if this may be a repeat.
+                        if changed.version == members.version && message.is_repeat() {
+                            decided = Some(members.last.clone());
+                        }
+                        return None;
+                    }
+                    let fields = (same_segments && !changed.changed_fields.is_empty())
+                        .then_some(changed.changed_fields.as_slice());
+                    let transitions: Vec<Transition> =
+                        set.evaluate(&profile, fields, &mut members.members, now);
+                    members.last = transitions
+                        .into_iter()
+                        .map(|transition| (transition.segment, transition.entered))
+                        .collect();
+                    members.version = changed.version;
+                    members.definitions = definitions_version;
+                    decided = Some(members.last.clone());
+                    let value = serde_json::to_vec(&members).ok()?;
+                    Some(Change::set(value))
+                },
+            )
+            .await?;
+        if let Some(err) = damaged {
+            return Err(err);
+        }
+        let partition = self.partitions.of(&changed.profile_id);
+        Ok(decided
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(segment, entered)| {
+                let announcement = SegmentChanged {
+                    profile_id: changed.profile_id.clone(),
+                    segment: segment.clone(),
+                    entered,
+                    at: Some(timestamp(now)),
+                    profile_version: changed.version,
+                };
+                let mut headers = async_nats::HeaderMap::new();
+                cairn_bus::trace::inject_current(&mut headers);
+                Outgoing {
+                    subject: subjects::segments_changed(partition),
+                    message_id: Some(format!(
+                        "segment:{}:{segment}:{}:{entered}",
+                        changed.profile_id, changed.version
+                    )),
+                    headers,
+                    payload: Bytes::from(announcement.encode_to_vec()),
+                }
+            })
+            .collect())
+    }
+}
+
+impl<S: Store> Handler for LiveHandler<S> {
+    async fn handle(&self, message: &Delivered) -> Handled {
+        match self.on_change(message).await {
+            Ok(outgoing) => Handled::Publish(outgoing),
+            Err(err) if err.kind() == ErrorKind::Unavailable => Handled::Retry {
+                reason: err.to_string(),
+                delay: Duration::from_millis(500),
+            },
+            Err(err) => Handled::DeadLetter {
+                reason: err.to_string(),
+            },
+        }
+    }
+}
