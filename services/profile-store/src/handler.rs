@@ -13,6 +13,7 @@ use cairn_bus::{Outgoing, Partitions, subjects};
 use cairn_proto::event::v1::IdentifiedEvent;
 use cairn_proto::identity::v1::MergeRecord;
 use cairn_proto::profile::v1::{Facts, ProfileChanged};
+use cairn_proto::segment::v1::SegmentChanged;
 use cairn_runtime::clock::now_ms;
 use cairn_store::{Mark, Store, TimelineEntry, Write};
 use opentelemetry::metrics::Counter;
@@ -186,6 +187,38 @@ impl<S: Store> ProfileHandler<S> {
         }
         Ok(self
             .announce(&changed, message, &input.message_id, stamp.as_ref())
+            .into_iter()
+            .collect())
+    }
+
+    /// The segmenter's decision that the profile entered or left a segment.
+    async fn on_segment(&self, message: &Delivered) -> Result<Vec<Outgoing>, ProfileError> {
+        let changed = SegmentChanged::decode(message.payload.clone())
+            .map_err(|err| ProfileError::Unreadable(format!("not a segment change: {err}")))?;
+        if changed.profile_id.is_empty() || changed.segment.is_empty() {
+            return Err(ProfileError::Unreadable(
+                "a segment change needs a profile id and a segment".to_string(),
+            ));
+        }
+        let at = changed
+            .at
+            .as_ref()
+            .map_or_else(now_ms, cairn_runtime::clock::timestamp_ms);
+        let message_id = format!(
+            "s:{}:{}:{}",
+            changed.segment, changed.profile_version, changed.entered
+        );
+        let outcome = store::change(
+            &self.store,
+            &changed.profile_id,
+            WhenMerged::Follow,
+            Some(once(message_id.clone(), Some(MARK_TTL))),
+            Vec::new(),
+            |profile| Some(profile.set_segment(&changed.segment, changed.entered, at)),
+        )
+        .await?;
+        Ok(self
+            .announce(&outcome, message, &message_id, None)
             .into_iter()
             .collect())
     }
@@ -469,6 +502,8 @@ impl<S: Store> Handler for ProfileHandler<S> {
             self.on_event(message).await
         } else if subject.starts_with("profile.facts.") {
             self.on_facts(message).await
+        } else if subject.starts_with("segments.changed.") {
+            self.on_segment(message).await
         } else if subject.starts_with("profiles.merged.") {
             self.on_merge(message).await
         } else if subject.starts_with("profiles.split.") {

@@ -50,11 +50,12 @@ pub fn vars() -> Vec<Var> {
     .concat()
 }
 
-/// The consumers of partition `p`: its events and facts, and its merges and splits.
+/// The consumers of partition `p`: its events and facts, its merges and splits, and its
+/// segment memberships.
 pub fn consumer_configs(
     partition: u32,
     batch: usize,
-) -> [(&'static str, consumer::pull::Config); 2] {
+) -> [(&'static str, consumer::pull::Config); 3] {
     let base = |name: String, filters: Vec<String>| consumer::pull::Config {
         durable_name: Some(name),
         filter_subjects: filters,
@@ -84,6 +85,13 @@ pub fn consumer_configs(
                 ],
             ),
         ),
+        (
+            streams::SEGMENTS,
+            base(
+                format!("profile_store_segments_{partition}"),
+                vec![subjects::segments_changed(partition)],
+            ),
+        ),
     ]
 }
 
@@ -95,6 +103,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     for stream in [
         streams::identified(&bus_config),
         streams::profiles(&bus_config),
+        streams::segments(&bus_config),
         streams::dead_letters(&bus_config),
     ] {
         bus.ensure_stream(stream).await?;

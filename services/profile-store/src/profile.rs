@@ -549,6 +549,21 @@ impl Profile {
         true
     }
 
+    /// Records that the profile entered (since `at`) or left a segment, as the segmenter
+    /// decided.
+    pub fn set_segment(&mut self, segment: &str, entered: bool, at: i64) -> Vec<String> {
+        let changed = if entered {
+            self.segments.insert(segment.to_string(), at).is_none()
+        } else {
+            self.segments.remove(segment).is_some()
+        };
+        if changed {
+            vec![format!("segments.{segment}")]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Folds an enricher's facts in (under `facts.<source>`, newer keys win); geo's
     /// city, country and time zone are also the profile's last ones.
     pub fn apply_facts(

@@ -91,9 +91,29 @@ impl Mesh {
                     &format!("profile_store_events_{partition}"),
                 )
                 .await;
+                wait_consumer_idle(
+                    &self.bus,
+                    streams::SEGMENTS,
+                    &format!("profile_store_segments_{partition}"),
+                )
+                .await;
             }
             wait_consumer_idle(&self.bus, streams::PROFILES, "segmenter").await;
         }
+    }
+
+    /// The profile as last announced.
+    async fn profile(&self) -> serde_json::Value {
+        let last = stream_messages(&self.bus, streams::PROFILES)
+            .await
+            .into_iter()
+            .filter(|message| message.subject.starts_with("profiles.changed."))
+            .map(|message| {
+                cairn_proto::profile::v1::ProfileChanged::decode(message.payload).unwrap()
+            })
+            .max_by_key(|changed| changed.version)
+            .unwrap();
+        serde_json::from_str(&last.profile_json).unwrap()
     }
 
     async fn transitions(&self) -> Vec<(String, bool)> {
@@ -135,6 +155,12 @@ async fn profiles_enter_and_leave_segments_once() {
         ("regular_pros".to_string(), false),
     ];
     assert_eq!(mesh.transitions().await, expected);
+    let profile = mesh.profile().await;
+    assert!(profile["segments"]["regulars"].is_string(), "{profile}");
+    assert!(
+        profile["segments"].get("regular_pros").is_none(),
+        "{profile}"
+    );
 
     // Every profile change delivered again (as after a crash): nothing new.
     let changes: Vec<Outgoing> = stream_messages(&mesh.bus, streams::PROFILES)
