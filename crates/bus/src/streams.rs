@@ -84,9 +84,12 @@ pub fn profiles(config: &BusConfig) -> Config {
 }
 
 /// The SEGMENTS stream: `segments.changed.<partition>`, profiles entering and leaving
-/// segments, deduplicated on message ids so a redelivered change is announced once.
+/// segments, deduplicated on message ids so a redelivered change is announced once; and
+/// the segmenter's durable timers, message schedules on `segments.timer.<partition>.<profile>`
+/// (one per profile: a new one replaces the old) that produce `segments.due.<partition>`.
 pub fn segments(config: &BusConfig) -> Config {
     Config {
+        allow_message_schedules: true,
         name: SEGMENTS.to_string(),
         description: Some("Profiles entering and leaving segments".to_string()),
         subjects: vec![subjects::SEGMENTS_ALL.to_string()],

@@ -104,6 +104,17 @@ pub fn segments_changed(partition: u32) -> String {
     format!("segments.changed.{partition}")
 }
 
+/// A profile's segment timer (a message schedule; one per profile):
+/// `segments.timer.<partition>.<profile>`.
+pub fn segments_timer(partition: u32, profile_id: &str) -> String {
+    format!("segments.timer.{partition}.{profile_id}")
+}
+
+/// What a segment timer produces when due: `segments.due.<partition>`.
+pub fn segments_due(partition: u32) -> String {
+    format!("segments.due.{partition}")
+}
+
 /// Every subject about segments.
 pub const SEGMENTS_ALL: &str = "segments.>";
 

@@ -49,6 +49,19 @@ pub fn consumer_config() -> consumer::pull::Config {
     }
 }
 
+/// The durable consumer of due segment timers, shared by the segmenter's replicas.
+pub fn timers_consumer_config() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some("segmenter_timers".to_string()),
+        description: Some("Segmenter: date math that came due".to_string()),
+        filter_subject: "segments.due.>".to_string(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: cairn_bus::worker::ACK_WAIT,
+        max_ack_pending: (BATCH * 8) as i64,
+        ..Default::default()
+    }
+}
+
 /// Starts the segmenter on `store`.
 pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module, SegmentError> {
     // The saved segments must be readable before anything is served.
@@ -65,6 +78,9 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     let consumer = bus
         .ensure_consumer(streams::PROFILES, consumer_config())
         .await?;
+    let timers = bus
+        .ensure_consumer(streams::SEGMENTS, timers_consumer_config())
+        .await?;
     let readiness_bus = bus.clone();
     context.readiness.add_check("segmenter: NATS", move || {
         if readiness_bus.is_connected() {
@@ -79,13 +95,21 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         batch: BATCH,
         max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
     };
-    let worker = cairn_bus::worker::run(bus, consumer, handler, options, context.shutdown.clone());
+    let worker = cairn_bus::worker::run(
+        bus.clone(),
+        consumer,
+        handler.clone(),
+        options.clone(),
+        context.shutdown.clone(),
+    );
+    let due = cairn_bus::worker::run(bus, timers, handler, options, context.shutdown.clone());
     Ok(Module {
         name: "segmenter",
         grpc: GrpcServices::default().with(SegmentsServer::new(grpc::SegmentsService { store })),
         http: None,
-        tasks: vec![Box::pin(async move {
-            worker.await.map_err(|err| Box::new(err) as BoxError)
-        })],
+        tasks: vec![
+            Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) }),
+            Box::pin(async move { due.await.map_err(|err| Box::new(err) as BoxError) }),
+        ],
     })
 }

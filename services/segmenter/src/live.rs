@@ -8,6 +8,12 @@
 //! (changes of one profile may arrive out of order when replicas share the consumer),
 //! and a repeated change announces again what it decided (the stream drops what was
 //! announced before).
+//!
+//! Date math (`last_seen > "now-7d"`) flips with no change to the profile: after each
+//! evaluation, the instant the next condition flips is scheduled as a NATS message
+//! schedule for the profile (`segments.timer.<p>.<profile>`, replacing any earlier one),
+//! carrying the change it was decided on; when due, it comes back on
+//! `segments.due.<p>` and every segment is evaluated again for that version.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -91,7 +97,11 @@ impl<S: Store> LiveHandler<S> {
         Ok((set, version))
     }
 
-    async fn on_change(&self, message: &Delivered) -> Result<Vec<Outgoing>, SegmentError> {
+    async fn on_change(
+        &self,
+        message: &Delivered,
+        due: bool,
+    ) -> Result<Vec<Outgoing>, SegmentError> {
         let changed = ProfileChanged::decode(message.payload.clone())
             .map_err(|err| SegmentError::InvalidArgument(format!("not a profile change: {err}")))?;
         if changed.profile_id.is_empty() || changed.profile_json.is_empty() {
@@ -127,7 +137,7 @@ impl<S: Store> LiveHandler<S> {
                     };
                     let same_segments = members.definitions == definitions_version;
                     if changed.version < members.version
-                        || (changed.version == members.version && same_segments)
+                        || (changed.version == members.version && same_segments && !due)
                     {
                         // Decided before: announce it again if this may be a repeat.
                         if changed.version == members.version && message.is_repeat() {
@@ -135,7 +145,7 @@ impl<S: Store> LiveHandler<S> {
                         }
                         return None;
                     }
-                    let fields = (same_segments && !changed.changed_fields.is_empty())
+                    let fields = (same_segments && !due && !changed.changed_fields.is_empty())
                         .then_some(changed.changed_fields.as_slice());
                     let transitions: Vec<Transition> =
                         set.evaluate(&profile, fields, &mut members.members, now);
@@ -155,7 +165,8 @@ impl<S: Store> LiveHandler<S> {
             return Err(err);
         }
         let partition = self.partitions.of(&changed.profile_id);
-        Ok(decided
+        let evaluated = decided.is_some();
+        let mut outgoing: Vec<Outgoing> = decided
             .unwrap_or_default()
             .into_iter()
             .map(|(segment, entered)| {
@@ -178,13 +189,52 @@ impl<S: Store> LiveHandler<S> {
                     payload: Bytes::from(announcement.encode_to_vec()),
                 }
             })
-            .collect())
+            .collect();
+        if evaluated
+            && let Some(at) = set.next_change(&profile, now)
+            && let Some(timer) = timer(partition, &changed.profile_id, at, message.payload.clone())
+        {
+            outgoing.push(timer);
+        }
+        Ok(outgoing)
     }
+}
+
+/// The schedule that brings `change` back on `segments.due.<partition>` at `at_ms`
+/// (rounded up to the second). `None` for a profile id that cannot be a subject token.
+fn timer(partition: u32, profile_id: &str, at_ms: i64, change: Bytes) -> Option<Outgoing> {
+    if profile_id.is_empty()
+        || !profile_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        tracing::warn!(
+            profile_id,
+            "no segment timer: the profile id cannot be a subject"
+        );
+        return None;
+    }
+    let seconds = at_ms.div_euclid(1000) + i64::from(at_ms.rem_euclid(1000) > 0);
+    let at = chrono::DateTime::from_timestamp(seconds, 0)?
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Schedule", format!("@at {at}").as_str());
+    headers.insert(
+        "Nats-Schedule-Target",
+        subjects::segments_due(partition).as_str(),
+    );
+    Some(Outgoing {
+        subject: subjects::segments_timer(partition, profile_id),
+        message_id: None,
+        headers,
+        payload: change,
+    })
 }
 
 impl<S: Store> Handler for LiveHandler<S> {
     async fn handle(&self, message: &Delivered) -> Handled {
-        match self.on_change(message).await {
+        let due = message.subject.starts_with("segments.due.");
+        match self.on_change(message, due).await {
             Ok(outgoing) => Handled::Publish(outgoing),
             Err(err) if err.kind() == ErrorKind::Unavailable => Handled::Retry {
                 reason: err.to_string(),

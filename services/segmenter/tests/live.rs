@@ -17,29 +17,16 @@ struct Mesh {
     _dir: tempfile::TempDir,
 }
 
-async fn mesh() -> Mesh {
+/// The mesh, with `segments` saved before it starts.
+async fn mesh(segments: &[(&str, &str)]) -> Mesh {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path(), Fsync::Buffer, 8 << 20, Clock::system()).unwrap();
-    // The segments, saved before the mesh starts.
-    cairn_segmenter::definitions::put(
-        &store,
-        "regulars",
-        "FILTER event_count.page.all >= 3",
-        "",
-        0,
-    )
-    .await
-    .unwrap();
-    cairn_segmenter::definitions::put(
-        &store,
-        "regular_pros",
-        "FILTER AND (INCLUDE regulars, plan == \"pro\")",
-        "",
-        0,
-    )
-    .await
-    .unwrap();
+    for (name, filter) in segments {
+        cairn_segmenter::definitions::put(&store, name, filter, "", 0)
+            .await
+            .unwrap();
+    }
     let url = nats.url();
     let vars = [
         cairn_runtime::VARS.to_vec(),
@@ -120,6 +107,7 @@ impl Mesh {
         stream_messages(&self.bus, streams::SEGMENTS)
             .await
             .into_iter()
+            .filter(|message| message.subject.starts_with("segments.changed."))
             .map(|message| {
                 let changed = SegmentChanged::decode(message.payload).unwrap();
                 (changed.segment, changed.entered)
@@ -134,7 +122,14 @@ fn page(id: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn profiles_enter_and_leave_segments_once() {
-    let mesh = mesh().await;
+    let mesh = mesh(&[
+        ("regulars", "FILTER event_count.page.all >= 3"),
+        (
+            "regular_pros",
+            "FILTER AND (INCLUDE regulars, plan == \"pro\")",
+        ),
+    ])
+    .await;
     mesh.send(json!([page("p1"), page("p2")])).await;
     assert!(mesh.transitions().await.is_empty());
 
@@ -179,4 +174,36 @@ async fn profiles_enter_and_leave_segments_once() {
     mesh.bus.publish_all(changes).await.unwrap();
     wait_consumer_idle(&mesh.bus, streams::PROFILES, "segmenter").await;
     assert_eq!(mesh.transitions().await, expected);
+}
+
+#[tokio::test]
+async fn date_math_lets_a_profile_go_when_its_moment_passes_with_no_new_event() {
+    let mesh = mesh(&[("just_seen", "FILTER last_seen > \"now-2s\"")]).await;
+    mesh.send(json!([page("p1")])).await;
+    assert_eq!(
+        mesh.transitions().await,
+        vec![("just_seen".to_string(), true)]
+    );
+    // No event: the durable timer brings the profile back when "now-2s" passes.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let transitions = mesh.transitions().await;
+        if transitions.len() == 2 {
+            assert_eq!(transitions[1], ("just_seen".to_string(), false));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{transitions:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // And the profile store writes the exit back.
+    loop {
+        if mesh.profile().await["segments"].get("just_seen").is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still in the segment"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
