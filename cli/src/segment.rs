@@ -30,6 +30,15 @@ pub enum SegmentCommand {
     List,
     /// One saved segment's filter.
     Get { name: String },
+    /// Why a profile is in a segment or not: each condition, whether it held, and the
+    /// value the profile had (JSON).
+    Explain {
+        /// The segment.
+        name: String,
+        /// The profile's id (`cairn profile get` prints it).
+        #[arg(long)]
+        profile: String,
+    },
     /// Delete a saved segment (write token); refused while another includes it.
     Delete { name: String },
     /// Parse a FilterQL statement (from FILE, or standard input), check its fields
@@ -138,6 +147,18 @@ async fn run_remote(command: SegmentCommand) -> anyhow::Result<()> {
             if let Some(segment) = found.segment {
                 show(&segment);
             }
+        }
+        SegmentCommand::Explain { name, profile } => {
+            let explained = client
+                .explain(connection.request(pb::ExplainRequest {
+                    segment: name,
+                    profile_id: profile,
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let explanation: serde_json::Value = serde_json::from_str(&explained.explanation_json)?;
+            println!("{}", serde_json::to_string_pretty(&explanation)?);
         }
         SegmentCommand::Delete { name } => {
             client

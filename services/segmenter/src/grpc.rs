@@ -89,6 +89,48 @@ impl<S: Store> Segments for SegmentsService<S> {
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        authorize(&request, Role::Read)?;
+        let request = request.into_inner();
+        let (saved, _) = definitions::load(&self.store).await?;
+        let definition = saved
+            .segments
+            .get(&request.segment)
+            .ok_or_else(|| SegmentError::Missing(request.segment.clone()))?;
+        let filter = cairn_filterql::parse(&definition.filter)
+            .map_err(|err| SegmentError::Corrupt(format!("segment {}: {err}", definition.name)))?;
+        let stored = cairn_profile_store::store::read(&self.store, &request.profile_id)
+            .await
+            .map_err(|err| SegmentError::InvalidArgument(err.to_string()))?
+            .ok_or_else(|| {
+                SegmentError::InvalidArgument(format!(
+                    "profile_id: there is no profile {:?}",
+                    request.profile_id
+                ))
+            })?;
+        let now = now_ms();
+        let profile = serde_json::to_value(stored.profile.view(now))
+            .map_err(|err| SegmentError::Corrupt(err.to_string()))?;
+        // INCLUDEs answer with the memberships as the segmenter keeps them.
+        let members = crate::live::members(&self.store, &stored.profile.id).await?;
+        let includes = |name: &str| Some(members.members.contains_key(name));
+        let explanation = cairn_filterql::explain(
+            &filter.expr,
+            &profile,
+            &cairn_filterql::Context {
+                now_ms: now,
+                includes: &includes,
+            },
+        );
+        Ok(Response::new(pb::ExplainResponse {
+            matches: explanation.holds,
+            explanation_json: explanation.to_json().to_string(),
+        }))
+    }
+
     async fn check(
         &self,
         request: Request<pb::CheckRequest>,

@@ -56,6 +56,15 @@ pub fn members_key(profile_id: &str) -> Bytes {
     Bytes::from(format!("m:{profile_id}"))
 }
 
+/// The memberships of `profile_id` as last decided (none when never evaluated).
+pub async fn members<S: Store>(store: &S, profile_id: &str) -> Result<Members, SegmentError> {
+    match store.get(&SEGMENTS, &members_key(profile_id)).await? {
+        Some(record) => serde_json::from_slice(&record.value)
+            .map_err(|err| SegmentError::Corrupt(format!("memberships of {profile_id}: {err}"))),
+        None => Ok(Members::default()),
+    }
+}
+
 struct Loaded {
     set: Arc<SegmentSet>,
     version: u64,

@@ -41,6 +41,7 @@ async fn mesh(segments: &[(&str, &str)]) -> Mesh {
         [
             ("CAIRN_NATS_URL", url.as_str()),
             ("CAIRN_WRITE_KEYS", "web:wk_web"),
+            ("CAIRN_ADMIN_TOKENS", "read:tk_read"),
             ("CAIRN_PARTITION_LEASE", "1s"),
         ],
     );
