@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod decay;
 pub mod state;
 
 use std::sync::Arc;

@@ -26,12 +26,8 @@ pub struct ActivityConfig {
 
 impl ActivityConfig {
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
-        let half_life = settings.duration(&HALF_LIFE)?;
-        if half_life < Duration::from_secs(3_600) {
-            return Err(settings.invalid(&HALF_LIFE, "must be at least 1h"));
-        }
         Ok(Self {
-            half_life,
+            half_life: cairn_enricher::decay::half_life(settings, &HALF_LIFE)?,
             free_mail: settings.optional(&FREE_MAIL).map(PathBuf::from),
         })
     }

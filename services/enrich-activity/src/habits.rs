@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use cairn_enricher::FactSet;
+use cairn_enricher::decay::weigh;
 use chrono::{Datelike as _, Timelike as _};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -90,17 +91,10 @@ impl Habits {
         if self.hours.len() != HOURS_OF_WEEK {
             self.hours = vec![0.0; HOURS_OF_WEEK];
         }
-        let weight = if at_ms >= self.as_of {
-            let fade = 0.5f64.powf((at_ms - self.as_of) as f64 / half_life_ms);
-            for hour in &mut self.hours {
-                *hour *= fade;
-            }
-            self.as_of = at_ms;
-            1.0
-        } else {
-            // An older event arriving late counts as much as it would have by now.
-            0.5f64.powf((self.as_of - at_ms) as f64 / half_life_ms)
-        };
+        let hours = &mut self.hours;
+        let weight = weigh(&mut self.as_of, at_ms, half_life_ms, |fade| {
+            hours.iter_mut().for_each(|hour| *hour *= fade)
+        });
         self.hours[slot] += weight;
     }
 

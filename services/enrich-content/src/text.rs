@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cairn_enricher::FactSet;
+use cairn_enricher::decay::weigh;
 use rust_stemmers::{Algorithm, Stemmer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -204,16 +205,10 @@ pub struct Affinity {
 impl Affinity {
     /// Adds a page read at `at_ms`.
     pub fn add(&mut self, topics: &[PageTopic], at_ms: i64, half_life_ms: f64) {
-        let weight = if at_ms >= self.as_of {
-            let fade = 0.5f64.powf((at_ms - self.as_of) as f64 / half_life_ms);
-            for score in self.scores.values_mut() {
-                *score *= fade;
-            }
-            self.as_of = at_ms;
-            1.0
-        } else {
-            0.5f64.powf((self.as_of - at_ms) as f64 / half_life_ms)
-        };
+        let scores = &mut self.scores;
+        let weight = weigh(&mut self.as_of, at_ms, half_life_ms, |fade| {
+            scores.values_mut().for_each(|score| *score *= fade)
+        });
         for topic in topics {
             *self.scores.entry(topic.key.clone()).or_default() += weight * topic.share;
             self.labels
