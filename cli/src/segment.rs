@@ -25,6 +25,24 @@ pub enum SegmentCommand {
         description: String,
         /// The file holding the filter (default: standard input).
         file: Option<PathBuf>,
+        /// Return once saved, without following the evaluation over everyone.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Evaluate a segment over every profile now (write token), setting right any
+    /// membership that differs; shows the progress, then the size and a sample.
+    Evaluate { name: String },
+    /// How many profiles are in a segment.
+    Size { name: String },
+    /// The profiles in a segment: their ids, or an export with their identifiers (CSV)
+    /// or whole profiles (JSON lines).
+    Members {
+        name: String,
+        #[arg(long, value_enum, default_value = "ids")]
+        format: MembersFormat,
+        /// At most this many (default: all).
+        #[arg(long)]
+        limit: Option<u64>,
     },
     /// The saved segments, each with its filter.
     List,
@@ -48,6 +66,118 @@ pub enum SegmentCommand {
         /// The file holding the statement (default: standard input).
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MembersFormat {
+    /// One profile id per line.
+    Ids,
+    /// profile_id,since,user_id,email,anonymous_id with a header line.
+    Csv,
+    /// One JSON object per line: profile_id, since and the whole profile.
+    Jsonl,
+}
+
+/// The identifier kinds the CSV export has a column for.
+const CSV_IDENTIFIERS: [&str; 3] = ["user_id", "email", "anonymous_id"];
+
+/// `field` as a CSV field: quoted when it holds a comma, a quote or a line break.
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_string()
+    }
+}
+
+/// One member as a line of `format`.
+fn member_line(member: &pb::MembersResponse, format: MembersFormat) -> anyhow::Result<String> {
+    let since = member
+        .since
+        .as_ref()
+        .and_then(|at| chrono::DateTime::from_timestamp(at.seconds, at.nanos.max(0) as u32))
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let profile: serde_json::Value = if member.profile_json.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&member.profile_json)?
+    };
+    Ok(match format {
+        MembersFormat::Ids => member.profile_id.clone(),
+        MembersFormat::Csv => {
+            let first_of = |kind: &str| {
+                profile["identifiers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|identifier| identifier["type"] == kind)
+                    .and_then(|identifier| identifier["value"].as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let mut fields = vec![member.profile_id.clone(), since];
+            fields.extend(CSV_IDENTIFIERS.iter().map(|kind| first_of(kind)));
+            fields
+                .iter()
+                .map(|field| csv_field(field))
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+        MembersFormat::Jsonl => serde_json::json!({
+            "profile_id": member.profile_id,
+            "since": since,
+            "profile": profile,
+        })
+        .to_string(),
+    })
+}
+
+/// Follows a batch run to its end, its progress on standard error; prints the size and
+/// the sample.
+async fn follow(
+    client: &mut SegmentsClient<tonic::transport::Channel>,
+    connection: &AdminConnection,
+    name: &str,
+) -> anyhow::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    let mut progress = client
+        .evaluate(connection.request(pb::EvaluateRequest {
+            name: name.to_string(),
+        })?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let terminal = std::io::stderr().is_terminal();
+    let mut last = None;
+    while let Some(update) = progress.message().await.map_err(explain)? {
+        let line = format!(
+            "evaluating {}: {:>3.0}% · {} profiles · {} in the segment · {} set right",
+            update.name,
+            update.fraction * 100.0,
+            update.evaluated,
+            update.size,
+            update.corrected
+        );
+        if terminal {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        std::io::stderr().flush()?;
+        last = Some(update);
+    }
+    if terminal {
+        eprintln!();
+    }
+    let done = last
+        .filter(|update| update.done)
+        .ok_or_else(|| anyhow::anyhow!("the evaluation of {name} ended before it was done"))?;
+    println!("size: {}", done.size);
+    if !done.sample.is_empty() {
+        println!("sample: {}", done.sample.join(" "));
+    }
+    Ok(())
 }
 
 /// The text of `file`, or of standard input, and what to call it in messages.
@@ -113,6 +243,7 @@ async fn run_remote(command: SegmentCommand) -> anyhow::Result<()> {
             name,
             description,
             file,
+            no_wait,
         } => {
             let (filter, _) = read_source(file.as_deref())?;
             let saved = client
@@ -126,7 +257,43 @@ async fn run_remote(command: SegmentCommand) -> anyhow::Result<()> {
                 .into_inner();
             if let Some(segment) = saved.segment {
                 show(&segment);
+                if !no_wait {
+                    follow(&mut client, &connection, &segment.name).await?;
+                }
             }
+        }
+        SegmentCommand::Evaluate { name } => follow(&mut client, &connection, &name).await?,
+        SegmentCommand::Size { name } => {
+            let size = client
+                .size(connection.request(pb::SizeRequest { name })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("{}", size.size);
+        }
+        SegmentCommand::Members {
+            name,
+            format,
+            limit,
+        } => {
+            use std::io::Write as _;
+            let mut members = client
+                .members(connection.request(pb::MembersRequest {
+                    name,
+                    with_profiles: format != MembersFormat::Ids,
+                    limit: limit.unwrap_or(0),
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            if format == MembersFormat::Csv {
+                writeln!(out, "profile_id,since,{}", CSV_IDENTIFIERS.join(","))?;
+            }
+            while let Some(member) = members.message().await.map_err(explain)? {
+                writeln!(out, "{}", member_line(&member, format)?)?;
+            }
+            out.flush()?;
         }
         SegmentCommand::List => {
             let listed = client

@@ -1,23 +1,49 @@
 //! `cairn.segment.v1.Segments`: saved segments, checked before they are saved.
 
+use cairn_bus::Bus;
 use cairn_proto::segment::v1 as pb;
 use cairn_proto::segment::v1::segments_server::Segments;
 use cairn_runtime::auth::{Principal, Role, require_role};
 use cairn_runtime::clock::{now_ms, timestamp};
 use cairn_store::Store;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::batch::{Batches, Progress, scan_members};
 use crate::definitions::{self, Definition};
 use crate::error::SegmentError;
+use crate::live::LiveHandler;
 
 #[derive(Clone)]
 pub struct SegmentsService<S> {
     pub store: S,
+    /// Decides memberships the way the live path does, for batch runs.
+    pub live: LiveHandler<S>,
+    pub bus: Bus,
+    pub batches: Batches,
+    /// Scans in parallel per batch run, size or members listing.
+    pub ranges: u32,
 }
+
+/// How often a batch run's progress is sent at most.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn authorize<T>(request: &Request<T>, role: Role) -> Result<(), SegmentError> {
     require_role(request.extensions().get::<Principal>(), role)?;
     Ok(())
+}
+
+fn progress_to_proto(progress: &Progress) -> pb::EvaluateResponse {
+    pb::EvaluateResponse {
+        name: progress.segment.clone(),
+        evaluated: progress.evaluated,
+        fraction: progress.fraction,
+        size: progress.size,
+        corrected: progress.corrected,
+        sample: progress.sample.clone(),
+        done: progress.done,
+    }
 }
 
 fn to_proto(definition: &Definition) -> pb::Segment {
@@ -26,6 +52,18 @@ fn to_proto(definition: &Definition) -> pb::Segment {
         filter: definition.filter.clone(),
         description: definition.description.clone(),
         updated_at: Some(timestamp(definition.updated_ms)),
+    }
+}
+
+impl<S: Store> SegmentsService<S> {
+    /// Fails unless segment `name` is saved.
+    async fn known(&self, name: &str) -> Result<(), SegmentError> {
+        let (saved, _) = definitions::load(&self.store).await?;
+        if saved.segments.contains_key(name) {
+            Ok(())
+        } else {
+            Err(SegmentError::Missing(name.to_string()))
+        }
     }
 }
 
@@ -46,6 +84,9 @@ impl<S: Store> Segments for SegmentsService<S> {
         )
         .await?;
         tracing::info!(segment = %saved.name, "segment saved");
+        // Everyone already profiled is evaluated against it.
+        self.batches
+            .start(&self.live, &self.bus, &saved.name, self.ranges);
         Ok(Response::new(pb::PutResponse {
             segment: Some(to_proto(&saved)),
         }))
@@ -129,6 +170,122 @@ impl<S: Store> Segments for SegmentsService<S> {
             matches: explanation.holds,
             explanation_json: explanation.to_json().to_string(),
         }))
+    }
+
+    type EvaluateStream = ReceiverStream<Result<pb::EvaluateResponse, Status>>;
+
+    async fn evaluate(
+        &self,
+        request: Request<pb::EvaluateRequest>,
+    ) -> Result<Response<Self::EvaluateStream>, Status> {
+        authorize(&request, Role::Write)?;
+        let name = request.into_inner().name;
+        let (saved, _) = definitions::load(&self.store).await?;
+        if !saved.segments.contains_key(&name) {
+            return Err(SegmentError::Missing(name).into());
+        }
+        let mut progress = self
+            .batches
+            .start(&self.live, &self.bus, &name, self.ranges);
+        let (sender, receiver) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let current = progress.borrow_and_update().clone();
+                let sent = match &current.error {
+                    Some(error) => {
+                        let err = SegmentError::Busy(format!("the batch run failed: {error}"));
+                        sender.send(Err(err.into())).await
+                    }
+                    None => sender.send(Ok(progress_to_proto(&current))).await,
+                };
+                if current.done || sent.is_err() {
+                    return;
+                }
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                if progress.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn size(
+        &self,
+        request: Request<pb::SizeRequest>,
+    ) -> Result<Response<pb::SizeResponse>, Status> {
+        authorize(&request, Role::Read)?;
+        let name = request.into_inner().name;
+        self.known(&name).await?;
+        let (sender, mut receiver) = mpsc::channel(1024);
+        let store = self.store.clone();
+        let ranges = self.ranges;
+        let scan = tokio::spawn(async move { scan_members(&store, &name, ranges, sender).await });
+        let mut size = 0;
+        while receiver.recv().await.is_some() {
+            size += 1;
+        }
+        scan.await
+            .map_err(|err| SegmentError::Busy(format!("the scan stopped: {err}")))??;
+        Ok(Response::new(pb::SizeResponse { size }))
+    }
+
+    type MembersStream = ReceiverStream<Result<pb::MembersResponse, Status>>;
+
+    async fn members(
+        &self,
+        request: Request<pb::MembersRequest>,
+    ) -> Result<Response<Self::MembersStream>, Status> {
+        authorize(&request, Role::Read)?;
+        let request = request.into_inner();
+        self.known(&request.name).await?;
+        let (found, mut members) = mpsc::channel(256);
+        let (sender, receiver) = mpsc::channel(64);
+        let (store, ranges) = (self.store.clone(), self.ranges);
+        let name = request.name.clone();
+        let scan = tokio::spawn(async move { scan_members(&store, &name, ranges, found).await });
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while let Some((profile_id, since)) = members.recv().await {
+                let mut member = pb::MembersResponse {
+                    profile_id,
+                    since: Some(timestamp(since)),
+                    profile_json: String::new(),
+                };
+                if request.with_profiles {
+                    match cairn_profile_store::store::read(&store, &member.profile_id).await {
+                        // Deleted meanwhile.
+                        Ok(None) => continue,
+                        Ok(Some(stored)) => {
+                            member.profile_json = stored.profile.view_json(now_ms());
+                        }
+                        Err(err) => {
+                            let _ = sender.send(Err(Status::internal(err.to_string()))).await;
+                            return;
+                        }
+                    }
+                }
+                if sender.send(Ok(member)).await.is_err() {
+                    return;
+                }
+                sent += 1;
+                if request.limit > 0 && sent >= request.limit {
+                    return;
+                }
+            }
+            match scan.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    let _ = sender.send(Err(err.into())).await;
+                }
+                Err(err) => {
+                    let err = SegmentError::Busy(format!("the scan stopped: {err}"));
+                    let _ = sender.send(Err(err.into())).await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn check(

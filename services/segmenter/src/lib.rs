@@ -5,12 +5,13 @@
 //! the entered/exited transitions and the next instant a date-math condition flips),
 //! and the saved segments ([`definitions`], all in one record changed by
 //! compare-and-set so that checks across segments hold) served by
-//! `cairn.segment.v1.Segments` ([`grpc`]). Keeping memberships live (consuming
-//! `profiles.changed`, publishing `segments.changed`, durable timers) and batch
-//! evaluation are the next step.
+//! `cairn.segment.v1.Segments` ([`grpc`]); memberships kept live from
+//! `profiles.changed` to `segments.changed`, with durable timers for date math
+//! ([`live`]); batch runs over every profile, and the memberships read back ([`batch`]).
 
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod definitions;
 pub mod error;
 pub mod grpc;
@@ -90,6 +91,13 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         }
     });
     let handler = live::LiveHandler::new(store.clone(), bus.partitions());
+    let segments = grpc::SegmentsService {
+        store,
+        live: handler.clone(),
+        bus: bus.clone(),
+        batches: batch::Batches::default(),
+        ranges: bus.partitions().count(),
+    };
     let options = WorkerOptions {
         service: "segmenter",
         batch: BATCH,
@@ -105,7 +113,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     let due = cairn_bus::worker::run(bus, timers, handler, options, context.shutdown.clone());
     Ok(Module {
         name: "segmenter",
-        grpc: GrpcServices::default().with(SegmentsServer::new(grpc::SegmentsService { store })),
+        grpc: GrpcServices::default().with(SegmentsServer::new(segments)),
         http: None,
         tasks: vec![
             Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) }),

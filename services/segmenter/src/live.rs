@@ -87,11 +87,13 @@ impl<S: Store> LiveHandler<S> {
         }
     }
 
-    /// The saved segments, at most [`DEFINITIONS_FRESH`] old, and their version.
-    async fn segments(&self) -> Result<(Arc<SegmentSet>, u64), SegmentError> {
+    /// The saved segments, at most [`DEFINITIONS_FRESH`] old and at least of version
+    /// `at_least`, and their version.
+    async fn segments(&self, at_least: u64) -> Result<(Arc<SegmentSet>, u64), SegmentError> {
         let mut loaded = self.loaded.lock().await;
         if let Some(current) = loaded.as_ref()
             && current.at.elapsed() < DEFINITIONS_FRESH
+            && current.version >= at_least
         {
             return Ok((current.set.clone(), current.version));
         }
@@ -120,10 +122,57 @@ impl<S: Store> LiveHandler<S> {
         }
         let profile: serde_json::Value = serde_json::from_str(&changed.profile_json)
             .map_err(|err| SegmentError::InvalidArgument(format!("profile_json: {err}")))?;
-        let (set, definitions_version) = self.segments().await?;
+        let trigger = if due {
+            Trigger::Due
+        } else {
+            Trigger::Change {
+                repeat: message.is_repeat(),
+            }
+        };
+        self.decide(&changed, &profile, message.payload.clone(), trigger, 0)
+            .await
+    }
+
+    /// Decides `profile`'s memberships (as announced in `changed`, whose encoding is
+    /// `change`) against the saved segments (at least of version `definitions`), keeps
+    /// them, and returns the announcements of what entered or left, and the timer for the
+    /// next date-math flip.
+    pub(crate) async fn decide(
+        &self,
+        changed: &ProfileChanged,
+        profile: &serde_json::Value,
+        change: Bytes,
+        trigger: Trigger,
+        definitions: u64,
+    ) -> Result<Vec<Outgoing>, SegmentError> {
+        let mut at_least = definitions;
+        for _ in 0..3 {
+            let (set, version) = self.segments(at_least).await?;
+            match self
+                .decide_on(&set, version, changed, profile, &change, trigger)
+                .await?
+            {
+                Decided::Announce(outgoing) => return Ok(outgoing),
+                // Another replica (or a batch run) decided on newer segments than these.
+                Decided::Stale { newer } => at_least = newer,
+            }
+        }
+        Err(SegmentError::Busy("the segments kept changing".to_string()))
+    }
+
+    async fn decide_on(
+        &self,
+        set: &SegmentSet,
+        definitions_version: u64,
+        changed: &ProfileChanged,
+        profile: &serde_json::Value,
+        change: &Bytes,
+        trigger: Trigger,
+    ) -> Result<Decided, SegmentError> {
         let now = now_ms();
         let mut decided: Option<Vec<(String, bool)>> = None;
         let mut damaged = None;
+        let mut newer = None;
         self.store
             .update(
                 &SEGMENTS,
@@ -144,20 +193,31 @@ impl<S: Store> LiveHandler<S> {
                         },
                         None => Members::default(),
                     };
+                    newer =
+                        (members.definitions > definitions_version).then_some(members.definitions);
+                    if newer.is_some() {
+                        return None;
+                    }
                     let same_segments = members.definitions == definitions_version;
-                    if changed.version < members.version
-                        || (changed.version == members.version && same_segments && !due)
-                    {
-                        // Decided before: announce it again if this may be a repeat.
-                        if changed.version == members.version && message.is_repeat() {
+                    let decided_before = changed.version < members.version
+                        || (changed.version == members.version
+                            && same_segments
+                            && trigger != Trigger::Due);
+                    if decided_before {
+                        // Announce it again if this may be a repeat.
+                        if changed.version == members.version
+                            && trigger == (Trigger::Change { repeat: true })
+                        {
                             decided = Some(members.last.clone());
                         }
                         return None;
                     }
-                    let fields = (same_segments && !due && !changed.changed_fields.is_empty())
-                        .then_some(changed.changed_fields.as_slice());
+                    let only_changed = matches!(trigger, Trigger::Change { .. })
+                        && same_segments
+                        && !changed.changed_fields.is_empty();
+                    let fields = only_changed.then_some(changed.changed_fields.as_slice());
                     let transitions: Vec<Transition> =
-                        set.evaluate(&profile, fields, &mut members.members, now);
+                        set.evaluate(profile, fields, &mut members.members, now);
                     members.last = transitions
                         .into_iter()
                         .map(|transition| (transition.segment, transition.entered))
@@ -172,6 +232,9 @@ impl<S: Store> LiveHandler<S> {
             .await?;
         if let Some(err) = damaged {
             return Err(err);
+        }
+        if let Some(newer) = newer {
+            return Ok(Decided::Stale { newer });
         }
         let partition = self.partitions.of(&changed.profile_id);
         let evaluated = decided.is_some();
@@ -200,13 +263,29 @@ impl<S: Store> LiveHandler<S> {
             })
             .collect();
         if evaluated
-            && let Some(at) = set.next_change(&profile, now)
-            && let Some(timer) = timer(partition, &changed.profile_id, at, message.payload.clone())
+            && let Some(at) = set.next_change(profile, now)
+            && let Some(timer) = timer(partition, &changed.profile_id, at, change.clone())
         {
             outgoing.push(timer);
         }
-        Ok(outgoing)
+        Ok(Decided::Announce(outgoing))
     }
+}
+
+enum Decided {
+    Announce(Vec<Outgoing>),
+    Stale { newer: u64 },
+}
+
+/// What made the segmenter look at a profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// A `profiles.changed`; `repeat` when it may have been handled before.
+    Change { repeat: bool },
+    /// A timer came due: every segment again, on the version it was set for.
+    Due,
+    /// A batch run over every profile.
+    Batch,
 }
 
 /// The schedule that brings `change` back on `segments.due.<partition>` at `at_ms`

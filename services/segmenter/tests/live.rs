@@ -4,7 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cairn_bus::{Bus, Outgoing, streams};
+use std::collections::BTreeSet;
+
+use cairn_proto::segment::v1 as pb;
 use cairn_proto::segment::v1::SegmentChanged;
+use cairn_proto::segment::v1::segments_client::SegmentsClient;
 use cairn_store::{Clock, EmbeddedStore, Fsync};
 use cairn_testkit::{TestHost, TestNats, stream_messages, wait_consumer_idle};
 use prost::Message as _;
@@ -13,7 +17,8 @@ use serde_json::json;
 struct Mesh {
     host: TestHost,
     bus: Bus,
-    _nats: TestNats,
+    store: EmbeddedStore,
+    nats: TestNats,
     _dir: tempfile::TempDir,
 }
 
@@ -27,6 +32,19 @@ async fn mesh(segments: &[(&str, &str)]) -> Mesh {
             .await
             .unwrap();
     }
+    let host = serve(&nats, &store).await;
+    let bus = nats.bus().await;
+    Mesh {
+        host,
+        bus,
+        store,
+        nats,
+        _dir: dir,
+    }
+}
+
+/// Collector, identity, profile store and segmenter on `store`.
+async fn serve(nats: &TestNats, store: &EmbeddedStore) -> TestHost {
     let url = nats.url();
     let vars = [
         cairn_runtime::VARS.to_vec(),
@@ -41,7 +59,7 @@ async fn mesh(segments: &[(&str, &str)]) -> Mesh {
         [
             ("CAIRN_NATS_URL", url.as_str()),
             ("CAIRN_WRITE_KEYS", "web:wk_web"),
-            ("CAIRN_ADMIN_TOKENS", "read:tk_read"),
+            ("CAIRN_ADMIN_TOKENS", "write:tk_write"),
             ("CAIRN_PARTITION_LEASE", "1s"),
         ],
     );
@@ -53,19 +71,82 @@ async fn mesh(segments: &[(&str, &str)]) -> Mesh {
         cairn_profile_store::start(&context, store.clone())
             .await
             .unwrap(),
-        cairn_segmenter::start(&context, store).await.unwrap(),
+        cairn_segmenter::start(&context, store.clone())
+            .await
+            .unwrap(),
     ];
-    let host = TestHost::serve(modules, context).await;
-    let bus = nats.bus().await;
-    Mesh {
-        host,
-        bus,
-        _nats: nats,
-        _dir: dir,
-    }
+    TestHost::serve(modules, context).await
+}
+
+fn with<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer tk_write".parse().unwrap());
+    request
 }
 
 impl Mesh {
+    /// Every service stopped and started again on the same store and NATS.
+    async fn restart(self) -> Self {
+        self.host.shutdown().await.unwrap();
+        let host = serve(&self.nats, &self.store).await;
+        Self { host, ..self }
+    }
+
+    async fn client(&self) -> SegmentsClient<tonic::transport::Channel> {
+        SegmentsClient::connect(self.host.grpc_url()).await.unwrap()
+    }
+
+    /// Follows the batch run of `segment` to its end.
+    async fn evaluate(&self, segment: &str) -> pb::EvaluateResponse {
+        let mut progress = self
+            .client()
+            .await
+            .evaluate(with(pb::EvaluateRequest {
+                name: segment.to_string(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        while let Some(update) = progress.message().await.unwrap() {
+            assert!((0.0..=1.0).contains(&update.fraction), "{update:?}");
+            last = Some(update);
+        }
+        let last = last.unwrap();
+        assert!(last.done, "{last:?}");
+        last
+    }
+
+    /// The members of `segment` as kept live.
+    async fn members(&self, segment: &str) -> BTreeSet<String> {
+        let mut client = self.client().await;
+        let mut members = client
+            .members(with(pb::MembersRequest {
+                name: segment.to_string(),
+                with_profiles: false,
+                limit: 0,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut found = BTreeSet::new();
+        while let Some(member) = members.message().await.unwrap() {
+            assert!(found.insert(member.profile_id));
+        }
+        let size = client
+            .size(with(pb::SizeRequest {
+                name: segment.to_string(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .size;
+        assert_eq!(size, found.len() as u64, "{segment}");
+        found
+    }
+
     /// Sends `batch` and waits until the profile store and the segmenter are done with it.
     async fn send(&self, batch: serde_json::Value) {
         self.host.send_batch("wk_web", batch).await;
@@ -207,4 +288,140 @@ async fn date_math_lets_a_profile_go_when_its_moment_passes_with_no_new_event() 
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// Profile `n` of the batch tests: `n % 4` pages, and a pro plan when `n.is_multiple_of(3)`.
+fn visitor(n: usize) -> Vec<serde_json::Value> {
+    let anonymous = format!("v{n}");
+    let plan = if n.is_multiple_of(3) { "pro" } else { "free" };
+    let mut events = vec![
+        json!({"type": "identify", "messageId": format!("i{n}"), "anonymousId": anonymous, "traits": {"plan": plan}}),
+    ];
+    for visit in 0..n % 4 {
+        events.push(
+            json!({"type": "page", "messageId": format!("p{n}-{visit}"), "anonymousId": anonymous}),
+        );
+    }
+    events
+}
+
+/// The profile ids of the visitors with `n` matching.
+async fn visitors(
+    store: &EmbeddedStore,
+    count: usize,
+    which: impl Fn(usize) -> bool,
+) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for n in (0..count).filter(|n| which(*n)) {
+        let identifier = cairn_profile_store::profile::Identifier {
+            kind: "anonymous_id".to_string(),
+            value: format!("v{n}"),
+        };
+        let id = cairn_profile_store::store::lookup(store, &identifier)
+            .await
+            .unwrap()
+            .unwrap();
+        ids.insert(id.profile.id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_batch_run_agrees_with_the_live_memberships_and_fills_in_a_new_segment() {
+    const COUNT: usize = 30;
+    let mesh = mesh(&[
+        ("regulars", "FILTER event_count.page.all >= 2"),
+        ("pros", "FILTER plan == \"pro\""),
+        (
+            "regular_pros",
+            "FILTER AND (INCLUDE regulars, INCLUDE pros)",
+        ),
+    ])
+    .await;
+    mesh.send(json!((0..COUNT).flat_map(visitor).collect::<Vec<_>>()))
+        .await;
+    let expected = [
+        (
+            "regulars",
+            visitors(&mesh.store, COUNT, |n| n % 4 >= 2).await,
+        ),
+        (
+            "pros",
+            visitors(&mesh.store, COUNT, |n| n.is_multiple_of(3)).await,
+        ),
+        (
+            "regular_pros",
+            visitors(&mesh.store, COUNT, |n| n % 4 >= 2 && n.is_multiple_of(3)).await,
+        ),
+    ];
+    let announced = mesh.transitions().await.len();
+    for (segment, expected) in &expected {
+        assert!(expected.len() <= cairn_segmenter::batch::SAMPLE);
+        assert_eq!(&mesh.members(segment).await, expected, "{segment} live");
+        let batch = mesh.evaluate(segment).await;
+        assert_eq!(batch.evaluated, COUNT as u64, "{batch:?}");
+        assert_eq!(batch.size, expected.len() as u64, "{batch:?}");
+        assert_eq!(
+            &batch.sample.iter().cloned().collect::<BTreeSet<_>>(),
+            expected
+        );
+        assert_eq!(
+            batch.corrected, 0,
+            "the live memberships were right: {batch:?}"
+        );
+    }
+    assert_eq!(mesh.transitions().await.len(), announced);
+
+    // A segment saved now is filled in over everyone already profiled, each entry
+    // announced once.
+    mesh.client()
+        .await
+        .put(with(pb::PutRequest {
+            name: "newcomers".to_string(),
+            filter: "FILTER event_count.page.all == 1".to_string(),
+            description: String::new(),
+        }))
+        .await
+        .unwrap();
+    let newcomers = visitors(&mesh.store, COUNT, |n| n % 4 == 1).await;
+    let batch = mesh.evaluate("newcomers").await;
+    assert_eq!(batch.size, newcomers.len() as u64);
+    // (Saving started the run; this one joined it, or came after it.)
+    assert!(batch.corrected <= newcomers.len() as u64, "{batch:?}");
+    assert_eq!(mesh.members("newcomers").await, newcomers);
+    let entered: Vec<(String, bool)> = mesh.transitions().await.split_off(announced);
+    assert_eq!(
+        entered,
+        vec![("newcomers".to_string(), true); newcomers.len()]
+    );
+    assert_eq!(mesh.evaluate("newcomers").await.corrected, 0);
+}
+
+#[tokio::test]
+async fn memberships_survive_a_restart_and_are_not_announced_again() {
+    let mesh = mesh(&[("regulars", "FILTER event_count.page.all >= 2")]).await;
+    mesh.send(json!([page("p1"), page("p2")])).await;
+    let entered = vec![("regulars".to_string(), true)];
+    assert_eq!(mesh.transitions().await, entered);
+
+    let mesh = mesh.restart().await;
+    mesh.send(json!([page("p3")])).await;
+    // Every change delivered again after the restart, as after a crash before the acks.
+    let changes: Vec<Outgoing> = stream_messages(&mesh.bus, streams::PROFILES)
+        .await
+        .into_iter()
+        .filter(|message| message.subject.starts_with("profiles.changed."))
+        .enumerate()
+        .map(|(n, message)| Outgoing {
+            subject: message.subject,
+            message_id: Some(format!("again-{n}")),
+            headers: async_nats::HeaderMap::new(),
+            payload: message.payload,
+        })
+        .collect();
+    mesh.bus.publish_all(changes).await.unwrap();
+    wait_consumer_idle(&mesh.bus, streams::PROFILES, "segmenter").await;
+    assert_eq!(mesh.transitions().await, entered);
+    assert_eq!(mesh.members("regulars").await.len(), 1);
+    assert!(mesh.profile().await["segments"]["regulars"].is_string());
 }
