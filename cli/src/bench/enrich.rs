@@ -3,7 +3,7 @@
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
@@ -142,7 +142,7 @@ async fn through_services(
         };
         let served = super::serve(module, &context).await?;
         let consumer = format!("enrich_{}", service.trim_start_matches("enrich-"));
-        drained(&bus, &consumer).await?;
+        super::drained(&bus, streams::IDENTIFIED, &consumer).await?;
         let eps = args.events as f64 / started.elapsed().as_secs_f64();
         println!("  {service:<16} {eps:>10.0} events/s");
         results.push((service, eps));
@@ -150,25 +150,6 @@ async fn through_services(
         served.host.await??;
     }
     Ok(results)
-}
-
-/// Waits until `consumer` has nothing pending and nothing unacknowledged.
-async fn drained(bus: &Bus, consumer: &str) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let info = bus.consumer_info(streams::IDENTIFIED, consumer).await?;
-        if let Some(info) = info
-            && info.num_pending == 0
-            && info.num_ack_pending == 0
-            && info.delivered.stream_sequence > 0
-        {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("{consumer} not done after 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Identified event `n`: a page view by one of 20,000 people, from a browser in `agent`,

@@ -29,7 +29,9 @@ pub enum BenchCommand {
     /// device with the cache on a realistic mix, and uncached), then events/s through
     /// each enricher service (NATS as for `ingest`; the embedded store).
     Enrich(EnrichArgs),
-    /// Segments: FilterQL evaluations/s on one core, 100 segments over realistic profiles.
+    /// Segments: FilterQL evaluations/s on one core, 100 segments over realistic profiles;
+    /// then the latency from profiles.changed to segments.changed through the segmenter
+    /// at a steady rate (NATS as for `ingest`; the embedded store).
     Segments(SegmentsArgs),
 }
 
@@ -41,6 +43,12 @@ pub struct SegmentsArgs {
     /// Times every profile is evaluated against every segment.
     #[arg(long, default_value_t = 20)]
     pub(crate) rounds: usize,
+    /// Profile changes per second for the latency run.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) rate: usize,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) seconds: usize,
 }
 
 #[derive(clap::Args)]
@@ -121,7 +129,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Identity(args) => identity::run(args).await,
         BenchCommand::Profiles(args) => profiles::run(args).await,
         BenchCommand::Enrich(args) => enrich::run(args).await,
-        BenchCommand::Segments(args) => segments::run(args),
+        BenchCommand::Segments(args) => segments::run(args).await,
     }
 }
 
@@ -186,4 +194,98 @@ fn embedded_store(dir: &std::path::Path) -> anyhow::Result<cairn_store::Embedded
         64 << 20,
         cairn_store::Clock::system(),
     )?)
+}
+
+/// A latency run: messages published at a steady rate, each under a key, and the time
+/// until the answer with the same key was seen.
+#[derive(Clone, Default)]
+struct LatencyRun {
+    sent_at:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+    latencies: std::sync::Arc<std::sync::Mutex<Vec<std::time::Duration>>>,
+}
+
+impl LatencyRun {
+    /// The answer for `key` arrived at `at`; only the first one per key counts.
+    fn answered(&self, key: &str, at: std::time::Instant) {
+        let sent = self
+            .sent_at
+            .lock()
+            .map(|mut sent| sent.remove(key))
+            .ok()
+            .flatten();
+        if let Some(sent) = sent
+            && let Ok(mut latencies) = self.latencies.lock()
+        {
+            latencies.push(at - sent);
+        }
+    }
+
+    /// Publishes `total` messages at `rate` per second, in ticks of 10 ms; `message`
+    /// gives message `n` and its key.
+    async fn publish(
+        &self,
+        bus: &cairn_bus::Bus,
+        rate: usize,
+        total: usize,
+        mut message: impl FnMut(usize) -> (String, cairn_bus::Outgoing),
+    ) -> anyhow::Result<()> {
+        let per_tick = (rate / 100).max(1);
+        let mut ticker = tokio::time::interval(std::time::Duration::from_millis(10));
+        let mut n = 0;
+        while n < total {
+            ticker.tick().await;
+            let (keys, batch): (Vec<String>, Vec<cairn_bus::Outgoing>) =
+                (n..(n + per_tick).min(total)).map(&mut message).unzip();
+            if let Ok(mut sent) = self.sent_at.lock() {
+                let now = std::time::Instant::now();
+                sent.extend(keys.into_iter().map(|key| (key, now)));
+            }
+            bus.send_all(batch).await?;
+            n += per_tick;
+        }
+        Ok(())
+    }
+
+    /// Waits (30 s at most) for `total` answers; the latencies seen, sorted.
+    async fn latencies(&self, total: usize) -> Vec<std::time::Duration> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let count = || self.latencies.lock().map(|seen| seen.len()).unwrap_or(0);
+        while count() < total && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut latencies = self
+            .latencies
+            .lock()
+            .map(|seen| seen.clone())
+            .unwrap_or_default();
+        latencies.sort();
+        latencies
+    }
+}
+
+/// The `p` percentile (0..1) of `sorted`, in milliseconds.
+fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
+}
+
+/// Waits until `consumer` of `stream` has nothing pending and nothing unacknowledged.
+async fn drained(bus: &cairn_bus::Bus, stream: &str, consumer: &str) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let info = bus.consumer_info(stream, consumer).await?;
+        if let Some(info) = info
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
+            && info.delivered.stream_sequence > 0
+        {
+            return Ok(());
+        }
+        if started.elapsed() > std::time::Duration::from_secs(600) {
+            anyhow::bail!("{consumer} not done after 10 minutes");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

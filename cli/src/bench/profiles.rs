@@ -2,8 +2,6 @@
 //! announcement at a steady rate (on a fresh store), then events/s from
 //! `events.identified` to `profiles.changed` draining a backlog.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,67 +38,31 @@ pub async fn run(args: ProfilesArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Latency at a steady rate: publish time to announcement received.
-    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let run = super::LatencyRun::default();
     let mut changes = bus.client().subscribe("profiles.changed.>").await?;
     let collector = {
-        let (sent_at, latencies) = (sent_at.clone(), latencies.clone());
+        let run = run.clone();
         tokio::spawn(async move {
             while let Some(message) = changes.next().await {
                 let received = Instant::now();
-                if let Ok(changed) = ProfileChanged::decode(message.payload)
-                    && let Some(sent) = sent_at
-                        .lock()
-                        .map(|mut sent| sent.remove(&changed.message_id))
-                        .ok()
-                        .flatten()
-                    && let Ok(mut latencies) = latencies.lock()
-                {
-                    latencies.push(received - sent);
+                if let Ok(changed) = ProfileChanged::decode(message.payload) {
+                    run.answered(&changed.message_id, received);
                 }
             }
         })
     };
-    let per_tick = (args.rate / 100).max(1);
     let total = args.rate * args.seconds;
-    let mut ticker = tokio::time::interval(Duration::from_millis(10));
-    let mut n = 0;
-    while n < total {
-        ticker.tick().await;
-        let batch: Vec<Outgoing> = (n..(n + per_tick).min(total))
-            .map(|k| event(&bus, k, args.profiles.max(1), "s"))
-            .collect();
-        if let Ok(mut sent) = sent_at.lock() {
-            let now = Instant::now();
-            for k in n..(n + per_tick).min(total) {
-                sent.insert(format!("s{k}"), now);
-            }
-        }
-        bus.send_all(batch).await?;
-        n += per_tick;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while latencies
-        .lock()
-        .map(|latencies| latencies.len())
-        .unwrap_or(0)
-        < total
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let profiles = args.profiles.max(1);
+    run.publish(&bus, args.rate, total, |n| {
+        (format!("s{n}"), event(&bus, n, profiles, "s"))
+    })
+    .await?;
+    let latencies = run.latencies(total).await;
     collector.abort();
-    let mut latencies = latencies
-        .lock()
-        .map(|latencies| latencies.clone())
-        .unwrap_or_default();
-    latencies.sort();
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
-    };
-    let (p50, p99) = (percentile(0.50), percentile(0.99));
+    let (p50, p99) = (
+        super::percentile_ms(&latencies, 0.50),
+        super::percentile_ms(&latencies, 0.99),
+    );
     println!(
         "  latency at {} events/s ({} measured): p50 {p50:.2} ms, p99 {p99:.2} ms",
         args.rate,

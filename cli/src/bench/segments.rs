@@ -6,13 +6,31 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
+use bytes::Bytes;
+use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
 use cairn_profile_store::profile::{EventInput, FoldSettings, Identifier, Profile};
+use cairn_proto::profile::v1::ProfileChanged;
+use cairn_proto::segment::v1::SegmentChanged;
+use cairn_runtime::Settings;
 use cairn_segmenter::SegmentSet;
+use futures::StreamExt as _;
+use prost::Message as _;
 use serde_json::json;
 
 use super::SegmentsArgs;
+use crate::modules;
 
 const HOUR: i64 = 3_600_000;
+/// What a page view changes, as `profiles.changed` names it (and the age, which flips).
+const PAGE_VIEW_CHANGES: [&str; 7] = [
+    "last_seen",
+    "visit_count",
+    "session_count",
+    "events.page",
+    "urls",
+    "referrer_domains",
+    "traits.age",
+];
 const NOW: i64 = 1_795_000_000_000;
 const SECTIONS: [&str; 6] = ["shoes", "bags", "hats", "coats", "sale", "news"];
 const CITIES: [&str; 5] = ["London", "Paris", "Berlin", "Madrid", "Rome"];
@@ -105,7 +123,7 @@ fn segment(n: usize) -> String {
     }
 }
 
-pub fn run(args: SegmentsArgs) -> anyhow::Result<()> {
+pub async fn run(args: SegmentsArgs) -> anyhow::Result<()> {
     let mut set = SegmentSet::default();
     for n in 0..100 {
         let filter = cairn_filterql::parse(&segment(n))
@@ -134,6 +152,103 @@ pub fn run(args: SegmentsArgs) -> anyhow::Result<()> {
         "  {per_s:>12.0} segment evaluations/s ({:.1} memberships per profile)",
         members_total as f64 / (args.rounds * profiles.len()) as f64
     );
-    println!("{}", json!({"segment_evaluations_per_s": per_s.round()}));
+    let (p50, p99, measured) = latency(&args, &profiles).await?;
+    println!(
+        "  profiles.changed -> segments.changed at {} changes/s ({measured} measured): p50 {p50:.2} ms, p99 {p99:.2} ms",
+        args.rate
+    );
+    println!(
+        "{}",
+        json!({"segment_evaluations_per_s": per_s.round(), "changed_to_segments_p50_ms": (p50 * 100.0).round() / 100.0, "changed_to_segments_p99_ms": (p99 * 100.0).round() / 100.0, "rate": args.rate})
+    );
     Ok(())
+}
+
+/// The latency through the segmenter service: profile changes published at a steady
+/// rate, each naming the fields a page view changes, so that most segments are
+/// evaluated again, and alternating between the profile as it is and the profile aged
+/// 99 (so about half the profiles leave or enter an age segment on every change), timed
+/// to the first `segments.changed` decided on that version. Changes that flip nothing
+/// announce nothing and are not measured. Every profile's first two versions go
+/// through before the clock starts: a profile seen for the first time enters dozens of
+/// segments at once, which is not the steady state.
+async fn latency(
+    args: &SegmentsArgs,
+    profiles: &[serde_json::Value],
+) -> anyhow::Result<(f64, f64, usize)> {
+    let settings = Settings::from_env(&modules::all_vars())?;
+    let dir = tempfile::tempdir()?;
+    let (url, _server) = super::nats(&settings, &dir.path().join("nats")).await?;
+    let store = super::embedded_store(&dir.path().join("store"))?;
+    for n in 0..100 {
+        cairn_segmenter::definitions::put(&store, &format!("s{n}"), &segment(n), "", 0).await?;
+    }
+    let context = super::context(&url, &[])?;
+    let module = cairn_segmenter::start(&context, store).await?;
+    let served = super::serve(module, &context).await?;
+    let bus = Bus::connect(&BusConfig::for_url(&url), "cairn-bench").await?;
+    let states: Vec<(String, String, String)> = profiles
+        .iter()
+        .map(|profile| {
+            let mut quiet = profile.clone();
+            quiet["traits"]["age"] = json!(99);
+            let id = profile["id"].as_str().unwrap_or_default().to_string();
+            (id, profile.to_string(), quiet.to_string())
+        })
+        .collect();
+
+    let run = super::LatencyRun::default();
+    let mut announced = bus.client().subscribe("segments.changed.>").await?;
+    let collector = {
+        let run = run.clone();
+        tokio::spawn(async move {
+            while let Some(message) = announced.next().await {
+                let received = Instant::now();
+                if let Ok(changed) = SegmentChanged::decode(message.payload) {
+                    let key = format!("{}:{}", changed.profile_id, changed.profile_version);
+                    run.answered(&key, received);
+                }
+            }
+        })
+    };
+    let change = |n: usize| {
+        let (id, full, quiet) = &states[n % states.len()];
+        let version = (n / states.len() + 1) as u64;
+        let changed = ProfileChanged {
+            profile_id: id.clone(),
+            version,
+            changed_fields: PAGE_VIEW_CHANGES
+                .iter()
+                .map(|field| field.to_string())
+                .collect(),
+            message_id: format!("bench-{n}"),
+            at: Some(std::time::SystemTime::now().into()),
+            profile_json: if version % 2 == 1 { full } else { quiet }.clone(),
+            session_id: String::new(),
+            session_index: 0,
+        };
+        let message = Outgoing {
+            subject: subjects::profiles_changed(bus.partitions().of(id)),
+            message_id: Some(format!("changed/{id}/{version}")),
+            headers: async_nats::HeaderMap::new(),
+            payload: Bytes::from(changed.encode_to_vec()),
+        };
+        (format!("{id}:{version}"), message)
+    };
+    let warm_up = 2 * states.len();
+    bus.publish_all((0..warm_up).map(|n| change(n).1).collect())
+        .await?;
+    super::drained(&bus, streams::PROFILES, "segmenter").await?;
+    let total = args.rate * args.seconds;
+    run.publish(&bus, args.rate, total, |n| change(warm_up + n))
+        .await?;
+    let latencies = run.latencies(total).await;
+    collector.abort();
+    context.shutdown.trigger();
+    served.host.await??;
+    Ok((
+        super::percentile_ms(&latencies, 0.50),
+        super::percentile_ms(&latencies, 0.99),
+        latencies.len(),
+    ))
 }

@@ -15,18 +15,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use cairn_bus::Bus;
-use cairn_profile_store::store::{PROFILES, decode};
-use cairn_proto::profile::v1::ProfileChanged;
-use cairn_runtime::clock::{now_ms, timestamp};
+use cairn_profile_store::store::PROFILES;
+use cairn_runtime::clock::now_ms;
 use cairn_store::{ScanCursor, Store, TokenRange, token_of};
-use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::definitions::{self, SEGMENTS};
 use crate::error::SegmentError;
-use crate::live::{LiveHandler, Members, Trigger};
+use crate::live::{LiveHandler, Members, Trigger, stored_change};
 use crate::segments::SegmentSet;
 
 /// Profiles read per page of a scan.
@@ -146,39 +143,23 @@ impl<S: Store> RangeScan<S> {
             let (mut evaluated, mut found) = (0, Vec::new());
             let mut outgoing = Vec::new();
             for (key, record) in &page.records {
-                let profile = match decode(&record.value) {
-                    Ok(profile) => profile,
+                let (changed, view) = match stored_change(key, record) {
+                    Ok(Some(stored)) => stored,
+                    Ok(None) => continue, // merged into another
                     Err(err) => {
-                        tracing::warn!(profile_id = %String::from_utf8_lossy(key), error = %err, "batch evaluation skips a damaged profile");
+                        tracing::warn!(error = %err, "batch evaluation skips a damaged profile");
                         continue;
                     }
                 };
-                if profile.merged_into.is_some() {
-                    continue;
-                }
-                let now = now_ms();
-                let changed = ProfileChanged {
-                    profile_id: profile.id.clone(),
-                    version: record.version,
-                    changed_fields: Vec::new(),
-                    message_id: format!("batch/{}/{}", profile.id, record.version),
-                    at: Some(timestamp(now)),
-                    profile_json: profile.view_json(now),
-                    session_id: String::new(),
-                    session_index: 0,
-                };
-                let view: serde_json::Value = serde_json::from_str(&changed.profile_json)
-                    .map_err(|err| SegmentError::Corrupt(format!("profile view: {err}")))?;
                 evaluated += 1;
                 let mut members = BTreeMap::new();
-                self.set.evaluate(&view, None, &mut members, now);
+                self.set.evaluate(&view, None, &mut members, now_ms());
                 if members.contains_key(&self.segment) {
-                    found.push(profile.id.clone());
+                    found.push(changed.profile_id.clone());
                 }
-                let encoded = Bytes::from(changed.encode_to_vec());
                 outgoing.extend(
                     self.live
-                        .decide(&changed, &view, encoded, Trigger::Batch, self.definitions)
+                        .decide(&changed, &view, Trigger::Batch, self.definitions)
                         .await?,
                 );
             }

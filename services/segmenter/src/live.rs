@@ -11,9 +11,12 @@
 //!
 //! Date math (`last_seen > "now-7d"`) flips with no change to the profile: after each
 //! evaluation, the instant the next condition flips is scheduled as a NATS message
-//! schedule for the profile (`segments.timer.<p>.<profile>`, replacing any earlier one),
-//! carrying the change it was decided on; when due, it comes back on
-//! `segments.due.<p>` and every segment is evaluated again for that version.
+//! schedule for the profile (`segments.timer.<p>.<profile>`, replacing any earlier one)
+//! unless a timer at or before that instant is pending already (so a profile changing
+//! often does not reschedule on every change); when due, it comes back on
+//! `segments.due.<p>`, and the profile, read from the profile store as it is then, is
+//! evaluated against every segment and its next timer set. A timer that comes early
+//! (the boundary moved on since) only sets the next one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +33,8 @@ use cairn_store::{Change, Store};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+
+use cairn_profile_store::store::PROFILES;
 
 use crate::definitions::{self, SEGMENTS};
 use crate::error::SegmentError;
@@ -50,6 +55,9 @@ pub struct Members {
     pub members: BTreeMap<String, i64>,
     /// What the last evaluation decided, to announce again on a repeat.
     pub last: Vec<(String, bool)>,
+    /// When the pending timer is due (ms), if one is.
+    #[serde(default)]
+    pub timer_at: Option<i64>,
 }
 
 pub fn members_key(profile_id: &str) -> Bytes {
@@ -115,6 +123,9 @@ impl<S: Store> LiveHandler<S> {
     ) -> Result<Vec<Outgoing>, SegmentError> {
         let changed = ProfileChanged::decode(message.payload.clone())
             .map_err(|err| SegmentError::InvalidArgument(format!("not a profile change: {err}")))?;
+        if due {
+            return self.on_due(&changed.profile_id).await;
+        }
         if changed.profile_id.is_empty() || changed.profile_json.is_empty() {
             return Err(SegmentError::InvalidArgument(
                 "a profile change needs the profile id and the profile".to_string(),
@@ -122,26 +133,30 @@ impl<S: Store> LiveHandler<S> {
         }
         let profile: serde_json::Value = serde_json::from_str(&changed.profile_json)
             .map_err(|err| SegmentError::InvalidArgument(format!("profile_json: {err}")))?;
-        let trigger = if due {
-            Trigger::Due
-        } else {
-            Trigger::Change {
-                repeat: message.is_repeat(),
-            }
+        let trigger = Trigger::Change {
+            repeat: message.is_repeat(),
         };
-        self.decide(&changed, &profile, message.payload.clone(), trigger, 0)
-            .await
+        self.decide(&changed, &profile, trigger, 0).await
     }
 
-    /// Decides `profile`'s memberships (as announced in `changed`, whose encoding is
-    /// `change`) against the saved segments (at least of version `definitions`), keeps
-    /// them, and returns the announcements of what entered or left, and the timer for the
-    /// next date-math flip.
+    /// A timer of `profile_id` came due: its profile as stored now, against every segment.
+    async fn on_due(&self, profile_id: &str) -> Result<Vec<Outgoing>, SegmentError> {
+        let Some(record) = self.store.get(&PROFILES, profile_id.as_bytes()).await? else {
+            return Ok(Vec::new()); // deleted meanwhile
+        };
+        match stored_change(profile_id.as_bytes(), &record)? {
+            Some((changed, profile)) => self.decide(&changed, &profile, Trigger::Due, 0).await,
+            None => Ok(Vec::new()), // merged into another meanwhile
+        }
+    }
+
+    /// Decides `profile`'s memberships (as announced in `changed`) against the saved
+    /// segments (at least of version `definitions`), keeps them, and returns the
+    /// announcements of what entered or left, and the timer for the next date-math flip.
     pub(crate) async fn decide(
         &self,
         changed: &ProfileChanged,
         profile: &serde_json::Value,
-        change: Bytes,
         trigger: Trigger,
         definitions: u64,
     ) -> Result<Vec<Outgoing>, SegmentError> {
@@ -149,7 +164,7 @@ impl<S: Store> LiveHandler<S> {
         for _ in 0..3 {
             let (set, version) = self.segments(at_least).await?;
             match self
-                .decide_on(&set, version, changed, profile, &change, trigger)
+                .decide_on(&set, version, changed, profile, trigger)
                 .await?
             {
                 Decided::Announce(outgoing) => return Ok(outgoing),
@@ -166,11 +181,11 @@ impl<S: Store> LiveHandler<S> {
         definitions_version: u64,
         changed: &ProfileChanged,
         profile: &serde_json::Value,
-        change: &Bytes,
         trigger: Trigger,
     ) -> Result<Decided, SegmentError> {
         let now = now_ms();
         let mut decided: Option<Vec<(String, bool)>> = None;
+        let mut schedule = None;
         let mut damaged = None;
         let mut newer = None;
         self.store
@@ -179,7 +194,7 @@ impl<S: Store> LiveHandler<S> {
                 members_key(&changed.profile_id),
                 ATTEMPTS,
                 |current| {
-                    decided = None;
+                    (decided, schedule) = (None, None);
                     let mut members: Members = match current {
                         Some(record) => match serde_json::from_slice(&record.value) {
                             Ok(members) => members,
@@ -225,6 +240,12 @@ impl<S: Store> LiveHandler<S> {
                     members.version = changed.version;
                     members.definitions = definitions_version;
                     decided = Some(members.last.clone());
+                    let pending = members.timer_at.filter(|at| *at > now);
+                    schedule = match (set.next_change(profile, now), pending) {
+                        (Some(next), Some(pending)) if pending <= next => None,
+                        (next, _) => next,
+                    };
+                    members.timer_at = schedule.or(pending);
                     let value = serde_json::to_vec(&members).ok()?;
                     Some(Change::set(value))
                 },
@@ -237,7 +258,6 @@ impl<S: Store> LiveHandler<S> {
             return Ok(Decided::Stale { newer });
         }
         let partition = self.partitions.of(&changed.profile_id);
-        let evaluated = decided.is_some();
         let mut outgoing: Vec<Outgoing> = decided
             .unwrap_or_default()
             .into_iter()
@@ -262,9 +282,8 @@ impl<S: Store> LiveHandler<S> {
                 }
             })
             .collect();
-        if evaluated
-            && let Some(at) = set.next_change(profile, now)
-            && let Some(timer) = timer(partition, &changed.profile_id, at, change.clone())
+        if let Some(at) = schedule
+            && let Some(timer) = timer(partition, &changed.profile_id, at)
         {
             outgoing.push(timer);
         }
@@ -288,9 +307,9 @@ pub(crate) enum Trigger {
     Batch,
 }
 
-/// The schedule that brings `change` back on `segments.due.<partition>` at `at_ms`
+/// The schedule that brings `profile_id` back on `segments.due.<partition>` at `at_ms`
 /// (rounded up to the second). `None` for a profile id that cannot be a subject token.
-fn timer(partition: u32, profile_id: &str, at_ms: i64, change: Bytes) -> Option<Outgoing> {
+fn timer(partition: u32, profile_id: &str, at_ms: i64) -> Option<Outgoing> {
     if profile_id.is_empty()
         || !profile_id
             .chars()
@@ -315,8 +334,42 @@ fn timer(partition: u32, profile_id: &str, at_ms: i64, change: Bytes) -> Option<
         subject: subjects::segments_timer(partition, profile_id),
         message_id: None,
         headers,
-        payload: change,
+        payload: Bytes::from(
+            ProfileChanged {
+                profile_id: profile_id.to_string(),
+                ..ProfileChanged::default()
+            }
+            .encode_to_vec(),
+        ),
     })
+}
+
+/// A stored profile record as a change to decide on (version: the record's), with its
+/// view now; `None` when the profile was merged into another.
+pub(crate) fn stored_change(
+    key: &[u8],
+    record: &cairn_store::Versioned,
+) -> Result<Option<(ProfileChanged, serde_json::Value)>, SegmentError> {
+    let profile = cairn_profile_store::store::decode(&record.value).map_err(|err| {
+        SegmentError::Corrupt(format!("profile {}: {err}", String::from_utf8_lossy(key)))
+    })?;
+    if profile.merged_into.is_some() {
+        return Ok(None);
+    }
+    let now = now_ms();
+    let view = serde_json::to_value(profile.view(now))
+        .map_err(|err| SegmentError::Corrupt(format!("profile view: {err}")))?;
+    let changed = ProfileChanged {
+        profile_id: profile.id.clone(),
+        version: record.version,
+        changed_fields: Vec::new(),
+        message_id: format!("stored/{}/{}", profile.id, record.version),
+        at: Some(timestamp(now)),
+        profile_json: String::new(),
+        session_id: String::new(),
+        session_index: 0,
+    };
+    Ok(Some((changed, view)))
 }
 
 impl<S: Store> Handler for LiveHandler<S> {

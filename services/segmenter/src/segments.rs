@@ -135,11 +135,9 @@ impl SegmentSet {
     /// an affected segment.
     pub fn affected(&self, changed: &[String]) -> Vec<&Segment> {
         let touches = |read: &String| {
-            changed.iter().any(|change| {
-                change == read
-                    || change.starts_with(&format!("{read}."))
-                    || read.starts_with(&format!("{change}."))
-            })
+            changed
+                .iter()
+                .any(|change| within(change, read) || within(read, change))
         };
         let mut hit: BTreeSet<&str> = BTreeSet::new();
         let mut affected = Vec::new();
@@ -215,6 +213,12 @@ impl SegmentSet {
             .filter_map(|segment| next_change(&segment.filter.expr, profile, now_ms))
             .min()
     }
+}
+
+/// Whether `path` is `whole` or a path inside it (`traits.plan` is inside `traits`).
+fn within(path: &str, whole: &str) -> bool {
+    path.strip_prefix(whole)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 #[cfg(test)]

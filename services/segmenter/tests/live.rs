@@ -425,3 +425,29 @@ async fn memberships_survive_a_restart_and_are_not_announced_again() {
     assert_eq!(mesh.members("regulars").await.len(), 1);
     assert!(mesh.profile().await["segments"]["regulars"].is_string());
 }
+
+#[tokio::test]
+async fn a_timer_that_comes_early_sets_the_next_one() {
+    let mesh = mesh(&[("just_seen", "FILTER last_seen > \"now-3s\"")]).await;
+    mesh.send(json!([page("p1")])).await;
+    // A second visit moves the boundary on; the timer set for the first one stays, comes
+    // early, and sets the next one instead of letting the profile go.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    mesh.send(json!([page("p2")])).await;
+    let second_visit = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let transitions = mesh.transitions().await;
+        if transitions.len() == 2 {
+            assert_eq!(transitions[1], ("just_seen".to_string(), false));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{transitions:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        second_visit.elapsed() >= std::time::Duration::from_millis(2500),
+        "left {:?} after the second visit",
+        second_visit.elapsed()
+    );
+}
