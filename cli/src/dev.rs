@@ -143,13 +143,7 @@ fn dev_secret(path: &PathBuf, prefix: &str) -> anyhow::Result<String> {
         }
     }
     let bytes: [u8; 16] = rand::rng().random();
-    let secret = format!(
-        "{prefix}{}",
-        bytes
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect::<String>()
-    );
+    let secret = format!("{prefix}{}", cairn_runtime::encoding::hex(&bytes));
     write_private(path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(secret)
 }

@@ -104,11 +104,7 @@ async fn spans_are_exported_over_otlp_and_the_trace_continues_into_nats() {
                     .unwrap_or_default();
                 for scope in resource_spans.scope_spans {
                     for span in scope.spans {
-                        let id: String = span
-                            .trace_id
-                            .iter()
-                            .map(|byte| format!("{byte:02x}"))
-                            .collect();
+                        let id = cairn_runtime::encoding::hex(&span.trace_id);
                         if id == trace_id {
                             return service;
                         }

@@ -27,9 +27,23 @@ pub fn timestamp(ms: i64) -> Timestamp {
     }
 }
 
+/// Milliseconds as RFC 3339 text in UTC, to the millisecond (`2026-11-22T19:52:02.000Z`);
+/// empty for an instant out of range.
+pub fn text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_read_as_rfc_3339_in_utc() {
+        assert_eq!(text(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+        assert_eq!(text(i64::MAX), "");
+    }
 
     #[test]
     fn milliseconds_round_trip_through_timestamps() {

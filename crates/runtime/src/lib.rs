@@ -18,6 +18,7 @@ pub mod admin;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod encoding;
 pub mod error;
 pub mod grpc;
 pub mod host;

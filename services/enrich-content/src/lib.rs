@@ -132,10 +132,7 @@ impl<S: Store> Content<S> {
         terms: &BTreeMap<String, Term>,
     ) -> Result<(), EnrichError> {
         let digest = Sha256::digest(url.as_bytes());
-        let page: String = digest[..16]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let page = cairn_runtime::encoding::hex(&digest[..16]);
         let mark = Mark {
             id: Bytes::from(format!("page:{page}")),
             value: Bytes::new(),

@@ -126,8 +126,10 @@ fn index_key(identifier: &Identifier) -> Bytes {
 pub fn forgotten_key(identifier: &Identifier) -> Bytes {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(format!("{}:{}", identifier.kind, identifier.value));
-    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    Bytes::from(format!("{FORGOTTEN_PREFIX}{hex}"))
+    Bytes::from(format!(
+        "{FORGOTTEN_PREFIX}{}",
+        cairn_runtime::encoding::hex(&digest)
+    ))
 }
 
 /// Where the records of forgotten identifiers start.

@@ -36,7 +36,7 @@ fn required(value: &str, field: &str) -> Result<(), ProfileError> {
 
 /// A timeline cursor as an opaque page token: `at.seen.hex(id)`.
 fn page_token(cursor: &TimelineCursor) -> String {
-    let id: String = cursor.id.iter().map(|byte| format!("{byte:02x}")).collect();
+    let id = cairn_runtime::encoding::hex(&cursor.id);
     format!("{}.{}.{id}", cursor.at_ms, cursor.seen)
 }
 

@@ -728,9 +728,7 @@ pub struct ProfileView<'a> {
 }
 
 fn time_text(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
+    cairn_runtime::clock::text(ms)
 }
 
 /// Serializes the pairs a function yields as a JSON object.
