@@ -28,6 +28,13 @@ pub enum SegmentCommand {
         /// Return once saved, without following the evaluation over everyone.
         #[arg(long)]
         no_wait: bool,
+        /// Sync the segment to this webhook: entered/exited batches, signed with the
+        /// secret (HMAC-SHA256 in `X-Cairn-Signature`).
+        #[arg(long, requires = "webhook_secret")]
+        webhook: Option<String>,
+        /// The webhook's signing secret (at least 16 characters).
+        #[arg(long)]
+        webhook_secret: Option<String>,
     },
     /// Evaluate a segment over every profile now (write token), setting right any
     /// membership that differs; shows the progress, then the size and a sample.
@@ -95,8 +102,7 @@ fn member_line(member: &pb::MembersResponse, format: MembersFormat) -> anyhow::R
     let since = member
         .since
         .as_ref()
-        .and_then(|at| chrono::DateTime::from_timestamp(at.seconds, at.nanos.max(0) as u32))
-        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .map(|at| cairn_runtime::clock::text(cairn_runtime::clock::timestamp_ms(at)))
         .unwrap_or_default();
     let profile: serde_json::Value = if member.profile_json.is_empty() {
         serde_json::Value::Null
@@ -206,6 +212,9 @@ fn show(segment: &pb::Segment) {
             format!(": {}", segment.description)
         }
     );
+    if !segment.webhook_url.is_empty() {
+        println!("-- synced to {}", segment.webhook_url);
+    }
     println!("{}\n", segment.filter);
 }
 
@@ -244,6 +253,8 @@ async fn run_remote(command: SegmentCommand) -> anyhow::Result<()> {
             description,
             file,
             no_wait,
+            webhook,
+            webhook_secret,
         } => {
             let (filter, _) = read_source(file.as_deref())?;
             let saved = client
@@ -251,6 +262,8 @@ async fn run_remote(command: SegmentCommand) -> anyhow::Result<()> {
                     name: name.unwrap_or_default(),
                     filter,
                     description,
+                    webhook_url: webhook.unwrap_or_default(),
+                    webhook_secret: webhook_secret.unwrap_or_default(),
                 })?)
                 .await
                 .map_err(explain)?

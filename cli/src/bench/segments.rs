@@ -181,7 +181,8 @@ async fn latency(
     let (url, _server) = super::nats(&settings, &dir.path().join("nats")).await?;
     let store = super::embedded_store(&dir.path().join("store"))?;
     for n in 0..100 {
-        cairn_segmenter::definitions::put(&store, &format!("s{n}"), &segment(n), "", 0).await?;
+        let draft = cairn_segmenter::definitions::Draft::new(&format!("s{n}"), &segment(n));
+        cairn_segmenter::definitions::put(&store, draft, 0).await?;
     }
     let context = super::context(&url, &[])?;
     let module = cairn_segmenter::start(&context, store).await?;

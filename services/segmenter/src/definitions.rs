@@ -30,6 +30,62 @@ pub struct Definition {
     pub filter: String,
     pub description: String,
     pub updated_ms: i64,
+    /// Where entered/exited batches are sent, if anywhere.
+    #[serde(default)]
+    pub webhook: Option<Webhook>,
+}
+
+/// A segment's webhook destination.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub url: String,
+    /// The HMAC-SHA256 signing secret.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Shortest signing secret accepted.
+const MIN_SECRET: usize = 16;
+
+impl Webhook {
+    /// The webhook of a Put request: none when `url` is empty; an error naming the field
+    /// when the URL is not http(s) or the secret is missing or short.
+    pub fn from_request(url: &str, secret: &str) -> Result<Option<Webhook>, SegmentError> {
+        let url = url.trim();
+        if url.is_empty() {
+            if !secret.is_empty() {
+                return Err(SegmentError::InvalidArgument(
+                    "webhook_secret: given without a webhook_url".to_string(),
+                ));
+            }
+            return Ok(None);
+        }
+        let parsed = reqwest::Url::parse(url).map_err(|err| {
+            SegmentError::InvalidArgument(format!("webhook_url: {url:?} is not a URL: {err}"))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(SegmentError::InvalidArgument(format!(
+                "webhook_url: {url:?} must be an http or https URL with a host"
+            )));
+        }
+        if secret.chars().count() < MIN_SECRET {
+            return Err(SegmentError::InvalidArgument(format!(
+                "webhook_secret: required with webhook_url, at least {MIN_SECRET} characters"
+            )));
+        }
+        Ok(Some(Webhook {
+            url: url.to_string(),
+            secret: secret.to_string(),
+        }))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -116,15 +172,35 @@ where
     Err(SegmentError::Busy("the segments kept changing".to_string()))
 }
 
-/// Saves segment `name` (or the filter's ALIAS when `name` is empty) from FilterQL
-/// `source`, after every check; returns what was saved.
+/// What a segment is saved from.
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    /// The name; may be empty when the filter has an ALIAS.
+    pub name: String,
+    /// FilterQL.
+    pub filter: String,
+    pub description: String,
+    pub webhook: Option<Webhook>,
+}
+
+impl Draft {
+    pub fn new(name: &str, filter: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            filter: filter.to_string(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Saves `draft` (named by the filter's ALIAS when it has no name), after every check;
+/// returns what was saved.
 pub async fn put<S: Store>(
     store: &S,
-    name: &str,
-    source: &str,
-    description: &str,
+    draft: Draft,
     now_ms: i64,
 ) -> Result<Definition, SegmentError> {
+    let (name, source) = (draft.name.as_str(), draft.filter.as_str());
     let filter =
         parse(source).map_err(|err| SegmentError::InvalidArgument(format!("filter: {err}")))?;
     let name = match (name.trim(), filter.alias.as_deref()) {
@@ -144,8 +220,9 @@ pub async fn put<S: Store>(
     let definition = Definition {
         name: name.clone(),
         filter: print(&filter),
-        description: description.to_string(),
+        description: draft.description.clone(),
         updated_ms: now_ms,
+        webhook: draft.webhook.clone(),
     };
     let saved = definition.clone();
     change(store, move |definitions| {

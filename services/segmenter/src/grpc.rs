@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::batch::{Batches, Progress, scan_members};
-use crate::definitions::{self, Definition};
+use crate::definitions::{self, Definition, Draft, Webhook};
 use crate::error::SegmentError;
 use crate::live::LiveHandler;
 
@@ -52,6 +52,11 @@ fn to_proto(definition: &Definition) -> pb::Segment {
         filter: definition.filter.clone(),
         description: definition.description.clone(),
         updated_at: Some(timestamp(definition.updated_ms)),
+        webhook_url: definition
+            .webhook
+            .as_ref()
+            .map(|webhook| webhook.url.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -75,14 +80,13 @@ impl<S: Store> Segments for SegmentsService<S> {
     ) -> Result<Response<pb::PutResponse>, Status> {
         authorize(&request, Role::Write)?;
         let request = request.into_inner();
-        let saved = definitions::put(
-            &self.store,
-            &request.name,
-            &request.filter,
-            &request.description,
-            now_ms(),
-        )
-        .await?;
+        let draft = Draft {
+            webhook: Webhook::from_request(&request.webhook_url, &request.webhook_secret)?,
+            name: request.name,
+            filter: request.filter,
+            description: request.description,
+        };
+        let saved = definitions::put(&self.store, draft, now_ms()).await?;
         tracing::info!(segment = %saved.name, "segment saved");
         // Everyone already profiled is evaluated against it.
         self.batches

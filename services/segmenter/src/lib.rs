@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod batch;
 pub mod definitions;
 pub mod error;
@@ -31,7 +32,12 @@ pub use segments::{Segment, SegmentSet, Transition};
 
 /// Every variable the segmenter reads.
 pub fn vars() -> Vec<Var> {
-    [cairn_bus::config::VARS, cairn_store::config::VARS].concat()
+    [
+        cairn_bus::config::VARS,
+        cairn_store::config::VARS,
+        activation::VARS,
+    ]
+    .concat()
 }
 
 /// Profile changes handled per round.
@@ -82,6 +88,14 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     let timers = bus
         .ensure_consumer(streams::SEGMENTS, timers_consumer_config())
         .await?;
+    let webhooks_consumer = bus
+        .ensure_consumer(streams::SEGMENTS, activation::consumer_config())
+        .await?;
+    let webhooks = activation::Webhooks::new(
+        bus.clone(),
+        store.clone(),
+        activation::WebhookConfig::from_settings(&context.settings)?,
+    )?;
     let readiness_bus = bus.clone();
     context.readiness.add_check("segmenter: NATS", move || {
         if readiness_bus.is_connected() {
@@ -111,6 +125,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         context.shutdown.clone(),
     );
     let due = cairn_bus::worker::run(bus, timers, handler, options, context.shutdown.clone());
+    let shutdown = context.shutdown.clone();
     Ok(Module {
         name: "segmenter",
         grpc: GrpcServices::default().with(SegmentsServer::new(segments)),
@@ -118,6 +133,12 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         tasks: vec![
             Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) }),
             Box::pin(async move { due.await.map_err(|err| Box::new(err) as BoxError) }),
+            Box::pin(async move {
+                webhooks
+                    .run(webhooks_consumer, shutdown)
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            }),
         ],
     })
 }

@@ -49,11 +49,19 @@ fn with<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
+fn webhook(url: &str, secret: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        webhook_url: url.into(),
+        webhook_secret: secret.into(),
+        ..put("hooked", "FILTER EXISTS email")
+    }
+}
+
 fn put(name: &str, filter: &str) -> pb::PutRequest {
     pb::PutRequest {
         name: name.into(),
         filter: filter.into(),
-        description: String::new(),
+        ..Default::default()
     }
 }
 
@@ -93,6 +101,29 @@ async fn segments_are_saved_checked_listed_and_deleted() {
     let names: Vec<&str> = listed.iter().map(|segment| segment.name.as_str()).collect();
     assert_eq!(names, vec!["frequent", "frequent_pros"]);
 
+    // A webhook's URL is shown; its secret never is.
+    let hooked = client
+        .put(with(
+            webhook("https://example.com/hook", "a-secret-of-16-chars"),
+            "tk_write",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .segment
+        .unwrap();
+    assert_eq!(hooked.webhook_url, "https://example.com/hook");
+    assert!(!format!("{hooked:?}").contains("a-secret-of-16-chars"));
+    client
+        .delete(with(
+            pb::DeleteRequest {
+                name: "hooked".into(),
+            },
+            "tk_write",
+        ))
+        .await
+        .unwrap();
+
     // What cannot work is refused, with the reason.
     let refusals = [
         (
@@ -116,6 +147,22 @@ async fn segments_are_saved_checked_listed_and_deleted() {
             "differs from the filter's ALIAS",
         ),
         (put("", "FILTER EXISTS email"), "name: required"),
+        (
+            webhook("ftp://example.com/x", "a-secret-of-16-chars"),
+            "webhook_url: \"ftp://example.com/x\" must be an http or https URL",
+        ),
+        (
+            webhook("not a url", "a-secret-of-16-chars"),
+            "webhook_url: \"not a url\" is not a URL",
+        ),
+        (
+            webhook("https://example.com/hook", "short"),
+            "webhook_secret: required with webhook_url, at least 16 characters",
+        ),
+        (
+            webhook("", "a-secret-of-16-chars"),
+            "webhook_secret: given without",
+        ),
     ];
     for (request, expected) in refusals {
         let status = client.put(with(request, "tk_write")).await.unwrap_err();

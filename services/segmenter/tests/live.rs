@@ -4,13 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cairn_bus::{Bus, Outgoing, streams};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_proto::segment::v1 as pb;
 use cairn_proto::segment::v1::SegmentChanged;
 use cairn_proto::segment::v1::segments_client::SegmentsClient;
+use cairn_segmenter::definitions::Draft;
 use cairn_store::{Clock, EmbeddedStore, Fsync};
-use cairn_testkit::{TestHost, TestNats, stream_messages, wait_consumer_idle};
+use cairn_testkit::{TestHost, TestNats, stream_messages, wait_consumer_idle, wait_for_messages};
 use prost::Message as _;
 use serde_json::json;
 
@@ -28,7 +29,7 @@ async fn mesh(segments: &[(&str, &str)]) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path(), Fsync::Buffer, 8 << 20, Clock::system()).unwrap();
     for (name, filter) in segments {
-        cairn_segmenter::definitions::put(&store, name, filter, "", 0)
+        cairn_segmenter::definitions::put(&store, Draft::new(name, filter), 0)
             .await
             .unwrap();
     }
@@ -61,6 +62,8 @@ async fn serve(nats: &TestNats, store: &EmbeddedStore) -> TestHost {
             ("CAIRN_WRITE_KEYS", "web:wk_web"),
             ("CAIRN_ADMIN_TOKENS", "write:tk_write"),
             ("CAIRN_PARTITION_LEASE", "1s"),
+            ("CAIRN_WEBHOOK_BACKOFF", "100ms"),
+            ("CAIRN_WEBHOOK_ATTEMPTS", "3"),
         ],
     );
     let modules = vec![
@@ -379,7 +382,7 @@ async fn a_batch_run_agrees_with_the_live_memberships_and_fills_in_a_new_segment
         .put(with(pb::PutRequest {
             name: "newcomers".to_string(),
             filter: "FILTER event_count.page.all == 1".to_string(),
-            description: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -450,4 +453,147 @@ async fn a_timer_that_comes_early_sets_the_next_one() {
         "left {:?} after the second visit",
         second_visit.elapsed()
     );
+}
+
+/// A webhook receiver: what it was sent, by path; `/flaky` fails the first request of
+/// each batch with 500, `/broken` answers 400 to everything, `/down` 503.
+#[derive(Clone, Default)]
+struct Receiver {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap, bytes::Bytes)>>>,
+}
+
+impl Receiver {
+    async fn start() -> (Self, String) {
+        let receiver = Receiver::default();
+        let state = receiver.clone();
+        let app = axum::Router::new().route(
+            "/{path}",
+            axum::routing::post(
+                move |axum::extract::Path(path): axum::extract::Path<String>,
+                      headers: axum::http::HeaderMap,
+                      body: bytes::Bytes| {
+                    let state = state.clone();
+                    async move {
+                        let mut seen = state.seen.lock().unwrap();
+                        let key = headers["idempotency-key"].clone();
+                        let before = seen
+                            .iter()
+                            .filter(|(_, earlier, _)| earlier["idempotency-key"] == key)
+                            .count();
+                        seen.push((path.clone(), headers, body));
+                        match path.as_str() {
+                            "flaky" if before == 0 => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "broken" => axum::http::StatusCode::BAD_REQUEST,
+                            "down" => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            _ => axum::http::StatusCode::NO_CONTENT,
+                        }
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, url)
+    }
+
+    fn requests(
+        &self,
+        path: &str,
+    ) -> Vec<(axum::http::HeaderMap, serde_json::Value, bytes::Bytes)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(seen, _, _)| seen == path)
+            .map(|(_, headers, body)| {
+                (
+                    headers.clone(),
+                    serde_json::from_slice(body).unwrap(),
+                    body.clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_segment_syncs_to_its_webhook_signed_retried_and_dead_lettered() {
+    use hmac::Mac as _;
+    const SECRET: &str = "a-secret-of-16-chars";
+    let (receiver, url) = Receiver::start().await;
+    let mesh = mesh(&[]).await;
+    for (name, filter, path) in [
+        ("regulars", "FILTER event_count.page.all >= 2", "flaky"),
+        ("visitors", "FILTER event_count.page.all >= 1", "broken"),
+        ("viewers", "FILTER event_count.page.all >= 1", "down"),
+    ] {
+        mesh.client()
+            .await
+            .put(with(pb::PutRequest {
+                name: name.to_string(),
+                filter: filter.to_string(),
+                webhook_url: format!("{url}/{path}"),
+                webhook_secret: SECRET.to_string(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+    }
+    mesh.send(json!([page("p1"), page("p2")])).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while receiver.requests("flaky").len() < 2 || receiver.requests("broken").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no webhooks");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Failed once, sent again the same: same batch id, signed each time.
+    let flaky = receiver.requests("flaky");
+    assert_eq!(flaky.len(), 2);
+    assert_eq!(flaky[0].0["idempotency-key"], flaky[1].0["idempotency-key"]);
+    assert_eq!(flaky[0].1, flaky[1].1);
+    let (headers, batch, body) = &flaky[1];
+    assert_eq!(batch["segment"], "regulars");
+    assert_eq!(batch["batch"], headers["idempotency-key"].to_str().unwrap());
+    let changes = batch["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0]["entered"], true);
+    assert!(changes[0]["profile_id"].as_str().unwrap().starts_with('p'));
+    let timestamp = headers["x-cairn-timestamp"].to_str().unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected = format!(
+        "sha256={}",
+        cairn_runtime::encoding::hex(&mac.finalize().into_bytes())
+    );
+    assert_eq!(headers["x-cairn-signature"].to_str().unwrap(), expected);
+
+    // Refused: not retried; down: retried up to the limit. Both dead-lettered with the
+    // reason.
+    let dead = wait_for_messages(&mesh.bus, streams::DEAD_LETTERS, 2).await;
+    let mut reasons = BTreeMap::new();
+    for letter in &dead {
+        assert_eq!(letter.subject, "deadletter.segmenter_webhooks");
+        let reason = letter
+            .headers
+            .get(cairn_bus::worker::DEAD_LETTER_REASON)
+            .unwrap();
+        let batch: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
+        reasons.insert(
+            batch["segment"].as_str().unwrap().to_string(),
+            reason.to_string(),
+        );
+    }
+    assert!(
+        reasons["visitors"].contains("answered 400 Bad Request"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["viewers"].starts_with("gave up after 3 attempts")
+            && reasons["viewers"].contains("503"),
+        "{reasons:?}"
+    );
+    assert_eq!(receiver.requests("broken").len(), 1);
+    assert_eq!(receiver.requests("down").len(), 3);
 }

@@ -1,0 +1,386 @@
+//! Activation: segments synced to their webhooks.
+//!
+//! A durable consumer (`segmenter_webhooks`, shared by the replicas) reads
+//! `segments.changed` in rounds; each round's changes of a segment with a webhook go to
+//! it as one batch:
+//!
+//! ```json
+//! {"batch": "<id>", "segment": "buyers",
+//!  "changes": [{"profile_id": "p…", "entered": true, "at": "2026-…Z", "profile_version": 7}]}
+//! ```
+//!
+//! `POST`ed as JSON with `X-Cairn-Timestamp` (Unix seconds) and `X-Cairn-Signature:
+//! sha256=<hex>`, the HMAC-SHA256 under the segment's secret of `<timestamp>.<body>`;
+//! `Idempotency-Key` is the batch id, the same on every retry. A 2xx answer delivers the
+//! batch; a timeout, a connection failure, 408, 429 or 5xx is retried with a doubling
+//! backoff (the round's messages kept from redelivery meanwhile); any other answer, or
+//! the last failed attempt, sends the batch to `deadletter.segmenter_webhooks` with the
+//! reason. The round is acknowledged once every batch is delivered or dead-lettered, so
+//! a crash means a batch is sent again (with the same id), never lost.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use cairn_bus::worker::{DEAD_LETTER_REASON, DEAD_LETTER_SUBJECT};
+use cairn_bus::{Bus, Outgoing, subjects};
+use cairn_proto::segment::v1::SegmentChanged;
+use cairn_runtime::config::{ConfigError, Settings, Var};
+use cairn_runtime::encoding::hex;
+use cairn_runtime::{Shutdown, clock};
+use cairn_store::Store;
+use futures::StreamExt as _;
+use hmac::{Hmac, Mac as _};
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::definitions::{self, Webhook};
+use crate::error::SegmentError;
+
+pub const WEBHOOK_ATTEMPTS: Var = Var {
+    name: "CAIRN_WEBHOOK_ATTEMPTS",
+    default: "8",
+    doc: "Attempts at delivering a batch to a segment's webhook before it goes to the dead letters.",
+};
+pub const WEBHOOK_BACKOFF: Var = Var {
+    name: "CAIRN_WEBHOOK_BACKOFF",
+    default: "1s",
+    doc: "Wait before the second attempt at a webhook; it doubles with each attempt, up to a minute.",
+};
+pub const WEBHOOK_TIMEOUT: Var = Var {
+    name: "CAIRN_WEBHOOK_TIMEOUT",
+    default: "10s",
+    doc: "How long one webhook request may take.",
+};
+
+pub const VARS: &[Var] = &[WEBHOOK_ATTEMPTS, WEBHOOK_BACKOFF, WEBHOOK_TIMEOUT];
+
+/// The service name of webhook dead letters.
+pub const SERVICE: &str = "segmenter_webhooks";
+/// Changes read per round.
+const ROUND: usize = 500;
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub timeout: Duration,
+}
+
+impl WebhookConfig {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let attempts = settings.number(&WEBHOOK_ATTEMPTS, 1)?;
+        Ok(Self {
+            attempts: u32::try_from(attempts)
+                .map_err(|_| settings.invalid(&WEBHOOK_ATTEMPTS, "too large"))?,
+            backoff: settings.duration(&WEBHOOK_BACKOFF)?,
+            timeout: settings.duration(&WEBHOOK_TIMEOUT)?,
+        })
+    }
+}
+
+/// The durable consumer of the changes to sync.
+pub fn consumer_config() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(SERVICE.to_string()),
+        description: Some("Segmenter: entered/exited batches to webhooks".to_string()),
+        filter_subject: "segments.changed.>".to_string(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: (ROUND * 4) as i64,
+        ..Default::default()
+    }
+}
+
+/// The signature of `body` sent at `timestamp` (Unix seconds) under `secret`:
+/// `sha256=` and the hex HMAC-SHA256 of `<timestamp>.<body>`.
+pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    // HMAC takes keys of any length.
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("sha256={}", hex(&mac.finalize().into_bytes()))
+}
+
+/// One change in a batch.
+struct Change {
+    changed: SegmentChanged,
+    /// Where it is in the stream (for the batch id).
+    sequence: u64,
+}
+
+/// How an attempt went.
+enum Attempt {
+    Delivered,
+    /// Worth trying again.
+    Failed(String),
+    /// Not worth trying again.
+    Refused(String),
+}
+
+/// Delivers batches until `shutdown`.
+pub struct Webhooks<S> {
+    pub bus: Bus,
+    pub store: S,
+    pub config: WebhookConfig,
+    http: reqwest::Client,
+}
+
+impl<S: Store> Webhooks<S> {
+    pub fn new(bus: Bus, store: S, config: WebhookConfig) -> Result<Self, SegmentError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .user_agent(concat!("cairn-segmenter/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| SegmentError::InvalidArgument(format!("webhook client: {err}")))?;
+        Ok(Self {
+            bus,
+            store,
+            config,
+            http,
+        })
+    }
+
+    pub async fn run(
+        self,
+        consumer: consumer::PullConsumer,
+        shutdown: Shutdown,
+    ) -> Result<(), SegmentError> {
+        loop {
+            let fetched = tokio::select! {
+                () = shutdown.requested() => return Ok(()),
+                fetched = consumer
+                    .fetch()
+                    .max_messages(ROUND)
+                    .expires(Duration::from_secs(1))
+                    .messages() => fetched,
+            };
+            let mut fetched = match fetched {
+                Ok(fetched) => fetched,
+                Err(err) => {
+                    tracing::warn!(error = %err, "webhooks: cannot fetch; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut messages = Vec::new();
+            while let Some(message) = fetched.next().await {
+                match message {
+                    Ok(message) => messages.push(message),
+                    Err(err) => tracing::warn!(error = %err, "webhooks: pull failed; going on"),
+                }
+            }
+            if messages.is_empty() {
+                continue;
+            }
+            if !self.round(&messages, &shutdown).await? {
+                return Ok(()); // shutdown mid-round: redelivered later
+            }
+            for message in &messages {
+                if let Err(err) = message.double_ack().await {
+                    tracing::warn!(error = %err, "webhooks: ack failed; the batch may be sent again");
+                }
+            }
+        }
+    }
+
+    /// Delivers (or dead-letters) every batch of a round; false when shutdown came first.
+    async fn round(
+        &self,
+        messages: &[jetstream::Message],
+        shutdown: &Shutdown,
+    ) -> Result<bool, SegmentError> {
+        let (saved, _) = definitions::load(&self.store).await?;
+        let mut batches: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+        for message in messages {
+            let changed = match SegmentChanged::decode(message.payload.clone()) {
+                Ok(changed) => changed,
+                Err(err) => {
+                    tracing::warn!(subject = %message.subject, error = %err, "webhooks: skipping what is not a segment change");
+                    continue;
+                }
+            };
+            let sequence = message.info().map_or(0, |info| info.stream_sequence);
+            if saved
+                .segments
+                .get(&changed.segment)
+                .is_some_and(|definition| definition.webhook.is_some())
+            {
+                batches
+                    .entry(changed.segment.clone())
+                    .or_default()
+                    .push(Change { changed, sequence });
+            }
+        }
+        for (segment, changes) in batches {
+            let Some(webhook) = saved
+                .segments
+                .get(&segment)
+                .and_then(|definition| definition.webhook.clone())
+            else {
+                continue;
+            };
+            if !self
+                .deliver(&segment, &webhook, &changes, messages, shutdown)
+                .await?
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends one batch until it is delivered or given up on (then dead-lettered); false
+    /// when shutdown came first.
+    async fn deliver(
+        &self,
+        segment: &str,
+        webhook: &Webhook,
+        changes: &[Change],
+        round: &[jetstream::Message],
+        shutdown: &Shutdown,
+    ) -> Result<bool, SegmentError> {
+        let mut id = Sha256::new();
+        id.update(segment.as_bytes());
+        for change in changes {
+            id.update(change.sequence.to_be_bytes());
+        }
+        let batch = hex(&id.finalize()[..16]);
+        let body = serde_json::to_vec(&serde_json::json!({
+            "batch": batch,
+            "segment": segment,
+            "changes": changes.iter().map(|change| serde_json::json!({
+                "profile_id": change.changed.profile_id,
+                "entered": change.changed.entered,
+                "at": change.changed.at.as_ref().map(|at| clock::text(clock::timestamp_ms(at))),
+                "profile_version": change.changed.profile_version,
+            })).collect::<Vec<_>>(),
+        }))
+        .map_err(|err| SegmentError::Corrupt(format!("webhook batch: {err}")))?;
+        let mut attempt = 1;
+        let reason = loop {
+            match self.attempt(webhook, &batch, &body).await {
+                Attempt::Delivered => {
+                    tracing::info!(
+                        segment,
+                        batch,
+                        changes = changes.len(),
+                        attempt,
+                        "webhook batch delivered"
+                    );
+                    return Ok(true);
+                }
+                Attempt::Refused(reason) => break reason,
+                Attempt::Failed(reason) if attempt >= self.config.attempts => {
+                    break format!("gave up after {attempt} attempts: {reason}");
+                }
+                Attempt::Failed(reason) => {
+                    tracing::warn!(segment, batch, attempt, %reason, "webhook failed; will retry");
+                    // Still working on the round: keep it from being delivered elsewhere.
+                    for message in round {
+                        let _ = message.ack_with(jetstream::AckKind::Progress).await;
+                    }
+                    let wait = self
+                        .config
+                        .backoff
+                        .saturating_mul(1 << (attempt - 1).min(16))
+                        .min(MAX_BACKOFF);
+                    tokio::select! {
+                        () = shutdown.requested() => return Ok(false),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    attempt += 1;
+                }
+            }
+        };
+        tracing::warn!(segment, batch, %reason, "webhook batch dead-lettered");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            DEAD_LETTER_REASON,
+            reason.replace(['\r', '\n'], " ").as_str(),
+        );
+        headers.insert(
+            DEAD_LETTER_SUBJECT,
+            format!("webhook {segment} {}", webhook.url).as_str(),
+        );
+        self.bus
+            .publish_all(vec![Outgoing {
+                subject: subjects::dead_letter(SERVICE),
+                message_id: Some(format!("{SERVICE}/{batch}")),
+                headers,
+                payload: Bytes::from(body),
+            }])
+            .await?;
+        Ok(true)
+    }
+
+    async fn attempt(&self, webhook: &Webhook, batch: &str, body: &[u8]) -> Attempt {
+        let timestamp = clock::now_ms() / 1000;
+        let sent = self
+            .http
+            .post(&webhook.url)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", batch)
+            .header("X-Cairn-Timestamp", timestamp.to_string())
+            .header(
+                "X-Cairn-Signature",
+                signature(&webhook.secret, timestamp, body),
+            )
+            .body(body.to_vec())
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => Attempt::Delivered,
+            Ok(response) => {
+                let status = response.status();
+                let reason = format!("{} answered {status}", webhook.url);
+                if status.is_server_error()
+                    || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                    || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                {
+                    Attempt::Failed(reason)
+                } else {
+                    Attempt::Refused(reason)
+                }
+            }
+            Err(err) => Attempt::Failed(format!("{}: {}", webhook.url, error_chain(&err))),
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_the_hmac_of_the_timestamp_and_the_body() {
+        // RFC 4231's test case 2 key, over "0.what do ya want for nothing?" (computed
+        // with Python's hmac module).
+        assert_eq!(
+            signature("Jefe", 0, b"what do ya want for nothing?"),
+            "sha256=37f471929915ccd2cbbe79feb84ffcff4f2bb25e15fc41c2506687331ae179cc"
+        );
+        assert_ne!(
+            signature("secret-one-16-chars", 1, b"{}"),
+            signature("secret-two-16-chars", 1, b"{}")
+        );
+        assert_ne!(
+            signature("secret-one-16-chars", 1, b"{}"),
+            signature("secret-one-16-chars", 2, b"{}")
+        );
+    }
+}
