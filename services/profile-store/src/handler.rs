@@ -208,15 +208,30 @@ impl<S: Store> ProfileHandler<S> {
             "s:{}:{}:{}",
             changed.segment, changed.profile_version, changed.entered
         );
-        let outcome = store::change(
+        // Memberships belong to the profile they were decided for: one deleted since
+        // is not brought back, and one merged since keeps nothing (the profile it went
+        // into has memberships of its own).
+        if self
+            .store
+            .get(&PROFILES, changed.profile_id.as_bytes())
+            .await?
+            .is_none()
+        {
+            return Ok(Vec::new());
+        }
+        let outcome = match store::change(
             &self.store,
             &changed.profile_id,
-            WhenMerged::Follow,
+            WhenMerged::Refuse,
             Some(once(message_id.clone(), Some(MARK_TTL))),
             Vec::new(),
             |profile| Some(profile.set_segment(&changed.segment, changed.entered, at)),
         )
-        .await?;
+        .await
+        {
+            Err(ProfileError::Stale(_)) => return Ok(Vec::new()),
+            outcome => outcome?,
+        };
         Ok(self
             .announce(&outcome, message, &message_id, None)
             .into_iter()
@@ -296,9 +311,9 @@ impl<S: Store> ProfileHandler<S> {
                 "merging {from} into {into}: {from} was merged into {other}"
             )));
         }
-        let frozen = match self.store.get(&PROFILES, from.as_bytes()).await? {
-            Some(record) => store::decode(&record.value)?,
-            None => Profile::new(&from),
+        let (frozen, frozen_version) = match self.store.get(&PROFILES, from.as_bytes()).await? {
+            Some(record) => (store::decode(&record.value)?, record.version),
+            None => (Profile::new(&from), 0),
         };
         // 2. Take its document in, once (`into` may itself have been merged on since: the
         //    mark is looked for along the way).
@@ -351,10 +366,23 @@ impl<S: Store> ProfileHandler<S> {
             }
         }
         store::index(&self.store, &frozen.identifiers, &survivor).await?;
-        Ok(self
+        let mut outgoing: Vec<Outgoing> = self
             .announce(&changed, message, &merge.message_id, None)
             .into_iter()
-            .collect())
+            .collect();
+        // `from` is no one any more: said once (the stream drops a repeat), so that what
+        // follows profiles (segment memberships) lets it go.
+        if frozen_version > 0 {
+            outgoing.push(changed_message(
+                self.partitions,
+                &frozen,
+                frozen_version,
+                vec!["merged_into".to_string()],
+                &merge.message_id,
+                None,
+            ));
+        }
+        Ok(outgoing)
     }
 
     /// Identifiers leave `from` for `into`: `into` takes the events of those identifiers

@@ -786,7 +786,8 @@ impl Serialize for ProfileView<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
         let (profile, now) = (self.profile, self.now);
-        let mut map = serializer.serialize_map(Some(18))?;
+        let entries = 18 + usize::from(profile.merged_into.is_some());
+        let mut map = serializer.serialize_map(Some(entries))?;
         map.serialize_entry("id", &profile.id)?;
         map.serialize_entry("identifiers", &profile.identifiers)?;
         map.serialize_entry("first_seen", &profile.first_seen.map(time_text))?;
@@ -890,6 +891,11 @@ impl Serialize for ProfileView<'_> {
             }),
         )?;
         map.serialize_entry("merged_from", &profile.merged_from)?;
+        // Only on a profile merged into another (announced once, so that its segment
+        // memberships end).
+        if let Some(into) = &profile.merged_into {
+            map.serialize_entry("merged_into", into)?;
+        }
         map.end()
     }
 }

@@ -159,7 +159,7 @@ impl<S: Store> RangeScan<S> {
                 }
                 outgoing.extend(
                     self.live
-                        .decide(&changed, &view, Trigger::Batch, self.definitions)
+                        .decide(&changed, Some(&view), Trigger::Batch, self.definitions)
                         .await?,
                 );
             }

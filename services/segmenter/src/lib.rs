@@ -56,6 +56,18 @@ pub fn consumer_config() -> consumer::pull::Config {
     }
 }
 
+/// The durable consumer of deleted profiles, whose memberships end.
+pub fn deleted_consumer_config() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some("segmenter_deleted".to_string()),
+        description: Some("Segmenter: memberships of deleted profiles end".to_string()),
+        filter_subject: subjects::PROFILES_DELETED.to_string(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: cairn_bus::worker::ACK_WAIT,
+        ..Default::default()
+    }
+}
+
 /// The durable consumer of due segment timers, shared by the segmenter's replicas.
 pub fn timers_consumer_config() -> consumer::pull::Config {
     consumer::pull::Config {
@@ -87,6 +99,9 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         .await?;
     let timers = bus
         .ensure_consumer(streams::SEGMENTS, timers_consumer_config())
+        .await?;
+    let deleted = bus
+        .ensure_consumer(streams::PROFILES, deleted_consumer_config())
         .await?;
     let webhooks_consumer = bus
         .ensure_consumer(streams::SEGMENTS, activation::consumer_config())
@@ -124,7 +139,14 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         options.clone(),
         context.shutdown.clone(),
     );
-    let due = cairn_bus::worker::run(bus, timers, handler, options, context.shutdown.clone());
+    let due = cairn_bus::worker::run(
+        bus.clone(),
+        timers,
+        handler.clone(),
+        options.clone(),
+        context.shutdown.clone(),
+    );
+    let forget = cairn_bus::worker::run(bus, deleted, handler, options, context.shutdown.clone());
     let shutdown = context.shutdown.clone();
     Ok(Module {
         name: "segmenter",
@@ -133,6 +155,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         tasks: vec![
             Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) }),
             Box::pin(async move { due.await.map_err(|err| Box::new(err) as BoxError) }),
+            Box::pin(async move { forget.await.map_err(|err| Box::new(err) as BoxError) }),
             Box::pin(async move {
                 webhooks
                     .run(webhooks_consumer, shutdown)

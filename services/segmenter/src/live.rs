@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_bus::worker::{Delivered, Handled, Handler};
 use cairn_bus::{Outgoing, Partitions, subjects};
-use cairn_proto::profile::v1::ProfileChanged;
+use cairn_proto::profile::v1::{ProfileChanged, ProfileDeleted};
 use cairn_proto::segment::v1::SegmentChanged;
 use cairn_runtime::clock::{now_ms, timestamp};
 use cairn_runtime::error::{Classify as _, ErrorKind};
@@ -136,7 +136,33 @@ impl<S: Store> LiveHandler<S> {
         let trigger = Trigger::Change {
             repeat: message.is_repeat(),
         };
-        self.decide(&changed, &profile, trigger, 0).await
+        // A profile merged into another is no one any more: its memberships end.
+        let merged = profile
+            .get("merged_into")
+            .is_some_and(|into| !into.is_null());
+        let profile = (!merged).then_some(&profile);
+        self.decide(&changed, profile, trigger, 0).await
+    }
+
+    /// A profile was deleted: its memberships end, for good (the record stays, empty, at
+    /// the last version, so that no late change brings them back).
+    async fn on_deleted(&self, message: &Delivered) -> Result<Vec<Outgoing>, SegmentError> {
+        let deleted = ProfileDeleted::decode(message.payload.clone())
+            .map_err(|err| SegmentError::InvalidArgument(format!("not a deletion: {err}")))?;
+        if deleted.profile_id.is_empty() {
+            return Err(SegmentError::InvalidArgument(
+                "a deletion needs the profile id".to_string(),
+            ));
+        }
+        let changed = ProfileChanged {
+            profile_id: deleted.profile_id,
+            version: u64::MAX,
+            ..ProfileChanged::default()
+        };
+        let trigger = Trigger::Change {
+            repeat: message.is_repeat(),
+        };
+        self.decide(&changed, None, trigger, 0).await
     }
 
     /// A timer of `profile_id` came due: its profile as stored now, against every segment.
@@ -145,7 +171,9 @@ impl<S: Store> LiveHandler<S> {
             return Ok(Vec::new()); // deleted meanwhile
         };
         match stored_change(profile_id.as_bytes(), &record)? {
-            Some((changed, profile)) => self.decide(&changed, &profile, Trigger::Due, 0).await,
+            Some((changed, profile)) => {
+                self.decide(&changed, Some(&profile), Trigger::Due, 0).await
+            }
             None => Ok(Vec::new()), // merged into another meanwhile
         }
     }
@@ -153,10 +181,12 @@ impl<S: Store> LiveHandler<S> {
     /// Decides `profile`'s memberships (as announced in `changed`) against the saved
     /// segments (at least of version `definitions`), keeps them, and returns the
     /// announcements of what entered or left, and the timer for the next date-math flip.
+    /// `profile` is `None` when the profile is gone (merged into another, or deleted):
+    /// every membership ends.
     pub(crate) async fn decide(
         &self,
         changed: &ProfileChanged,
-        profile: &serde_json::Value,
+        profile: Option<&serde_json::Value>,
         trigger: Trigger,
         definitions: u64,
     ) -> Result<Vec<Outgoing>, SegmentError> {
@@ -180,7 +210,7 @@ impl<S: Store> LiveHandler<S> {
         set: &SegmentSet,
         definitions_version: u64,
         changed: &ProfileChanged,
-        profile: &serde_json::Value,
+        profile: Option<&serde_json::Value>,
         trigger: Trigger,
     ) -> Result<Decided, SegmentError> {
         let now = now_ms();
@@ -231,8 +261,16 @@ impl<S: Store> LiveHandler<S> {
                         && same_segments
                         && !changed.changed_fields.is_empty();
                     let fields = only_changed.then_some(changed.changed_fields.as_slice());
-                    let transitions: Vec<Transition> =
-                        set.evaluate(profile, fields, &mut members.members, now);
+                    let transitions: Vec<Transition> = match profile {
+                        Some(profile) => set.evaluate(profile, fields, &mut members.members, now),
+                        None => std::mem::take(&mut members.members)
+                            .into_keys()
+                            .map(|segment| Transition {
+                                segment,
+                                entered: false,
+                            })
+                            .collect(),
+                    };
                     members.last = transitions
                         .into_iter()
                         .map(|transition| (transition.segment, transition.entered))
@@ -241,11 +279,16 @@ impl<S: Store> LiveHandler<S> {
                     members.definitions = definitions_version;
                     decided = Some(members.last.clone());
                     let pending = members.timer_at.filter(|at| *at > now);
-                    schedule = match (set.next_change(profile, now), pending) {
+                    let next = profile.and_then(|profile| set.next_change(profile, now));
+                    schedule = match (next, pending) {
                         (Some(next), Some(pending)) if pending <= next => None,
                         (next, _) => next,
                     };
-                    members.timer_at = schedule.or(pending);
+                    members.timer_at = if profile.is_some() {
+                        schedule.or(pending)
+                    } else {
+                        None
+                    };
                     let value = serde_json::to_vec(&members).ok()?;
                     Some(Change::set(value))
                 },
@@ -374,8 +417,13 @@ pub(crate) fn stored_change(
 
 impl<S: Store> Handler for LiveHandler<S> {
     async fn handle(&self, message: &Delivered) -> Handled {
-        let due = message.subject.starts_with("segments.due.");
-        match self.on_change(message, due).await {
+        let result = if message.subject == subjects::PROFILES_DELETED {
+            self.on_deleted(message).await
+        } else {
+            let due = message.subject.starts_with("segments.due.");
+            self.on_change(message, due).await
+        };
+        match result {
             Ok(outgoing) => Handled::Publish(outgoing),
             Err(err) if err.kind() == ErrorKind::Unavailable => Handled::Retry {
                 reason: err.to_string(),

@@ -60,7 +60,7 @@ async fn serve(nats: &TestNats, store: &EmbeddedStore) -> TestHost {
         [
             ("CAIRN_NATS_URL", url.as_str()),
             ("CAIRN_WRITE_KEYS", "web:wk_web"),
-            ("CAIRN_ADMIN_TOKENS", "write:tk_write"),
+            ("CAIRN_ADMIN_TOKENS", "admin:tk_admin"),
             ("CAIRN_PARTITION_LEASE", "1s"),
             ("CAIRN_WEBHOOK_BACKOFF", "100ms"),
             ("CAIRN_WEBHOOK_ATTEMPTS", "3"),
@@ -85,7 +85,7 @@ fn with<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
-        .insert("authorization", "Bearer tk_write".parse().unwrap());
+        .insert("authorization", "Bearer tk_admin".parse().unwrap());
     request
 }
 
@@ -150,7 +150,8 @@ impl Mesh {
         found
     }
 
-    /// Sends `batch` and waits until the profile store and the segmenter are done with it.
+    /// Sends `batch` and waits until identity, the profile store (events, merges and
+    /// memberships) and the segmenter are done with it.
     async fn send(&self, batch: serde_json::Value) {
         self.host.send_batch("wk_web", batch).await;
         // Identity, the profile store and the segmenter, one after the other.
@@ -161,6 +162,12 @@ impl Mesh {
                     &self.bus,
                     streams::IDENTIFIED,
                     &format!("profile_store_events_{partition}"),
+                )
+                .await;
+                wait_consumer_idle(
+                    &self.bus,
+                    streams::PROFILES,
+                    &format!("profile_store_links_{partition}"),
                 )
                 .await;
                 wait_consumer_idle(
@@ -596,4 +603,86 @@ async fn a_segment_syncs_to_its_webhook_signed_retried_and_dead_lettered() {
     );
     assert_eq!(receiver.requests("broken").len(), 1);
     assert_eq!(receiver.requests("down").len(), 3);
+}
+
+#[tokio::test]
+async fn memberships_end_when_a_profile_is_merged_into_another_or_deleted() {
+    let mesh = mesh(&[("visitors", "FILTER event_count.page.all >= 1")]).await;
+    mesh.send(json!([
+        {"type": "identify", "messageId": "l1", "anonymousId": "laptop", "traits": {"email": "ann@example.com"}},
+        {"type": "page", "messageId": "l2", "anonymousId": "laptop"},
+        {"type": "page", "messageId": "p1", "anonymousId": "phone"},
+    ]))
+    .await;
+    assert_eq!(mesh.members("visitors").await.len(), 2);
+    // The phone logs in with the laptop's email: one person, in the segment once.
+    mesh.send(json!([
+        {"type": "track", "messageId": "link", "anonymousId": "phone", "event": "Signed In",
+         "context": {"traits": {"email": "ann@example.com"}}},
+    ]))
+    .await;
+    let survivor = visitors_of(&mesh.store, &["laptop", "phone"]).await;
+    assert_eq!(survivor.len(), 1, "{survivor:?}");
+    assert_eq!(mesh.members("visitors").await, survivor);
+    let visitors = |entered| ("visitors".to_string(), entered);
+    assert_eq!(
+        mesh.transitions().await,
+        vec![visitors(true), visitors(true), visitors(false)]
+    );
+
+    // Deleted: the last membership ends too, and a late change brings nothing back.
+    let id = survivor.into_iter().next().unwrap();
+    let mut profiles =
+        cairn_proto::profile::v1::profiles_client::ProfilesClient::connect(mesh.host.grpc_url())
+            .await
+            .unwrap();
+    profiles
+        .delete(with(cairn_proto::profile::v1::DeleteRequest {
+            profile_id: id.clone(),
+        }))
+        .await
+        .unwrap();
+    wait_consumer_idle(&mesh.bus, streams::PROFILES, "segmenter_deleted").await;
+    let late: Vec<Outgoing> = stream_messages(&mesh.bus, streams::PROFILES)
+        .await
+        .into_iter()
+        .filter(|message| message.subject.starts_with("profiles.changed."))
+        .enumerate()
+        .map(|(n, message)| Outgoing {
+            subject: message.subject,
+            message_id: Some(format!("late-{n}")),
+            headers: async_nats::HeaderMap::new(),
+            payload: message.payload,
+        })
+        .collect();
+    mesh.bus.publish_all(late).await.unwrap();
+    wait_consumer_idle(&mesh.bus, streams::PROFILES, "segmenter").await;
+    assert!(mesh.members("visitors").await.is_empty());
+    assert_eq!(
+        mesh.transitions().await,
+        vec![
+            visitors(true),
+            visitors(true),
+            visitors(false),
+            visitors(false)
+        ]
+    );
+}
+
+/// The profiles the anonymous ids lead to now.
+async fn visitors_of(store: &EmbeddedStore, anonymous: &[&str]) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for value in anonymous {
+        let identifier = cairn_profile_store::profile::Identifier {
+            kind: "anonymous_id".to_string(),
+            value: value.to_string(),
+        };
+        if let Some(found) = cairn_profile_store::store::lookup(store, &identifier)
+            .await
+            .unwrap()
+        {
+            ids.insert(found.profile.id);
+        }
+    }
+    ids
 }
