@@ -1,7 +1,8 @@
 //! `cairn rebuild`: profiles made again from the raw events, after identity rules (or
 //! the profile fold) changed. With every Cairn process stopped, it deletes what is
-//! derived from the EVENTS stream: identity's graph and its consumer, every profile,
-//! and the IDENTIFIED and PROFILES streams. The next start replays EVENTS from its
+//! derived from the EVENTS stream: identity's graph and its consumer, every profile and
+//! its segment memberships (the saved segments stay), and the IDENTIFIED and PROFILES
+//! streams. The next start replays EVENTS from its
 //! first event. Deleted people stay deleted (identity keeps hashes of their
 //! identifiers). Uses the same configuration as `cairn up` and `cairn serve`, and
 //! starts a local nats-server like `cairn up` when none answers.
@@ -47,18 +48,19 @@ async fn rebuild(settings: &Settings, yes: bool) -> anyhow::Result<()> {
     };
     if !yes {
         return Err(UsageError(format!(
-            "this deletes every profile and the identity graph, then the next start rebuilds them from the {events} raw events in {}; run `cairn rebuild --yes` to go ahead",
+            "this deletes every profile (and its segment memberships) and the identity graph, then the next start rebuilds them from the {events} raw events in {}; run `cairn rebuild --yes` to go ahead",
             streams::EVENTS
         ))
         .into());
     }
     let profiles = cairn_profile_store::rebuild::reset(&store).await?;
+    let memberships = cairn_segmenter::live::forget_all(&store).await?;
     let graph = cairn_identity::rebuild::reset(&bus, &store).await?;
     for stream in [streams::IDENTIFIED, streams::PROFILES] {
         bus.delete_stream(stream).await?;
     }
     println!(
-        "Deleted {profiles} profile keys, {graph} identity graph keys, and the {} and {} streams.",
+        "Deleted {profiles} profile keys, {memberships} profiles' segment memberships, {graph} identity graph keys, and the {} and {} streams.",
         streams::IDENTIFIED,
         streams::PROFILES
     );

@@ -169,6 +169,18 @@ impl EventCounts {
             .collect();
     }
 
+    /// When the count of the `window` ms before `now` next drops with no new event: the
+    /// instant its oldest bucket in the window leaves it. `None` when the window is empty.
+    pub fn drops_at(&self, window: i64, now: i64) -> Option<i64> {
+        let cutoff = now - window;
+        self.buckets
+            .iter()
+            .map(|(start, _, _)| *start)
+            .filter(|start| *start >= cutoff)
+            .min()
+            .map(|start| start + window + 1)
+    }
+
     /// Events in the `window` ms before `now`, counting whole buckets.
     pub fn within(&self, window: i64, now: i64) -> u64 {
         let cutoff = now - window;
@@ -786,7 +798,7 @@ impl Serialize for ProfileView<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
         let (profile, now) = (self.profile, self.now);
-        let entries = 18 + usize::from(profile.merged_into.is_some());
+        let entries = 19 + usize::from(profile.merged_into.is_some());
         let mut map = serializer.serialize_map(Some(entries))?;
         map.serialize_entry("id", &profile.id)?;
         map.serialize_entry("identifiers", &profile.identifiers)?;
@@ -855,6 +867,21 @@ impl Serialize for ProfileView<'_> {
             }),
         )?;
         map.serialize_entry(
+            "event_count_drops",
+            &Pairs(|| {
+                profile.events.iter().map(move |(name, counts)| {
+                    let windows = Pairs(move || {
+                        WINDOWS.iter().filter_map(move |(window, length)| {
+                            counts
+                                .drops_at(*length, now)
+                                .map(|at| (*window, time_text(at)))
+                        })
+                    });
+                    (name, windows)
+                })
+            }),
+        )?;
+        map.serialize_entry(
             "event_last",
             &Pairs(|| {
                 profile
@@ -912,7 +939,9 @@ impl ProfileSchema {
     pub fn change_of(field: &str) -> String {
         let parts: Vec<&str> = field.split('.').collect();
         match parts.as_slice() {
-            ["event_count" | "event_last", name, ..] => format!("events.{name}"),
+            ["event_count" | "event_count_drops" | "event_last", name, ..] => {
+                format!("events.{name}")
+            }
             ["traits" | "facts", name, ..] => format!("{}.{name}", parts[0]),
             [top, ..] if TOP_FIELDS.contains(top) => (*top).to_string(),
             [name] => format!("traits.{name}"),
@@ -938,6 +967,7 @@ const TOP_FIELDS: &[&str] = &[
     "timezone",
     "urls",
     "event_count",
+    "event_count_drops",
     "event_last",
     "traits",
     "facts",
@@ -955,7 +985,8 @@ impl cairn_filterql::Schema for ProfileSchema {
             ["visit_count" | "session_count"] => Number,
             ["identifiers" | "sessions" | "devices" | "urls" | "merged_from"] => List,
             [
-                "referrer_domains" | "event_count" | "event_last" | "traits" | "facts" | "segments",
+                "referrer_domains" | "event_count" | "event_count_drops" | "event_last" | "traits"
+                | "facts" | "segments",
             ] => Map,
             // A field the profile does not have at its top is a trait.
             [_] => Any,
@@ -963,6 +994,10 @@ impl cairn_filterql::Schema for ProfileSchema {
             ["traits" | "facts", ..] => Any,
             ["segments", _] => Time,
             ["event_last", _, ..] => Time,
+            ["event_count_drops", _] => Map,
+            ["event_count_drops", .., window] if WINDOWS.iter().any(|(name, _)| name == window) => {
+                Time
+            }
             ["event_count", _] => Map,
             ["event_count", .., window]
                 if *window == "all" || WINDOWS.iter().any(|(name, _)| name == window) =>
@@ -1234,6 +1269,21 @@ mod tests {
         let view = serde_json::to_value(profile.view(T0)).unwrap();
         assert_eq!(view["event_count"]["purchase"]["all"], 5);
         assert_eq!(view["event_count"]["purchase"]["24h"], 2);
+        // Each window says when its count next drops, and it does drop then.
+        for (window, length) in WINDOWS {
+            let at = counts.drops_at(length, T0).unwrap();
+            assert!(at > T0, "{window}");
+            assert_eq!(
+                counts.within(length, at),
+                counts.within(length, at - 1) - 1,
+                "{window}"
+            );
+            assert_eq!(
+                view["event_count_drops"]["purchase"][window],
+                cairn_runtime::clock::text(at)
+            );
+        }
+        assert_eq!(counts.drops_at(HOUR, T0 + HOUR), None);
     }
 
     #[test]

@@ -73,6 +73,13 @@ pub async fn members<S: Store>(store: &S, profile_id: &str) -> Result<Members, S
     }
 }
 
+/// Deletes every profile's memberships, keeping the saved segments; returns how many
+/// were deleted. For a rebuild, which makes the profiles again (with new versions):
+/// they are all evaluated anew as they are announced.
+pub async fn forget_all<S: Store>(store: &S) -> Result<u64, SegmentError> {
+    Ok(cairn_store::delete_all(store, &SEGMENTS, |key| !key.starts_with(b"m:")).await?)
+}
+
 struct Loaded {
     set: Arc<SegmentSet>,
     version: u64,

@@ -18,6 +18,9 @@ pub struct Segment {
     reads: BTreeSet<String>,
     /// The segments it includes.
     includes: Vec<String>,
+    /// The windowed event counts it reads: (event name, window), as in
+    /// `event_count.<name>.<window>`.
+    windows: Vec<(String, String)>,
 }
 
 /// A profile entering or leaving a segment.
@@ -61,6 +64,12 @@ impl SegmentSet {
             .iter()
             .map(|field| ProfileSchema::change_of(field))
             .collect();
+        let windows = fields
+            .iter()
+            .filter_map(|field| field.strip_prefix("event_count.")?.rsplit_once('.'))
+            .filter(|(_, window)| *window != "all")
+            .map(|(name, window)| (name.to_string(), window.to_string()))
+            .collect();
         self.segments.insert(
             name.to_string(),
             Arc::new(Segment {
@@ -68,6 +77,7 @@ impl SegmentSet {
                 filter,
                 reads,
                 includes,
+                windows,
             }),
         );
         self.reorder();
@@ -206,11 +216,31 @@ impl SegmentSet {
         transitions
     }
 
-    /// When, with no change to `profile`, a segment's date math next flips for it.
+    /// When, with no change to `profile`, a segment may next flip for it: its date math
+    /// crossing a boundary, or an event count it reads dropping as an event leaves its
+    /// window (`event_count_drops` in the profile says when).
     pub fn next_change(&self, profile: &Value, now_ms: i64) -> Option<i64> {
+        let drops = |segment: &Segment| {
+            segment
+                .windows
+                .iter()
+                .filter_map(|(name, window)| {
+                    let text = profile["event_count_drops"][name][window].as_str()?;
+                    let at = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+                    Some(at.timestamp_millis())
+                })
+                .filter(|at| *at > now_ms)
+                .min()
+        };
         self.segments
             .values()
-            .filter_map(|segment| next_change(&segment.filter.expr, profile, now_ms))
+            .flat_map(|segment| {
+                [
+                    next_change(&segment.filter.expr, profile, now_ms),
+                    drops(segment),
+                ]
+            })
+            .flatten()
             .min()
     }
 }
@@ -333,6 +363,23 @@ mod tests {
                 entered: false
             }]
         );
+    }
+
+    #[test]
+    fn an_event_count_segment_looks_again_when_an_event_leaves_its_window() {
+        let windowed = set(&[
+            ("buyers", "FILTER event_count.purchase.7d >= 2"),
+            ("ever", "FILTER event_count.purchase.all >= 2"),
+        ]);
+        let drops = chrono_text(NOW + 3 * DAY);
+        let profile = json!({
+            "event_count": {"purchase": {"7d": 2, "all": 2}},
+            "event_count_drops": {"purchase": {"7d": drops, "30d": chrono_text(NOW + 26 * DAY)}},
+        });
+        assert_eq!(windowed.next_change(&profile, NOW), Some(NOW + 3 * DAY));
+        // Only the windows a segment reads count.
+        let only_all = set(&[("ever", "FILTER event_count.purchase.all >= 2")]);
+        assert_eq!(only_all.next_change(&profile, NOW), None);
     }
 
     fn chrono_text(ms: i64) -> String {
