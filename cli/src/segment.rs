@@ -351,3 +351,48 @@ async fn run_remote(command: SegmentCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member() -> pb::MembersResponse {
+        pb::MembersResponse {
+            profile_id: "p1".to_string(),
+            since: Some(cairn_runtime::clock::timestamp(1_795_000_000_123)),
+            profile_json: serde_json::json!({
+                "id": "p1",
+                "identifiers": [
+                    {"type": "anonymous_id", "value": "a1"},
+                    {"type": "email", "value": "ann, \"the\" buyer@example.com"},
+                    {"type": "user_id", "value": "u1"},
+                ],
+                "traits": {"plan": "pro"},
+            })
+            .to_string(),
+        }
+    }
+
+    #[test]
+    fn members_export_as_ids_csv_and_json_lines() {
+        let member = member();
+        assert_eq!(member_line(&member, MembersFormat::Ids).unwrap(), "p1");
+        assert_eq!(
+            member_line(&member, MembersFormat::Csv).unwrap(),
+            "p1,2026-11-18T11:06:40.123Z,u1,\"ann, \"\"the\"\" buyer@example.com\",a1"
+        );
+        let line: serde_json::Value =
+            serde_json::from_str(&member_line(&member, MembersFormat::Jsonl).unwrap()).unwrap();
+        assert_eq!(line["profile_id"], "p1");
+        assert_eq!(line["since"], "2026-11-18T11:06:40.123Z");
+        assert_eq!(line["profile"]["traits"]["plan"], "pro");
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_they_must_be() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("line\nbreak"), "\"line\nbreak\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

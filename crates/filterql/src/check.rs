@@ -26,6 +26,11 @@ pub enum FieldType {
 pub trait Schema {
     /// The type of `field`, or `None` when there is no such field.
     fn field_type(&self, field: &str) -> Option<FieldType>;
+
+    /// What the fields belong to, for messages ("the profile has no field ...").
+    fn subject(&self) -> &str {
+        "the profile"
+    }
 }
 
 /// Whether `literal` can be compared with a `kind` field (`now` for date math).
@@ -64,8 +69,9 @@ fn check_expr(expr: &Expr, schema: &dyn Schema, problems: &mut Vec<String>) {
         let kind = schema.field_type(field);
         if kind.is_none() {
             problems.push(format!(
-                "{}: the profile has no field {field:?}",
-                expr_text(expr)
+                "{}: {} has no field {field:?}",
+                expr_text(expr),
+                schema.subject()
             ));
         }
         kind

@@ -13,6 +13,7 @@
 
 pub mod activation;
 pub mod batch;
+pub mod campaigns;
 pub mod definitions;
 pub mod error;
 pub mod grpc;
