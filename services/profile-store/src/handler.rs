@@ -209,23 +209,19 @@ impl<S: Store> ProfileHandler<S> {
             changed.segment, changed.profile_version, changed.entered
         );
         // Memberships belong to the profile they were decided for: one deleted since
-        // is not brought back, and one merged since keeps nothing (the profile it went
-        // into has memberships of its own).
-        if self
-            .store
-            .get(&PROFILES, changed.profile_id.as_bytes())
-            .await?
-            .is_none()
-        {
-            return Ok(Vec::new());
-        }
+        // is not brought back (the change would find an empty new profile: declined in
+        // the same read-modify-write), and one merged since keeps nothing (the profile it
+        // went into has memberships of its own).
         let outcome = match store::change(
             &self.store,
             &changed.profile_id,
             WhenMerged::Refuse,
             Some(once(message_id.clone(), Some(MARK_TTL))),
             Vec::new(),
-            |profile| Some(profile.set_segment(&changed.segment, changed.entered, at)),
+            |profile| {
+                let deleted = profile.identifiers.is_empty() && profile.first_seen.is_none();
+                (!deleted).then(|| profile.set_segment(&changed.segment, changed.entered, at))
+            },
         )
         .await
         {

@@ -11,12 +11,15 @@
 //!
 //! `POST`ed as JSON with `X-Cairn-Timestamp` (Unix seconds) and `X-Cairn-Signature:
 //! sha256=<hex>`, the HMAC-SHA256 under the segment's secret of `<timestamp>.<body>`;
-//! `Idempotency-Key` is the batch id, the same on every retry. A 2xx answer delivers the
+//! `Idempotency-Key` is the batch id, a hash of its changes: the same on every retry,
+//! and whenever the same changes come again (each change is also told apart by its
+//! profile_id, profile_version and entered). A 2xx answer delivers the
 //! batch; a timeout, a connection failure, 408, 429 or 5xx is retried with a doubling
 //! backoff (the round's messages kept from redelivery meanwhile); any other answer, or
 //! the last failed attempt, sends the batch to `deadletter.segmenter_webhooks` with the
 //! reason. The round is acknowledged once every batch is delivered or dead-lettered, so
-//! a crash means a batch is sent again (with the same id), never lost.
+//! a crash means changes are sent again, never lost (a store or NATS failure mid-round
+//! leaves the round to come again, and the segmenter goes on).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -81,14 +84,19 @@ impl WebhookConfig {
     }
 }
 
-/// The durable consumer of the changes to sync.
-pub fn consumer_config() -> consumer::pull::Config {
+/// How often a round being retried tells NATS it is still being worked on.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// The durable consumer of the changes to sync: a round is kept from redelivery for
+/// `ack_wait`, renewed at least every [`PROGRESS_EVERY`] and before each attempt, which
+/// may take `config.timeout`.
+pub fn consumer_config(config: &WebhookConfig) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(SERVICE.to_string()),
         description: Some("Segmenter: entered/exited batches to webhooks".to_string()),
         filter_subject: "segments.changed.>".to_string(),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        ack_wait: (config.timeout + PROGRESS_EVERY) * 3,
         max_ack_pending: (ROUND * 4) as i64,
         ..Default::default()
     }
@@ -108,8 +116,6 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
 /// One change in a batch.
 struct Change {
     changed: SegmentChanged,
-    /// Where it is in the stream (for the batch id).
-    sequence: u64,
 }
 
 /// How an attempt went.
@@ -176,8 +182,15 @@ impl<S: Store> Webhooks<S> {
             if messages.is_empty() {
                 continue;
             }
-            if !self.round(&messages, &shutdown).await? {
-                return Ok(()); // shutdown mid-round: redelivered later
+            match self.round(&messages, &shutdown).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()), // shutdown mid-round: redelivered later
+                Err(err) => {
+                    // The round is redelivered after its ack wait; the rest goes on.
+                    tracing::warn!(error = %err, "webhooks: round failed; it will come again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
             }
             for message in &messages {
                 if let Err(err) = message.double_ack().await {
@@ -203,7 +216,7 @@ impl<S: Store> Webhooks<S> {
                     continue;
                 }
             };
-            let sequence = message.info().map_or(0, |info| info.stream_sequence);
+
             if saved
                 .segments
                 .get(&changed.segment)
@@ -212,7 +225,7 @@ impl<S: Store> Webhooks<S> {
                 batches
                     .entry(changed.segment.clone())
                     .or_default()
-                    .push(Change { changed, sequence });
+                    .push(Change { changed });
             }
         }
         for (segment, changes) in batches {
@@ -243,10 +256,13 @@ impl<S: Store> Webhooks<S> {
         round: &[jetstream::Message],
         shutdown: &Shutdown,
     ) -> Result<bool, SegmentError> {
+        // The same changes make the same id, whichever round they come in.
         let mut id = Sha256::new();
         id.update(segment.as_bytes());
         for change in changes {
-            id.update(change.sequence.to_be_bytes());
+            id.update(change.changed.profile_id.as_bytes());
+            id.update(change.changed.profile_version.to_be_bytes());
+            id.update([u8::from(change.changed.entered)]);
         }
         let batch = hex(&id.finalize()[..16]);
         let body = serde_json::to_vec(&serde_json::json!({
@@ -262,6 +278,7 @@ impl<S: Store> Webhooks<S> {
         .map_err(|err| SegmentError::Corrupt(format!("webhook batch: {err}")))?;
         let mut attempt = 1;
         let reason = loop {
+            still_working(round).await;
             match self.attempt(webhook, &batch, &body).await {
                 Attempt::Delivered => {
                     tracing::info!(
@@ -279,18 +296,21 @@ impl<S: Store> Webhooks<S> {
                 }
                 Attempt::Failed(reason) => {
                     tracing::warn!(segment, batch, attempt, %reason, "webhook failed; will retry");
-                    // Still working on the round: keep it from being delivered elsewhere.
-                    for message in round {
-                        let _ = message.ack_with(jetstream::AckKind::Progress).await;
-                    }
                     let wait = self
                         .config
                         .backoff
                         .saturating_mul(1 << (attempt - 1).min(16))
                         .min(MAX_BACKOFF);
-                    tokio::select! {
-                        () = shutdown.requested() => return Ok(false),
-                        () = tokio::time::sleep(wait) => {}
+                    let until = tokio::time::Instant::now() + wait;
+                    while tokio::time::Instant::now() < until {
+                        still_working(round).await;
+                        let slice = until
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .min(PROGRESS_EVERY);
+                        tokio::select! {
+                            () = shutdown.requested() => return Ok(false),
+                            () = tokio::time::sleep(slice) => {}
+                        }
                     }
                     attempt += 1;
                 }
@@ -348,6 +368,13 @@ impl<S: Store> Webhooks<S> {
             }
             Err(err) => Attempt::Failed(format!("{}: {}", webhook.url, error_chain(&err))),
         }
+    }
+}
+
+/// Keeps `round` from being delivered elsewhere while it is worked on.
+async fn still_working(round: &[jetstream::Message]) {
+    for message in round {
+        let _ = message.ack_with(jetstream::AckKind::Progress).await;
     }
 }
 

@@ -104,14 +104,14 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     let deleted = bus
         .ensure_consumer(streams::PROFILES, deleted_consumer_config())
         .await?;
+    let webhook_config = activation::WebhookConfig::from_settings(&context.settings)?;
     let webhooks_consumer = bus
-        .ensure_consumer(streams::SEGMENTS, activation::consumer_config())
+        .ensure_consumer(
+            streams::SEGMENTS,
+            activation::consumer_config(&webhook_config),
+        )
         .await?;
-    let webhooks = activation::Webhooks::new(
-        bus.clone(),
-        store.clone(),
-        activation::WebhookConfig::from_settings(&context.settings)?,
-    )?;
+    let webhooks = activation::Webhooks::new(bus.clone(), store.clone(), webhook_config)?;
     let readiness_bus = bus.clone();
     context.readiness.add_check("segmenter: NATS", move || {
         if readiness_bus.is_connected() {
@@ -120,7 +120,8 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
             Err("not connected".to_string())
         }
     });
-    let handler = live::LiveHandler::new(store.clone(), bus.partitions());
+    let handler =
+        live::LiveHandler::new(store.clone(), bus.partitions(), bus_config.derived_max_age);
     let segments = grpc::SegmentsService {
         store,
         live: handler.clone(),

@@ -43,6 +43,8 @@ use crate::segments::{SegmentSet, Transition};
 /// How long a replica uses the segments it loaded before looking for changes.
 const DEFINITIONS_FRESH: Duration = Duration::from_secs(1);
 const ATTEMPTS: u32 = 50;
+/// The furthest ahead a timer is ever set.
+const MAX_TIMER_HORIZON: Duration = Duration::from_secs(3 * 86_400);
 
 /// A profile's memberships, and what they were decided on.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -53,8 +55,11 @@ pub struct Members {
     pub definitions: u64,
     /// Segment → since when (ms).
     pub members: BTreeMap<String, i64>,
-    /// What the last evaluation decided, to announce again on a repeat.
+    /// What the last evaluation that moved the profile decided, to announce again on a
+    /// repeat (its announcements may not have gone out), and the version it was on.
     pub last: Vec<(String, bool)>,
+    #[serde(default)]
+    pub last_version: u64,
     /// When the pending timer is due (ms), if one is.
     #[serde(default)]
     pub timer_at: Option<i64>,
@@ -90,14 +95,20 @@ struct Loaded {
 pub struct LiveHandler<S> {
     pub store: S,
     pub partitions: Partitions,
+    /// The furthest ahead a timer is set (below the SEGMENTS stream's age limit, which
+    /// would drop a schedule before it fires): a later flip is reached by a chain of
+    /// timers, each evaluating the profile again.
+    pub timer_horizon: Duration,
     loaded: Arc<Mutex<Option<Loaded>>>,
 }
 
 impl<S: Store> LiveHandler<S> {
-    pub fn new(store: S, partitions: Partitions) -> Self {
+    /// `stream_max_age`: how long the SEGMENTS stream keeps a message.
+    pub fn new(store: S, partitions: Partitions, stream_max_age: Duration) -> Self {
         Self {
             store,
             partitions,
+            timer_horizon: (stream_max_age / 2).min(MAX_TIMER_HORIZON),
             loaded: Arc::default(),
         }
     }
@@ -131,7 +142,7 @@ impl<S: Store> LiveHandler<S> {
         let changed = ProfileChanged::decode(message.payload.clone())
             .map_err(|err| SegmentError::InvalidArgument(format!("not a profile change: {err}")))?;
         if due {
-            return self.on_due(&changed.profile_id).await;
+            return self.on_due(&changed.profile_id, message.is_repeat()).await;
         }
         if changed.profile_id.is_empty() || changed.profile_json.is_empty() {
             return Err(SegmentError::InvalidArgument(
@@ -173,13 +184,14 @@ impl<S: Store> LiveHandler<S> {
     }
 
     /// A timer of `profile_id` came due: its profile as stored now, against every segment.
-    async fn on_due(&self, profile_id: &str) -> Result<Vec<Outgoing>, SegmentError> {
+    async fn on_due(&self, profile_id: &str, repeat: bool) -> Result<Vec<Outgoing>, SegmentError> {
         let Some(record) = self.store.get(&PROFILES, profile_id.as_bytes()).await? else {
             return Ok(Vec::new()); // deleted meanwhile
         };
         match stored_change(profile_id.as_bytes(), &record)? {
             Some((changed, profile)) => {
-                self.decide(&changed, Some(&profile), Trigger::Due, 0).await
+                self.decide(&changed, Some(&profile), Trigger::Due { repeat }, 0)
+                    .await
             }
             None => Ok(Vec::new()), // merged into another meanwhile
         }
@@ -221,7 +233,10 @@ impl<S: Store> LiveHandler<S> {
         trigger: Trigger,
     ) -> Result<Decided, SegmentError> {
         let now = now_ms();
-        let mut decided: Option<Vec<(String, bool)>> = None;
+        let horizon = now.saturating_add(self.timer_horizon.as_millis() as i64);
+        let repeat = trigger.is_repeat();
+        // What to announce, and the profile version it was decided on.
+        let mut decided: Option<(u64, Vec<(String, bool)>)> = None;
         let mut schedule = None;
         let mut damaged = None;
         let mut newer = None;
@@ -251,21 +266,22 @@ impl<S: Store> LiveHandler<S> {
                         return None;
                     }
                     let same_segments = members.definitions == definitions_version;
+                    let is_due = matches!(trigger, Trigger::Due { .. });
                     let decided_before = changed.version < members.version
-                        || (changed.version == members.version
-                            && same_segments
-                            && trigger != Trigger::Due);
+                        || (changed.version == members.version && same_segments && !is_due);
                     if decided_before {
-                        // Announce it again if this may be a repeat.
-                        if changed.version == members.version
-                            && trigger == (Trigger::Change { repeat: true })
-                        {
-                            decided = Some(members.last.clone());
+                        // This may be a repeat whose announcements did not go out.
+                        if repeat {
+                            decided = Some((members.last_version, members.last.clone()));
                         }
                         return None;
                     }
+                    // Only the segments reading what changed, when this change follows
+                    // the last one evaluated; after a gap (changes out of order, one
+                    // dead-lettered), every segment.
                     let only_changed = matches!(trigger, Trigger::Change { .. })
                         && same_segments
+                        && changed.version == members.version + 1
                         && !changed.changed_fields.is_empty();
                     let fields = only_changed.then_some(changed.changed_fields.as_slice());
                     let transitions: Vec<Transition> = match profile {
@@ -278,15 +294,23 @@ impl<S: Store> LiveHandler<S> {
                             })
                             .collect(),
                     };
-                    members.last = transitions
-                        .into_iter()
-                        .map(|transition| (transition.segment, transition.entered))
-                        .collect();
+                    if !transitions.is_empty() {
+                        members.last = transitions
+                            .into_iter()
+                            .map(|transition| (transition.segment, transition.entered))
+                            .collect();
+                        members.last_version = changed.version;
+                        decided = Some((members.last_version, members.last.clone()));
+                    } else if repeat {
+                        decided = Some((members.last_version, members.last.clone()));
+                    }
                     members.version = changed.version;
                     members.definitions = definitions_version;
-                    decided = Some(members.last.clone());
-                    let pending = members.timer_at.filter(|at| *at > now);
-                    let next = profile.and_then(|profile| set.next_change(profile, now));
+                    // A timer that came due is used up, whatever the clocks say.
+                    let pending = members.timer_at.filter(|at| *at > now && !is_due);
+                    let next = profile
+                        .and_then(|profile| set.next_change(profile, now))
+                        .map(|next| next.min(horizon));
                     schedule = match (next, pending) {
                         (Some(next), Some(pending)) if pending <= next => None,
                         (next, _) => next,
@@ -308,8 +332,8 @@ impl<S: Store> LiveHandler<S> {
             return Ok(Decided::Stale { newer });
         }
         let partition = self.partitions.of(&changed.profile_id);
+        let (version, decided) = decided.unwrap_or_default();
         let mut outgoing: Vec<Outgoing> = decided
-            .unwrap_or_default()
             .into_iter()
             .map(|(segment, entered)| {
                 let announcement = SegmentChanged {
@@ -317,7 +341,7 @@ impl<S: Store> LiveHandler<S> {
                     segment: segment.clone(),
                     entered,
                     at: Some(timestamp(now)),
-                    profile_version: changed.version,
+                    profile_version: version,
                 };
                 let mut headers = async_nats::HeaderMap::new();
                 cairn_bus::trace::inject_current(&mut headers);
@@ -325,7 +349,7 @@ impl<S: Store> LiveHandler<S> {
                     subject: subjects::segments_changed(partition),
                     message_id: Some(format!(
                         "segment:{}:{segment}:{}:{entered}",
-                        changed.profile_id, changed.version
+                        changed.profile_id, version
                     )),
                     headers,
                     payload: Bytes::from(announcement.encode_to_vec()),
@@ -351,10 +375,19 @@ enum Decided {
 pub(crate) enum Trigger {
     /// A `profiles.changed`; `repeat` when it may have been handled before.
     Change { repeat: bool },
-    /// A timer came due: every segment again, on the version it was set for.
-    Due,
+    /// A timer came due: every segment again, on the profile as stored now.
+    Due { repeat: bool },
     /// A batch run over every profile.
     Batch,
+}
+
+impl Trigger {
+    fn is_repeat(self) -> bool {
+        match self {
+            Trigger::Change { repeat } | Trigger::Due { repeat } => repeat,
+            Trigger::Batch => false,
+        }
+    }
 }
 
 /// The schedule that brings `profile_id` back on `segments.due.<partition>` at `at_ms`

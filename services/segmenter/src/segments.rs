@@ -54,6 +54,16 @@ impl SegmentSet {
         }
         let (mut fields, mut includes) = (Vec::new(), Vec::new());
         filter.expr.fields(&mut fields, &mut includes);
+        // Memberships are read with INCLUDE, which keeps the order of evaluation and
+        // refuses cycles; a segment reading `segments.x` could flip itself forever.
+        if let Some(field) = fields
+            .iter()
+            .find(|field| field.split('.').next() == Some("segments"))
+        {
+            return Err(invalid(format!(
+                "{field}: read memberships with INCLUDE <segment>, not the segments field"
+            )));
+        }
         check_includes(name, &includes, &|other| {
             self.segments
                 .get(other)
@@ -187,6 +197,21 @@ impl SegmentSet {
                 .collect(),
         };
         let mut transitions = Vec::new();
+        if changed.is_none() {
+            // Memberships of segments deleted since end.
+            let gone: Vec<String> = members
+                .keys()
+                .filter(|name| !self.segments.contains_key(*name))
+                .cloned()
+                .collect();
+            for segment in gone {
+                members.remove(&segment);
+                transitions.push(Transition {
+                    segment,
+                    entered: false,
+                });
+            }
+        }
         for segment in segments {
             let member = {
                 let current = &*members;
@@ -344,6 +369,16 @@ mod tests {
             }]
         );
         assert!(members.contains_key("frequent") && !members.contains_key("frequent_pros"));
+        // A segment deleted since: its membership ends at the next full evaluation.
+        members.insert("deleted_since".into(), NOW);
+        assert_eq!(
+            set.evaluate(&free, None, &mut members, NOW + 2),
+            vec![Transition {
+                segment: "deleted_since".into(),
+                entered: false
+            }]
+        );
+        assert!(!members.contains_key("deleted_since"));
     }
 
     #[test]
@@ -404,6 +439,13 @@ mod tests {
             .unwrap_err();
         assert!(
             err.to_string().contains("INCLUDE goes round: a -> b -> a"),
+            "{err}"
+        );
+        let err = set
+            .insert("s", parse("FILTER NOT EXISTS segments.s").unwrap())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("read memberships with INCLUDE"),
             "{err}"
         );
         let err = set
