@@ -192,9 +192,11 @@ impl<S: Store> Webhooks<S> {
                     continue;
                 }
             }
+            // Plain acks (no round trip each): a lost one only means its changes are
+            // sent again, under the same batch id.
             for message in &messages {
-                if let Err(err) = message.double_ack().await {
-                    tracing::warn!(error = %err, "webhooks: ack failed; the batch may be sent again");
+                if let Err(err) = message.ack().await {
+                    tracing::warn!(error = %err, "webhooks: ack failed; the changes may be sent again");
                 }
             }
         }

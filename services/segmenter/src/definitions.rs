@@ -20,7 +20,8 @@ pub const SEGMENTS: TableSpec = TableSpec {
     },
 };
 
-const DEFINITIONS: &[u8] = b"definitions";
+/// The key of the record holding every segment.
+pub const DEFINITIONS: &[u8] = b"definitions";
 const ATTEMPTS: u32 = 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,13 +136,19 @@ impl Definitions {
 
 /// The saved segments and the record's version (`None` when none were ever saved).
 pub async fn load<S: Store>(store: &S) -> Result<(Definitions, Option<u64>), SegmentError> {
-    match store.get(&SEGMENTS, DEFINITIONS).await? {
-        Some(record) => Ok((
-            serde_json::from_slice(&record.value)
-                .map_err(|err| SegmentError::Corrupt(err.to_string()))?,
-            Some(record.version),
-        )),
-        None => Ok((Definitions::default(), None)),
+    let record = store.get(&SEGMENTS, DEFINITIONS).await?;
+    Ok((
+        decode(record.as_ref())?,
+        record.map(|record| record.version),
+    ))
+}
+
+/// The segments in the [`DEFINITIONS`] record (none when there is no record).
+pub fn decode(record: Option<&cairn_store::Versioned>) -> Result<Definitions, SegmentError> {
+    match record {
+        Some(record) => serde_json::from_slice(&record.value)
+            .map_err(|err| SegmentError::Corrupt(err.to_string())),
+        None => Ok(Definitions::default()),
     }
 }
 

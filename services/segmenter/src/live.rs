@@ -123,9 +123,17 @@ impl<S: Store> LiveHandler<S> {
         {
             return Ok((current.set.clone(), current.version));
         }
-        let (saved, version) = definitions::load(&self.store).await?;
-        let set = Arc::new(saved.set()?);
-        let version = version.unwrap_or(0);
+        // Checking costs one read; the segments are read and indexed again only when
+        // they changed (rebuilding them every second stalled every change meanwhile).
+        let record = self.store.get(&SEGMENTS, definitions::DEFINITIONS).await?;
+        let version = record.as_ref().map_or(0, |record| record.version);
+        if let Some(current) = loaded.as_mut()
+            && current.version == version
+        {
+            current.at = Instant::now();
+            return Ok((current.set.clone(), version));
+        }
+        let set = Arc::new(definitions::decode(record.as_ref())?.set()?);
         *loaded = Some(Loaded {
             set: set.clone(),
             version,
@@ -285,6 +293,12 @@ impl<S: Store> LiveHandler<S> {
                         && !changed.changed_fields.is_empty();
                     let fields = only_changed.then_some(changed.changed_fields.as_slice());
                     let transitions: Vec<Transition> = match profile {
+                        // Segments changed since: the memberships of deleted ones end.
+                        Some(profile) if !same_segments => {
+                            let mut ended = set.forget_deleted(&mut members.members);
+                            ended.extend(set.evaluate(profile, None, &mut members.members, now));
+                            ended
+                        }
                         Some(profile) => set.evaluate(profile, fields, &mut members.members, now),
                         None => std::mem::take(&mut members.members)
                             .into_keys()

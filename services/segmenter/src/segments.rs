@@ -197,21 +197,6 @@ impl SegmentSet {
                 .collect(),
         };
         let mut transitions = Vec::new();
-        if changed.is_none() {
-            // Memberships of segments deleted since end.
-            let gone: Vec<String> = members
-                .keys()
-                .filter(|name| !self.segments.contains_key(*name))
-                .cloned()
-                .collect();
-            for segment in gone {
-                members.remove(&segment);
-                transitions.push(Transition {
-                    segment,
-                    entered: false,
-                });
-            }
-        }
         for segment in segments {
             let member = {
                 let current = &*members;
@@ -239,6 +224,24 @@ impl SegmentSet {
             });
         }
         transitions
+    }
+
+    /// Ends the memberships (in `members`) of segments deleted since: the exits.
+    pub fn forget_deleted(&self, members: &mut BTreeMap<String, i64>) -> Vec<Transition> {
+        let gone: Vec<String> = members
+            .keys()
+            .filter(|name| !self.segments.contains_key(*name))
+            .cloned()
+            .collect();
+        gone.into_iter()
+            .map(|segment| {
+                members.remove(&segment);
+                Transition {
+                    segment,
+                    entered: false,
+                }
+            })
+            .collect()
     }
 
     /// When, with no change to `profile`, a segment may next flip for it: its date math
@@ -369,10 +372,10 @@ mod tests {
             }]
         );
         assert!(members.contains_key("frequent") && !members.contains_key("frequent_pros"));
-        // A segment deleted since: its membership ends at the next full evaluation.
+        // A segment deleted since: its membership ends.
         members.insert("deleted_since".into(), NOW);
         assert_eq!(
-            set.evaluate(&free, None, &mut members, NOW + 2),
+            set.forget_deleted(&mut members),
             vec![Transition {
                 segment: "deleted_since".into(),
                 entered: false
