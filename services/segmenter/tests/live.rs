@@ -90,6 +90,27 @@ fn with<T>(message: T) -> tonic::Request<T> {
 }
 
 impl Mesh {
+    /// Every profile change announced so far, delivered to the segmenter again (as
+    /// after a crash before the acks); how many.
+    async fn redeliver_changes(&self, tag: &str) -> usize {
+        let changes: Vec<Outgoing> = stream_messages(&self.bus, streams::PROFILES)
+            .await
+            .into_iter()
+            .filter(|message| message.subject.starts_with("profiles.changed."))
+            .enumerate()
+            .map(|(n, message)| Outgoing {
+                subject: message.subject,
+                message_id: Some(format!("{tag}-{n}")),
+                headers: async_nats::HeaderMap::new(),
+                payload: message.payload,
+            })
+            .collect();
+        let count = changes.len();
+        self.bus.publish_all(changes).await.unwrap();
+        wait_consumer_idle(&self.bus, streams::PROFILES, "segmenter").await;
+        count
+    }
+
     /// Every service stopped and started again on the same store and NATS.
     async fn restart(self) -> Self {
         self.host.shutdown().await.unwrap();
@@ -250,21 +271,8 @@ async fn profiles_enter_and_leave_segments_once() {
     );
 
     // Every profile change delivered again (as after a crash): nothing new.
-    let changes: Vec<Outgoing> = stream_messages(&mesh.bus, streams::PROFILES)
-        .await
-        .into_iter()
-        .filter(|message| message.subject.starts_with("profiles.changed."))
-        .enumerate()
-        .map(|(n, message)| Outgoing {
-            subject: message.subject,
-            message_id: Some(format!("again-{n}")),
-            headers: async_nats::HeaderMap::new(),
-            payload: message.payload,
-        })
-        .collect();
-    assert!(changes.len() >= 5, "{}", changes.len());
-    mesh.bus.publish_all(changes).await.unwrap();
-    wait_consumer_idle(&mesh.bus, streams::PROFILES, "segmenter").await;
+    let redelivered = mesh.redeliver_changes("again").await;
+    assert!(redelivered >= 5, "{redelivered}");
     assert_eq!(mesh.transitions().await, expected);
 }
 
@@ -417,20 +425,7 @@ async fn memberships_survive_a_restart_and_are_not_announced_again() {
     let mesh = mesh.restart().await;
     mesh.send(json!([page("p3")])).await;
     // Every change delivered again after the restart, as after a crash before the acks.
-    let changes: Vec<Outgoing> = stream_messages(&mesh.bus, streams::PROFILES)
-        .await
-        .into_iter()
-        .filter(|message| message.subject.starts_with("profiles.changed."))
-        .enumerate()
-        .map(|(n, message)| Outgoing {
-            subject: message.subject,
-            message_id: Some(format!("again-{n}")),
-            headers: async_nats::HeaderMap::new(),
-            payload: message.payload,
-        })
-        .collect();
-    mesh.bus.publish_all(changes).await.unwrap();
-    wait_consumer_idle(&mesh.bus, streams::PROFILES, "segmenter").await;
+    mesh.redeliver_changes("again").await;
     assert_eq!(mesh.transitions().await, entered);
     assert_eq!(mesh.members("regulars").await.len(), 1);
     assert!(mesh.profile().await["segments"]["regulars"].is_string());
@@ -643,20 +638,7 @@ async fn memberships_end_when_a_profile_is_merged_into_another_or_deleted() {
         .await
         .unwrap();
     wait_consumer_idle(&mesh.bus, streams::PROFILES, "segmenter_deleted").await;
-    let late: Vec<Outgoing> = stream_messages(&mesh.bus, streams::PROFILES)
-        .await
-        .into_iter()
-        .filter(|message| message.subject.starts_with("profiles.changed."))
-        .enumerate()
-        .map(|(n, message)| Outgoing {
-            subject: message.subject,
-            message_id: Some(format!("late-{n}")),
-            headers: async_nats::HeaderMap::new(),
-            payload: message.payload,
-        })
-        .collect();
-    mesh.bus.publish_all(late).await.unwrap();
-    wait_consumer_idle(&mesh.bus, streams::PROFILES, "segmenter").await;
+    mesh.redeliver_changes("late").await;
     assert!(mesh.members("visitors").await.is_empty());
     assert_eq!(
         mesh.transitions().await,
