@@ -2,11 +2,14 @@
 //! that checks across segments (INCLUDE cycles) hold even when two changes race.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_filterql::{Filter, parse, print};
 use cairn_store::{Expect, Outcome, Retention, Store, TableSpec, Write};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
 
 use crate::error::SegmentError;
 use crate::segments::SegmentSet;
@@ -21,7 +24,7 @@ pub const SEGMENTS: TableSpec = TableSpec {
 };
 
 /// The key of the record holding every segment.
-pub const DEFINITIONS: &[u8] = b"definitions";
+const DEFINITIONS: &[u8] = b"definitions";
 const ATTEMPTS: u32 = 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,8 +146,56 @@ pub async fn load<S: Store>(store: &S) -> Result<(Definitions, Option<u64>), Seg
     ))
 }
 
+/// How long a replica uses the segments it read before looking for changes.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// The saved segments as a replica read them, indexed for evaluation.
+#[derive(Clone)]
+pub struct Loaded {
+    pub definitions: Arc<Definitions>,
+    pub set: Arc<SegmentSet>,
+    /// The record's version (0 when none was ever saved).
+    pub version: u64,
+}
+
+/// The saved segments a replica works with, shared by its tasks: checked at most every
+/// second, and read and indexed again only when they changed (decoding and indexing them
+/// for every change or every round stalls the changes meanwhile).
+#[derive(Clone, Default)]
+pub struct Cache {
+    current: Arc<Mutex<Option<(Loaded, Instant)>>>,
+}
+
+impl Cache {
+    /// The saved segments, at most a second old and at least of version `at_least`.
+    pub async fn get<S: Store>(&self, store: &S, at_least: u64) -> Result<Loaded, SegmentError> {
+        let mut current = self.current.lock().await;
+        if let Some((loaded, at)) = current.as_ref()
+            && at.elapsed() < FRESH
+            && loaded.version >= at_least
+        {
+            return Ok(loaded.clone());
+        }
+        let record = store.get(&SEGMENTS, DEFINITIONS).await?;
+        let version = record.as_ref().map_or(0, |record| record.version);
+        let loaded = match current.take() {
+            Some((loaded, _)) if loaded.version == version => loaded,
+            _ => {
+                let definitions = decode(record.as_ref())?;
+                Loaded {
+                    set: Arc::new(definitions.set()?),
+                    definitions: Arc::new(definitions),
+                    version,
+                }
+            }
+        };
+        *current = Some((loaded.clone(), Instant::now()));
+        Ok(loaded)
+    }
+}
+
 /// The segments in the [`DEFINITIONS`] record (none when there is no record).
-pub fn decode(record: Option<&cairn_store::Versioned>) -> Result<Definitions, SegmentError> {
+fn decode(record: Option<&cairn_store::Versioned>) -> Result<Definitions, SegmentError> {
     match record {
         Some(record) => serde_json::from_slice(&record.value)
             .map_err(|err| SegmentError::Corrupt(err.to_string())),

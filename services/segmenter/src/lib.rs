@@ -111,7 +111,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
             activation::consumer_config(&webhook_config),
         )
         .await?;
-    let webhooks = activation::Webhooks::new(bus.clone(), store.clone(), webhook_config)?;
+
     let readiness_bus = bus.clone();
     context.readiness.add_check("segmenter: NATS", move || {
         if readiness_bus.is_connected() {
@@ -122,6 +122,13 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     });
     let handler =
         live::LiveHandler::new(store.clone(), bus.partitions(), bus_config.derived_max_age);
+
+    let webhooks = activation::Webhooks::new(
+        bus.clone(),
+        store.clone(),
+        webhook_config,
+        handler.definitions.clone(),
+    )?;
     let segments = grpc::SegmentsService {
         store,
         live: handler.clone(),

@@ -19,8 +19,7 @@
 //! (the boundary moved on since) only sets the next one.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_bus::worker::{Delivered, Handled, Handler};
@@ -32,7 +31,6 @@ use cairn_runtime::error::{Classify as _, ErrorKind};
 use cairn_store::{Change, Store};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use cairn_profile_store::store::PROFILES;
 
@@ -40,8 +38,6 @@ use crate::definitions::{self, SEGMENTS};
 use crate::error::SegmentError;
 use crate::segments::{SegmentSet, Transition};
 
-/// How long a replica uses the segments it loaded before looking for changes.
-const DEFINITIONS_FRESH: Duration = Duration::from_secs(1);
 const ATTEMPTS: u32 = 50;
 /// The furthest ahead a timer is ever set.
 const MAX_TIMER_HORIZON: Duration = Duration::from_secs(3 * 86_400);
@@ -85,12 +81,6 @@ pub async fn forget_all<S: Store>(store: &S) -> Result<u64, SegmentError> {
     Ok(cairn_store::delete_all(store, &SEGMENTS, |key| !key.starts_with(b"m:")).await?)
 }
 
-struct Loaded {
-    set: Arc<SegmentSet>,
-    version: u64,
-    at: Instant,
-}
-
 #[derive(Clone)]
 pub struct LiveHandler<S> {
     pub store: S,
@@ -99,7 +89,8 @@ pub struct LiveHandler<S> {
     /// would drop a schedule before it fires): a later flip is reached by a chain of
     /// timers, each evaluating the profile again.
     pub timer_horizon: Duration,
-    loaded: Arc<Mutex<Option<Loaded>>>,
+    /// The saved segments.
+    pub definitions: definitions::Cache,
 }
 
 impl<S: Store> LiveHandler<S> {
@@ -109,37 +100,8 @@ impl<S: Store> LiveHandler<S> {
             store,
             partitions,
             timer_horizon: (stream_max_age / 2).min(MAX_TIMER_HORIZON),
-            loaded: Arc::default(),
+            definitions: definitions::Cache::default(),
         }
-    }
-
-    /// The saved segments, at most [`DEFINITIONS_FRESH`] old and at least of version
-    /// `at_least`, and their version.
-    async fn segments(&self, at_least: u64) -> Result<(Arc<SegmentSet>, u64), SegmentError> {
-        let mut loaded = self.loaded.lock().await;
-        if let Some(current) = loaded.as_ref()
-            && current.at.elapsed() < DEFINITIONS_FRESH
-            && current.version >= at_least
-        {
-            return Ok((current.set.clone(), current.version));
-        }
-        // Checking costs one read; the segments are read and indexed again only when
-        // they changed (rebuilding them every second stalled every change meanwhile).
-        let record = self.store.get(&SEGMENTS, definitions::DEFINITIONS).await?;
-        let version = record.as_ref().map_or(0, |record| record.version);
-        if let Some(current) = loaded.as_mut()
-            && current.version == version
-        {
-            current.at = Instant::now();
-            return Ok((current.set.clone(), version));
-        }
-        let set = Arc::new(definitions::decode(record.as_ref())?.set()?);
-        *loaded = Some(Loaded {
-            set: set.clone(),
-            version,
-            at: Instant::now(),
-        });
-        Ok((set, version))
     }
 
     async fn on_change(
@@ -219,7 +181,8 @@ impl<S: Store> LiveHandler<S> {
     ) -> Result<Vec<Outgoing>, SegmentError> {
         let mut at_least = definitions;
         for _ in 0..3 {
-            let (set, version) = self.segments(at_least).await?;
+            let definitions::Loaded { set, version, .. } =
+                self.definitions.get(&self.store, at_least).await?;
             match self
                 .decide_on(&set, version, changed, profile, trigger)
                 .await?
