@@ -83,6 +83,27 @@ pub struct Outgoing {
     pub payload: Bytes,
 }
 
+impl Outgoing {
+    /// A message schedule (a durable timer) on `subject`, replacing any schedule there:
+    /// at `at_ms`, rounded up to the second, the server produces `payload` on `target`, a
+    /// subject of the same stream (which must allow schedules). `None` for an instant out
+    /// of range.
+    pub fn schedule(subject: String, target: &str, at_ms: i64, payload: Bytes) -> Option<Self> {
+        let seconds = at_ms.div_euclid(1000) + i64::from(at_ms.rem_euclid(1000) > 0);
+        let at = chrono::DateTime::from_timestamp(seconds, 0)?
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Schedule", format!("@at {at}").as_str());
+        headers.insert("Nats-Schedule-Target", target);
+        Some(Self {
+            subject,
+            message_id: None,
+            headers,
+            payload,
+        })
+    }
+}
+
 /// One connection to NATS and its JetStream context.
 #[derive(Clone, Debug)]
 pub struct Bus {

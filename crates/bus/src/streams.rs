@@ -40,6 +40,8 @@ pub const PROFILES: &str = "PROFILES";
 pub const DEAD_LETTERS: &str = "DEAD_LETTERS";
 /// Profiles entering and leaving segments.
 pub const SEGMENTS: &str = "SEGMENTS";
+/// Campaign actions and timers.
+pub const CAMPAIGNS: &str = "CAMPAIGNS";
 
 /// The IDENTIFIED stream: `events.identified.<partition>` and what enrichers learn from
 /// them, `profile.facts.<partition>` (one stream, so the profile store reads a
@@ -93,6 +95,27 @@ pub fn segments(config: &BusConfig) -> Config {
         name: SEGMENTS.to_string(),
         description: Some("Profiles entering and leaving segments".to_string()),
         subjects: vec![subjects::SEGMENTS_ALL.to_string()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: config.derived_max_age,
+        duplicate_window: config.events_duplicate_window,
+        num_replicas: config.replicas,
+        ..Default::default()
+    }
+}
+
+/// The CAMPAIGNS stream: `campaign.>`, what campaigns ask channels to do
+/// (`campaign.sends|web|webhooks.<partition>`, deduplicated on message ids so an action
+/// repeated is published once) and the durable inactivity timers, message schedules on
+/// `campaign.timer.<partition>.<campaign>.<profile>.<transition>` (a new one replaces
+/// the old) that produce `campaign.due.<partition>`.
+pub fn campaigns(config: &BusConfig) -> Config {
+    Config {
+        allow_message_schedules: true,
+        name: CAMPAIGNS.to_string(),
+        description: Some("Campaign actions and inactivity timers".to_string()),
+        subjects: vec![subjects::CAMPAIGNS_ALL.to_string()],
         storage: StorageType::File,
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,

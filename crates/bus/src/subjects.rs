@@ -115,6 +115,48 @@ pub fn segments_due(partition: u32) -> String {
     format!("segments.due.{partition}")
 }
 
+/// Whether `text` can be one token of a subject (letters, digits, `-` and `_`).
+pub fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// An email a campaign asks the dispatcher to send: `campaign.sends.<partition>`.
+pub fn campaign_sends(partition: u32) -> String {
+    format!("campaign.sends.{partition}")
+}
+
+/// Web content a campaign has for a profile: `campaign.web.<partition>`.
+pub fn campaign_web(partition: u32) -> String {
+    format!("campaign.web.{partition}")
+}
+
+/// A webhook call a campaign asks for: `campaign.webhooks.<partition>`.
+pub fn campaign_webhooks(partition: u32) -> String {
+    format!("campaign.webhooks.{partition}")
+}
+
+/// An inactivity timer of a campaign journey (a message schedule, one per campaign,
+/// profile and transition): `campaign.timer.<partition>.<campaign>.<profile>.<transition>`.
+pub fn campaign_timer(
+    partition: u32,
+    campaign: &str,
+    profile_id: &str,
+    transition: usize,
+) -> String {
+    format!("campaign.timer.{partition}.{campaign}.{profile_id}.{transition}")
+}
+
+/// What a campaign timer produces when due: `campaign.due.<partition>`.
+pub fn campaign_due(partition: u32) -> String {
+    format!("campaign.due.{partition}")
+}
+
+/// Every subject about campaigns.
+pub const CAMPAIGNS_ALL: &str = "campaign.>";
+
 /// Every subject about segments.
 pub const SEGMENTS_ALL: &str = "segments.>";
 

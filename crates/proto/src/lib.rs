@@ -18,6 +18,14 @@ pub mod event {
     }
 }
 
+/// `cairn.campaign.v1`: what campaigns ask channels to do, and their timers.
+pub mod campaign {
+    pub mod v1 {
+        #![allow(clippy::all, unused_qualifications)]
+        include!(concat!(env!("OUT_DIR"), "/cairn.campaign.v1.rs"));
+    }
+}
+
 /// `cairn.admin.v1`: process status for operators.
 pub mod admin {
     pub mod v1 {

@@ -218,7 +218,8 @@ impl<S: Store> Webhooks<S> {
         messages: &[jetstream::Message],
         shutdown: &Shutdown,
     ) -> Result<bool, SegmentError> {
-        let saved = self.definitions.get(&self.store, 0).await?.definitions;
+        let (loaded, _) = self.definitions.get(&self.store, 0).await?;
+        let saved = &loaded.definitions;
         let mut batches: BTreeMap<String, Vec<Change>> = BTreeMap::new();
         for message in messages {
             let changed = match SegmentChanged::decode(message.payload.clone()) {

@@ -3,15 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cairn_filterql::{Filter, parse, print};
-use cairn_store::{Expect, Outcome, Retention, Store, TableSpec, Write};
+use cairn_store::{Retention, Store, TableSpec};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use crate::error::SegmentError;
+use crate::record::{self, Cached};
 use crate::segments::SegmentSet;
 
 /// The segmenter's table.
@@ -25,7 +23,6 @@ pub const SEGMENTS: TableSpec = TableSpec {
 
 /// The key of the record holding every segment.
 const DEFINITIONS: &[u8] = b"definitions";
-const ATTEMPTS: u32 = 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Definition {
@@ -137,97 +134,55 @@ impl Definitions {
     }
 }
 
-/// The saved segments and the record's version (`None` when none were ever saved).
-pub async fn load<S: Store>(store: &S) -> Result<(Definitions, Option<u64>), SegmentError> {
-    let record = store.get(&SEGMENTS, DEFINITIONS).await?;
-    Ok((
-        decode(record.as_ref())?,
-        record.map(|record| record.version),
-    ))
-}
-
-/// How long a replica uses the segments it read before looking for changes.
-const FRESH: Duration = Duration::from_secs(1);
-
 /// The saved segments as a replica read them, indexed for evaluation.
-#[derive(Clone)]
 pub struct Loaded {
-    pub definitions: Arc<Definitions>,
+    pub definitions: Definitions,
     pub set: Arc<SegmentSet>,
-    /// The record's version (0 when none was ever saved).
-    pub version: u64,
 }
 
-/// The saved segments a replica works with, shared by its tasks: checked at most every
-/// second, and read and indexed again only when they changed (decoding and indexing them
-/// for every change or every round stalls the changes meanwhile).
-#[derive(Clone, Default)]
-pub struct Cache {
-    current: Arc<Mutex<Option<(Loaded, Instant)>>>,
+/// The saved segments a replica works with, shared by its tasks.
+#[derive(Clone)]
+pub struct Cache(Cached<Loaded>);
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self(Cached::new(&SEGMENTS, DEFINITIONS))
+    }
 }
 
 impl Cache {
-    /// The saved segments, at most a second old and at least of version `at_least`.
-    pub async fn get<S: Store>(&self, store: &S, at_least: u64) -> Result<Loaded, SegmentError> {
-        let mut current = self.current.lock().await;
-        if let Some((loaded, at)) = current.as_ref()
-            && at.elapsed() < FRESH
-            && loaded.version >= at_least
-        {
-            return Ok(loaded.clone());
-        }
-        let record = store.get(&SEGMENTS, DEFINITIONS).await?;
-        let version = record.as_ref().map_or(0, |record| record.version);
-        let loaded = match current.take() {
-            Some((loaded, _)) if loaded.version == version => loaded,
-            _ => {
-                let definitions = decode(record.as_ref())?;
-                Loaded {
+    /// The saved segments, at most a second old and at least of version `at_least`, and
+    /// their version (0 when none were ever saved).
+    pub async fn get<S: Store>(
+        &self,
+        store: &S,
+        at_least: u64,
+    ) -> Result<(Arc<Loaded>, u64), SegmentError> {
+        self.0
+            .get(store, at_least, |record| {
+                let definitions: Definitions = record::decode(record, "saved segments")?;
+                Ok(Loaded {
                     set: Arc::new(definitions.set()?),
-                    definitions: Arc::new(definitions),
-                    version,
-                }
-            }
-        };
-        *current = Some((loaded.clone(), Instant::now()));
-        Ok(loaded)
+                    definitions,
+                })
+            })
+            .await
     }
 }
 
-/// The segments in the [`DEFINITIONS`] record (none when there is no record).
-fn decode(record: Option<&cairn_store::Versioned>) -> Result<Definitions, SegmentError> {
-    match record {
-        Some(record) => serde_json::from_slice(&record.value)
-            .map_err(|err| SegmentError::Corrupt(err.to_string())),
-        None => Ok(Definitions::default()),
-    }
+/// The saved segments and the record's version (`None` when none were ever saved).
+pub async fn load<S: Store>(store: &S) -> Result<(Definitions, Option<u64>), SegmentError> {
+    record::load(store, &SEGMENTS, DEFINITIONS, "saved segments").await
 }
 
 /// Applies `edit` to the saved segments and saves them, retrying when another change
 /// came first. `edit` checks what it changes; its error leaves everything as it was.
-pub async fn change<S, F>(store: &S, mut edit: F) -> Result<Definitions, SegmentError>
+pub async fn change<S, F>(store: &S, edit: F) -> Result<Definitions, SegmentError>
 where
     S: Store,
     F: FnMut(&mut Definitions) -> Result<(), SegmentError>,
 {
-    for _ in 0..ATTEMPTS {
-        let (mut definitions, version) = load(store).await?;
-        edit(&mut definitions)?;
-        let value = serde_json::to_vec(&definitions)
-            .map_err(|err| SegmentError::Corrupt(err.to_string()))?;
-        let expect = version.map_or(Expect::Absent, Expect::Version);
-        match store
-            .write(
-                &SEGMENTS,
-                Write::new(Bytes::from_static(DEFINITIONS)).record(expect, value),
-            )
-            .await?
-        {
-            Outcome::Applied { .. } => return Ok(definitions),
-            Outcome::Conflict { .. } => continue,
-        }
-    }
-    Err(SegmentError::Busy("the segments kept changing".to_string()))
+    record::change(store, &SEGMENTS, DEFINITIONS, "saved segments", edit).await
 }
 
 /// What a segment is saved from.

@@ -13,11 +13,13 @@
 
 pub mod activation;
 pub mod batch;
+
 pub mod campaigns;
 pub mod definitions;
 pub mod error;
 pub mod grpc;
 pub mod live;
+pub mod record;
 pub mod segments;
 
 use async_nats::jetstream::consumer;
@@ -25,7 +27,7 @@ use cairn_bus::worker::WorkerOptions;
 use cairn_bus::{Bus, BusConfig, streams, subjects};
 use cairn_proto::segment::v1::segments_server::SegmentsServer;
 use cairn_runtime::grpc::GrpcServices;
-use cairn_runtime::{BoxError, Module, ModuleContext, Var};
+use cairn_runtime::{BoxError, Module, ModuleContext, ModuleTask, Var};
 use cairn_store::Store;
 
 pub use error::SegmentError;
@@ -82,6 +84,54 @@ pub fn timers_consumer_config() -> consumer::pull::Config {
     }
 }
 
+/// The durable consumers of what moves campaign journeys, shared by the replicas:
+/// (stream, config) for events, segment changes and due timers. Events and segment
+/// changes are read from when the consumer is made (a rebuild, which replays every
+/// event, does not run the campaigns over them again); due timers from the first kept.
+pub fn campaign_consumer_configs() -> [(&'static str, consumer::pull::Config); 3] {
+    let config = |name: &str, description: &str, filter: String| consumer::pull::Config {
+        durable_name: Some(name.to_string()),
+        description: Some(format!(
+            "Segmenter: campaign journeys moved by {description}"
+        )),
+        filter_subject: filter,
+        deliver_policy: consumer::DeliverPolicy::New,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: cairn_bus::worker::ACK_WAIT,
+        max_ack_pending: (BATCH * 8) as i64,
+        ..Default::default()
+    };
+    [
+        (
+            streams::IDENTIFIED,
+            config(
+                "segmenter_campaign_events",
+                "events",
+                subjects::events_identified_all(),
+            ),
+        ),
+        (
+            streams::SEGMENTS,
+            config(
+                "segmenter_campaign_segments",
+                "segment changes",
+                "segments.changed.>".to_string(),
+            ),
+        ),
+        (
+            streams::CAMPAIGNS,
+            consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..config(
+                    "segmenter_campaign_timers",
+                    "inactivity timers",
+                    "campaign.due.>".to_string(),
+                )
+            },
+        ),
+    ]
+}
+
 /// Starts the segmenter on `store`.
 pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module, SegmentError> {
     // The saved segments must be readable before anything is served.
@@ -91,6 +141,8 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     for stream in [
         streams::profiles(&bus_config),
         streams::segments(&bus_config),
+        streams::identified(&bus_config),
+        streams::campaigns(&bus_config),
         streams::dead_letters(&bus_config),
     ] {
         bus.ensure_stream(stream).await?;
@@ -129,6 +181,11 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         webhook_config,
         handler.definitions.clone(),
     )?;
+    let campaigns = campaigns::engine::CampaignHandler::new(
+        store.clone(),
+        bus.partitions(),
+        bus_config.derived_max_age,
+    );
     let segments = grpc::SegmentsService {
         store,
         live: handler.clone(),
@@ -155,6 +212,24 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         options.clone(),
         context.shutdown.clone(),
     );
+    let mut campaign_consumers = Vec::new();
+    for (stream, config) in campaign_consumer_configs() {
+        campaign_consumers.push(bus.ensure_consumer(stream, config).await?);
+    }
+    let campaign_tasks = campaign_consumers
+        .into_iter()
+        .map(|consumer| {
+            let run = cairn_bus::worker::run(
+                bus.clone(),
+                consumer,
+                campaigns.clone(),
+                options.clone(),
+                context.shutdown.clone(),
+            );
+            Box::pin(async move { run.await.map_err(|err| Box::new(err) as BoxError) })
+                as ModuleTask
+        })
+        .collect::<Vec<_>>();
     let forget = cairn_bus::worker::run(bus, deleted, handler, options, context.shutdown.clone());
     let shutdown = context.shutdown.clone();
     Ok(Module {
@@ -162,7 +237,8 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         grpc: GrpcServices::default().with(SegmentsServer::new(segments)),
         http: None,
         tasks: vec![
-            Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) }),
+            Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) })
+                as ModuleTask,
             Box::pin(async move { due.await.map_err(|err| Box::new(err) as BoxError) }),
             Box::pin(async move { forget.await.map_err(|err| Box::new(err) as BoxError) }),
             Box::pin(async move {
@@ -171,6 +247,9 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
                     .await
                     .map_err(|err| Box::new(err) as BoxError)
             }),
-        ],
+        ]
+        .into_iter()
+        .chain(campaign_tasks)
+        .collect(),
     })
 }

@@ -181,8 +181,8 @@ impl<S: Store> LiveHandler<S> {
     ) -> Result<Vec<Outgoing>, SegmentError> {
         let mut at_least = definitions;
         for _ in 0..3 {
-            let definitions::Loaded { set, version, .. } =
-                self.definitions.get(&self.store, at_least).await?;
+            let (loaded, version) = self.definitions.get(&self.store, at_least).await?;
+            let set = loaded.set.clone();
             match self
                 .decide_on(&set, version, changed, profile, trigger)
                 .await?
@@ -370,38 +370,25 @@ impl Trigger {
 /// The schedule that brings `profile_id` back on `segments.due.<partition>` at `at_ms`
 /// (rounded up to the second). `None` for a profile id that cannot be a subject token.
 fn timer(partition: u32, profile_id: &str, at_ms: i64) -> Option<Outgoing> {
-    if profile_id.is_empty()
-        || !profile_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if !subjects::is_token(profile_id) {
         tracing::warn!(
             profile_id,
             "no segment timer: the profile id cannot be a subject"
         );
         return None;
     }
-    let seconds = at_ms.div_euclid(1000) + i64::from(at_ms.rem_euclid(1000) > 0);
-    let at = chrono::DateTime::from_timestamp(seconds, 0)?
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Schedule", format!("@at {at}").as_str());
-    headers.insert(
-        "Nats-Schedule-Target",
-        subjects::segments_due(partition).as_str(),
-    );
-    Some(Outgoing {
-        subject: subjects::segments_timer(partition, profile_id),
-        message_id: None,
-        headers,
-        payload: Bytes::from(
+    Outgoing::schedule(
+        subjects::segments_timer(partition, profile_id),
+        &subjects::segments_due(partition),
+        at_ms,
+        Bytes::from(
             ProfileChanged {
                 profile_id: profile_id.to_string(),
                 ..ProfileChanged::default()
             }
             .encode_to_vec(),
         ),
-    })
+    )
 }
 
 /// A stored profile record as a change to decide on (version: the record's), with its

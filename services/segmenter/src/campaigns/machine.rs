@@ -216,6 +216,26 @@ pub fn step(
     })
 }
 
+/// Whether `input` can change a journey through `campaign` at all: an event a transition
+/// waits for or an inactivity timer is put off by, a segment a transition follows, or a
+/// timer. What cannot is skipped without reading the journey.
+pub fn may_move(campaign: &Campaign, input: &Input<'_>) -> bool {
+    campaign
+        .transitions
+        .iter()
+        .any(|transition| match (&transition.on, *input) {
+            (On::Event { name, .. }, Input::Event { name: seen, .. }) => name == seen,
+            (On::After { without, .. }, Input::Event { name: seen, .. }) => {
+                without.as_deref().is_none_or(|without| without == seen)
+            }
+            (On::Entered(segment) | On::Exited(segment), Input::Segment { name, .. }) => {
+                segment == name
+            }
+            (On::After { .. }, Input::Timer { .. }) => true,
+            _ => false,
+        })
+}
+
 /// Whether transition `index`, whose trigger is `on`, fires on `input`.
 fn takes(on: &On, index: usize, input: &Input<'_>, journey: &Journey) -> bool {
     match (on, *input) {
@@ -318,6 +338,26 @@ actions:
 
     fn on_event<'a>(name: &'a str, event: &'a Value, at_ms: i64) -> Input<'a> {
         Input::Event { name, event, at_ms }
+    }
+
+    #[test]
+    fn only_inputs_a_transition_follows_may_move_a_journey() {
+        let campaign = cart();
+        let page = event("page", 0);
+        assert!(may_move(&campaign, &on_event("add_to_cart", &page, T0)));
+        assert!(may_move(&campaign, &on_event("order_completed", &page, T0)));
+        assert!(!may_move(&campaign, &on_event("page", &page, T0)));
+        let segment = Input::Segment {
+            name: "vip",
+            entered: true,
+            at_ms: T0,
+        };
+        assert!(!may_move(&campaign, &segment));
+        let timer = Input::Timer {
+            transition: 2,
+            due_ms: T0,
+        };
+        assert!(may_move(&campaign, &timer));
     }
 
     #[test]

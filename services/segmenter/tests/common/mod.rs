@@ -1,0 +1,257 @@
+//! The segmenter's test mesh: collector, identity, profile store and segmenter on one
+//! store and a real nats-server, with helpers to send events and wait for them.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_bus::{Bus, Outgoing, streams};
+use std::collections::BTreeSet;
+
+use cairn_proto::segment::v1 as pb;
+use cairn_proto::segment::v1::SegmentChanged;
+use cairn_proto::segment::v1::segments_client::SegmentsClient;
+use cairn_segmenter::definitions::Draft;
+use cairn_store::{Clock, EmbeddedStore, Fsync};
+use cairn_testkit::{TestHost, TestNats, stream_messages, wait_consumer_idle};
+use prost::Message as _;
+
+pub struct Mesh {
+    pub host: TestHost,
+    pub bus: Bus,
+    pub store: EmbeddedStore,
+    pub nats: TestNats,
+    _dir: tempfile::TempDir,
+}
+
+/// The mesh, with `segments` saved before it starts.
+pub async fn mesh(segments: &[(&str, &str)]) -> Mesh {
+    mesh_with(segments, &[]).await
+}
+
+/// The mesh, with `segments` and `campaigns` (YAML) saved before it starts.
+pub async fn mesh_with(segments: &[(&str, &str)], campaigns: &[&str]) -> Mesh {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), Fsync::Buffer, 8 << 20, Clock::system()).unwrap();
+    for (name, filter) in segments {
+        cairn_segmenter::definitions::put(&store, Draft::new(name, filter), 0)
+            .await
+            .unwrap();
+    }
+    for source in campaigns {
+        cairn_segmenter::campaigns::saved::put(&store, source, 0)
+            .await
+            .unwrap();
+    }
+    let host = serve(&nats, &store).await;
+    let bus = nats.bus().await;
+    Mesh {
+        host,
+        bus,
+        store,
+        nats,
+        _dir: dir,
+    }
+}
+
+/// Collector, identity, profile store and segmenter on `store`.
+pub async fn serve(nats: &TestNats, store: &EmbeddedStore) -> TestHost {
+    let url = nats.url();
+    let vars = [
+        cairn_runtime::VARS.to_vec(),
+        cairn_collector::vars(),
+        cairn_identity::vars(),
+        cairn_profile_store::vars(),
+        cairn_segmenter::vars(),
+    ]
+    .concat();
+    let context = TestHost::context(
+        &vars,
+        [
+            ("CAIRN_NATS_URL", url.as_str()),
+            ("CAIRN_WRITE_KEYS", "web:wk_web"),
+            ("CAIRN_ADMIN_TOKENS", "admin:tk_admin"),
+            ("CAIRN_PARTITION_LEASE", "1s"),
+            ("CAIRN_WEBHOOK_BACKOFF", "100ms"),
+            ("CAIRN_WEBHOOK_ATTEMPTS", "3"),
+        ],
+    );
+    let modules = vec![
+        cairn_collector::start(&context).await.unwrap(),
+        cairn_identity::start(&context, store.clone())
+            .await
+            .unwrap(),
+        cairn_profile_store::start(&context, store.clone())
+            .await
+            .unwrap(),
+        cairn_segmenter::start(&context, store.clone())
+            .await
+            .unwrap(),
+    ];
+    TestHost::serve(modules, context).await
+}
+
+pub fn with<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer tk_admin".parse().unwrap());
+    request
+}
+
+impl Mesh {
+    /// Every profile change announced so far, delivered to the segmenter again (as
+    /// after a crash before the acks); how many.
+    pub async fn redeliver_changes(&self, tag: &str) -> usize {
+        let changes: Vec<Outgoing> = stream_messages(&self.bus, streams::PROFILES)
+            .await
+            .into_iter()
+            .filter(|message| message.subject.starts_with("profiles.changed."))
+            .enumerate()
+            .map(|(n, message)| Outgoing {
+                subject: message.subject,
+                message_id: Some(format!("{tag}-{n}")),
+                headers: async_nats::HeaderMap::new(),
+                payload: message.payload,
+            })
+            .collect();
+        let count = changes.len();
+        self.bus.publish_all(changes).await.unwrap();
+        wait_consumer_idle(&self.bus, streams::PROFILES, "segmenter").await;
+        count
+    }
+
+    /// Every service stopped and started again on the same store and NATS.
+    pub async fn restart(self) -> Self {
+        self.host.shutdown().await.unwrap();
+        let host = serve(&self.nats, &self.store).await;
+        Self { host, ..self }
+    }
+
+    pub async fn client(&self) -> SegmentsClient<tonic::transport::Channel> {
+        SegmentsClient::connect(self.host.grpc_url()).await.unwrap()
+    }
+
+    /// Follows the batch run of `segment` to its end.
+    pub async fn evaluate(&self, segment: &str) -> pb::EvaluateResponse {
+        let mut progress = self
+            .client()
+            .await
+            .evaluate(with(pb::EvaluateRequest {
+                name: segment.to_string(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        while let Some(update) = progress.message().await.unwrap() {
+            assert!((0.0..=1.0).contains(&update.fraction), "{update:?}");
+            last = Some(update);
+        }
+        let last = last.unwrap();
+        assert!(last.done, "{last:?}");
+        last
+    }
+
+    /// The members of `segment` as kept live.
+    pub async fn members(&self, segment: &str) -> BTreeSet<String> {
+        let mut client = self.client().await;
+        let mut members = client
+            .members(with(pb::MembersRequest {
+                name: segment.to_string(),
+                with_profiles: false,
+                limit: 0,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut found = BTreeSet::new();
+        while let Some(member) = members.message().await.unwrap() {
+            assert!(found.insert(member.profile_id));
+        }
+        let size = client
+            .size(with(pb::SizeRequest {
+                name: segment.to_string(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .size;
+        assert_eq!(size, found.len() as u64, "{segment}");
+        found
+    }
+
+    /// Sends `batch` and waits until identity, the profile store (events, merges and
+    /// memberships) and the segmenter are done with it.
+    pub async fn send(&self, batch: serde_json::Value) {
+        self.host.send_batch("wk_web", batch).await;
+        // Identity, the profile store and the segmenter, one after the other.
+        for _ in 0..3 {
+            wait_consumer_idle(&self.bus, streams::EVENTS, "identity").await;
+            for partition in 0..self.bus.partitions().count() {
+                wait_consumer_idle(
+                    &self.bus,
+                    streams::IDENTIFIED,
+                    &format!("profile_store_events_{partition}"),
+                )
+                .await;
+                wait_consumer_idle(
+                    &self.bus,
+                    streams::PROFILES,
+                    &format!("profile_store_links_{partition}"),
+                )
+                .await;
+                wait_consumer_idle(
+                    &self.bus,
+                    streams::SEGMENTS,
+                    &format!("profile_store_segments_{partition}"),
+                )
+                .await;
+            }
+            wait_consumer_idle(&self.bus, streams::PROFILES, "segmenter").await;
+            self.campaigns_idle().await;
+        }
+    }
+
+    /// The profile as last announced.
+    pub async fn profile(&self) -> serde_json::Value {
+        let last = stream_messages(&self.bus, streams::PROFILES)
+            .await
+            .into_iter()
+            .filter(|message| message.subject.starts_with("profiles.changed."))
+            .map(|message| {
+                cairn_proto::profile::v1::ProfileChanged::decode(message.payload).unwrap()
+            })
+            .max_by_key(|changed| changed.version)
+            .unwrap();
+        serde_json::from_str(&last.profile_json).unwrap()
+    }
+
+    pub async fn transitions(&self) -> Vec<(String, bool)> {
+        stream_messages(&self.bus, streams::SEGMENTS)
+            .await
+            .into_iter()
+            .filter(|message| message.subject.starts_with("segments.changed."))
+            .map(|message| {
+                let changed = SegmentChanged::decode(message.payload).unwrap();
+                (changed.segment, changed.entered)
+            })
+            .collect()
+    }
+
+    /// Every service stopped, then NATS stopped for `down`, then both started again.
+    pub async fn restart_with_nats_down(mut self, down: std::time::Duration) -> Self {
+        self.host.shutdown().await.unwrap();
+        self.nats.stop().await;
+        tokio::time::sleep(down).await;
+        self.nats.restart().await;
+        let host = serve(&self.nats, &self.store).await;
+        Self { host, ..self }
+    }
+
+    /// Waits until the campaign consumers are done with what they have.
+    pub async fn campaigns_idle(&self) {
+        for (stream, config) in cairn_segmenter::campaign_consumer_configs() {
+            wait_consumer_idle(&self.bus, stream, config.durable_name.as_deref().unwrap()).await;
+        }
+    }
+}
