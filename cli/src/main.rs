@@ -7,6 +7,7 @@
 
 mod admin;
 mod bench;
+mod campaign;
 mod dev;
 mod enrich;
 mod modules;
@@ -63,6 +64,9 @@ enum Command {
     /// Segments in FilterQL.
     #[command(subcommand)]
     Segment(segment::SegmentCommand),
+    /// Campaigns: state machines over each profile, in YAML or JSON.
+    #[command(subcommand)]
+    Campaign(campaign::CampaignCommand),
     /// Rebuild identities and profiles from the raw events (after a rule change), with
     /// Cairn stopped.
     Rebuild(rebuild::RebuildArgs),
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             Command::Profile(command) => profile::run(command).await,
             Command::Enrich(command) => enrich::run(command),
             Command::Segment(command) => segment::run(command).await,
+            Command::Campaign(command) => campaign::run(command).await,
             Command::Rebuild(args) => rebuild::run(args).await,
             Command::Modules => modules::print(),
             Command::Config => process::print_config(),

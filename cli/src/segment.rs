@@ -187,7 +187,7 @@ async fn follow(
 }
 
 /// The text of `file`, or of standard input, and what to call it in messages.
-fn read_source(file: Option<&Path>) -> anyhow::Result<(String, String)> {
+pub(crate) fn read_source(file: Option<&Path>) -> anyhow::Result<(String, String)> {
     Ok(match file {
         Some(path) => (
             std::fs::read_to_string(path)

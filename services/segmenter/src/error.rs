@@ -11,6 +11,8 @@ pub enum SegmentError {
     Included(String, String),
     #[error("there is no segment {0}")]
     Missing(String),
+    #[error("there is no campaign {0}")]
+    MissingCampaign(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -35,7 +37,7 @@ impl Classify for SegmentError {
                 ErrorKind::InvalidArgument
             }
             SegmentError::Included(..) => ErrorKind::FailedPrecondition,
-            SegmentError::Missing(_) => ErrorKind::NotFound,
+            SegmentError::Missing(_) | SegmentError::MissingCampaign(_) => ErrorKind::NotFound,
             SegmentError::Store(err) => err.kind(),
             SegmentError::Auth(err) => err.kind(),
             SegmentError::Bus(err) => err.kind(),

@@ -25,6 +25,7 @@ pub mod segments;
 use async_nats::jetstream::consumer;
 use cairn_bus::worker::WorkerOptions;
 use cairn_bus::{Bus, BusConfig, streams, subjects};
+use cairn_proto::campaign::v1::campaigns_server::CampaignsServer;
 use cairn_proto::segment::v1::segments_server::SegmentsServer;
 use cairn_runtime::grpc::GrpcServices;
 use cairn_runtime::{BoxError, Module, ModuleContext, ModuleTask, Var};
@@ -181,6 +182,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         webhook_config,
         handler.definitions.clone(),
     )?;
+    let campaign_store = store.clone();
     let campaigns = campaigns::engine::CampaignHandler::new(
         store.clone(),
         bus.partitions(),
@@ -234,7 +236,11 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     let shutdown = context.shutdown.clone();
     Ok(Module {
         name: "segmenter",
-        grpc: GrpcServices::default().with(SegmentsServer::new(segments)),
+        grpc: GrpcServices::default()
+            .with(SegmentsServer::new(segments))
+            .with(CampaignsServer::new(campaigns::grpc::CampaignsService {
+                store: campaign_store,
+            })),
         http: None,
         tasks: vec![
             Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) })

@@ -170,3 +170,108 @@ async fn a_timer_survives_the_service_and_nats_going_down_and_fires_once() {
     assert_eq!(mesh.due().await.len(), 1, "the timer fired once");
     assert_eq!(mesh.journey("cart_recovery").await["state"], "abandoned");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_are_saved_checked_paused_and_counted() {
+    use cairn_proto::campaign::v1 as pb;
+    use cairn_proto::campaign::v1::campaigns_client::CampaignsClient;
+
+    let mesh = mesh_with(&[], &[]).await;
+    let mut client = CampaignsClient::connect(mesh.host.grpc_url())
+        .await
+        .unwrap();
+    let put = |source: &str| {
+        common::with(pb::PutRequest {
+            source: source.to_string(),
+        })
+    };
+
+    // Problems are named by where they are; nothing is saved.
+    let err = client
+        .put(put(&CART.replace("after: 3s", "after: soon")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("transitions[2].after"), "{err:?}");
+    let err = client
+        .put(put(&format!("audience: vips\n{CART}")))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("there is no segment vips"),
+        "{err:?}"
+    );
+    let listed = client.list(common::with(pb::ListRequest {})).await.unwrap();
+    assert!(listed.into_inner().campaigns.is_empty());
+    // Without a token: refused.
+    let err = client
+        .put(pb::PutRequest {
+            source: CART.to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    let saved = client.put(put(CART)).await.unwrap().into_inner();
+    assert_eq!(saved.campaign.unwrap().name, "cart_recovery");
+    let found = client
+        .get(common::with(pb::GetRequest {
+            name: "cart_recovery".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.campaign.unwrap().source, CART);
+    let err = client
+        .get(common::with(pb::GetRequest {
+            name: "nothing".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // Paused: events move nobody.
+    let paused = client
+        .pause(common::with(pb::PauseRequest {
+            name: "cart_recovery".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(paused.campaign.unwrap().paused);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // replicas see it within a second
+    mesh.send(json!([identify("i1"), track("c1", "add_to_cart")]))
+        .await;
+    let stats_request = || {
+        common::with(pb::StatsRequest {
+            name: "cart_recovery".into(),
+        })
+    };
+    let stats = client.stats(stats_request()).await.unwrap().into_inner();
+    assert_eq!(stats.profiles, 0);
+
+    // Resumed: the next add_to_cart enters, and the timer abandons the cart.
+    client
+        .resume(common::with(pb::ResumeRequest {
+            name: "cart_recovery".into(),
+        }))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    mesh.send(json!([track("c2", "add_to_cart")])).await;
+    mesh.wait_due(1).await;
+    let stats = client.stats(stats_request()).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            stats.profiles,
+            stats.entered,
+            stats.actions_sent,
+            stats.suppressed
+        ),
+        (1, 1, 1, 0)
+    );
+    assert_eq!(
+        stats.in_state.into_iter().collect::<Vec<_>>(),
+        vec![("abandoned".to_string(), 1)]
+    );
+}

@@ -57,6 +57,11 @@ struct JourneyRecord {
     last_input: String,
     /// The actions that change sent.
     last_actions: Vec<SentAction>,
+    /// Actions sent and held back by the cap, over the journey's life.
+    #[serde(default)]
+    sent: u64,
+    #[serde(default)]
+    suppressed: u64,
 }
 
 /// An action as sent.
@@ -351,6 +356,9 @@ impl<S: Store> CampaignHandler<S> {
                 })
                 .collect();
             let moved = step.entered.is_some();
+            let (sent, suppressed) = stored
+                .as_ref()
+                .map_or((0, 0), |stored| (stored.sent, stored.suppressed));
             let next = match stored.take() {
                 // Put off timers only: what the last move sent is kept.
                 Some(stored) if !moved => JourneyRecord {
@@ -360,6 +368,8 @@ impl<S: Store> CampaignHandler<S> {
                 _ => JourneyRecord {
                     journey: step.journey,
                     last_input: input_id.clone(),
+                    sent: sent + last_actions.len() as u64,
+                    suppressed: suppressed + u64::from(step.suppressed),
                     last_actions,
                 },
             };
@@ -546,6 +556,47 @@ impl<S: Store> Handler for CampaignHandler<S> {
             Err(err) => Handled::DeadLetter {
                 reason: err.to_string(),
             },
+        }
+    }
+}
+
+/// How a campaign is doing, from its journeys.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Profiles with a journey.
+    pub profiles: u64,
+    /// Entries, over every profile.
+    pub entered: u64,
+    /// Profiles per state now.
+    pub in_state: BTreeMap<String, u64>,
+    pub actions_sent: u64,
+    pub suppressed: u64,
+}
+
+/// The stats of campaign `name`, read from every journey through it (a scan of the
+/// segmenter's table).
+pub async fn stats<S: Store>(store: &S, name: &str) -> Result<Stats, SegmentError> {
+    let prefix = format!("j:{name}:");
+    let mut stats = Stats::default();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .scan(&SEGMENTS, cairn_store::TokenRange::FULL, cursor, 500)
+            .await?;
+        for (key, record) in &page.records {
+            if !key.starts_with(prefix.as_bytes()) {
+                continue;
+            }
+            let journey = decode_journey(key, &record.value)?;
+            stats.profiles += 1;
+            stats.entered += u64::from(journey.journey.entries);
+            *stats.in_state.entry(journey.journey.state).or_default() += 1;
+            stats.actions_sent += journey.sent;
+            stats.suppressed += journey.suppressed;
+        }
+        cursor = page.next;
+        if cursor.is_none() {
+            return Ok(stats);
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod definition;
 pub mod engine;
+pub mod grpc;
 pub mod machine;
 pub mod saved;
 

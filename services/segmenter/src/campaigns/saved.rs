@@ -84,9 +84,10 @@ pub async fn set_paused<S: Store>(
         CAMPAIGNS,
         WHAT,
         |all: &mut SavedCampaigns| {
-            let saved = all.campaigns.get_mut(name).ok_or_else(|| {
-                SegmentError::InvalidArgument(format!("there is no campaign {name}"))
-            })?;
+            let saved = all
+                .campaigns
+                .get_mut(name)
+                .ok_or_else(|| SegmentError::MissingCampaign(name.to_string()))?;
             saved.paused = paused;
             saved.updated_ms = now_ms;
             Ok(())
