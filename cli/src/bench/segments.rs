@@ -227,6 +227,7 @@ async fn latency(
             profile_json: if version % 2 == 1 { full } else { quiet }.clone(),
             session_id: String::new(),
             session_index: 0,
+            event: None,
         };
         let message = Outgoing {
             subject: subjects::profiles_changed(bus.partitions().of(id)),

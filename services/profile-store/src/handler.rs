@@ -71,6 +71,7 @@ pub fn changed_message(
     fields: Vec<String>,
     message_id: &str,
     session: Option<&SessionStamp>,
+    event: Option<&IdentifiedEvent>,
 ) -> Outgoing {
     let now = now_ms();
     let changed = ProfileChanged {
@@ -82,6 +83,7 @@ pub fn changed_message(
         profile_json: profile.view_json(now),
         session_id: session.map(|stamp| stamp.id.clone()).unwrap_or_default(),
         session_index: session.map_or(0, |stamp| stamp.index),
+        event: event.cloned(),
     };
     let mut headers = async_nats::HeaderMap::new();
     cairn_bus::trace::inject_current(&mut headers);
@@ -103,6 +105,7 @@ impl<S: Store> ProfileHandler<S> {
         message: &Delivered,
         message_id: &str,
         session: Option<&SessionStamp>,
+        event: Option<&IdentifiedEvent>,
     ) -> Option<Outgoing> {
         match changed {
             Changed::Applied {
@@ -118,6 +121,7 @@ impl<S: Store> ProfileHandler<S> {
                     fields.clone(),
                     message_id,
                     session,
+                    event,
                 ))
             }
             Changed::AlreadyApplied {
@@ -129,6 +133,7 @@ impl<S: Store> ProfileHandler<S> {
                 Vec::new(),
                 message_id,
                 None,
+                event,
             )),
             _ => None,
         }
@@ -186,7 +191,13 @@ impl<S: Store> ProfileHandler<S> {
             self.metrics.duplicates.add(1, &[]);
         }
         Ok(self
-            .announce(&changed, message, &input.message_id, stamp.as_ref())
+            .announce(
+                &changed,
+                message,
+                &input.message_id,
+                stamp.as_ref(),
+                Some(&identified),
+            )
             .into_iter()
             .collect())
     }
@@ -229,7 +240,7 @@ impl<S: Store> ProfileHandler<S> {
             outcome => outcome?,
         };
         Ok(self
-            .announce(&outcome, message, &message_id, None)
+            .announce(&outcome, message, &message_id, None, None)
             .into_iter()
             .collect())
     }
@@ -266,7 +277,7 @@ impl<S: Store> ProfileHandler<S> {
         )
         .await?;
         Ok(self
-            .announce(&changed, message, &facts.message_id, None)
+            .announce(&changed, message, &facts.message_id, None, None)
             .into_iter()
             .collect())
     }
@@ -363,7 +374,7 @@ impl<S: Store> ProfileHandler<S> {
         }
         store::index(&self.store, &frozen.identifiers, &survivor).await?;
         let mut outgoing: Vec<Outgoing> = self
-            .announce(&changed, message, &merge.message_id, None)
+            .announce(&changed, message, &merge.message_id, None, None)
             .into_iter()
             .collect();
         // `from` is no one any more: said once (the stream drops a repeat), so that what
@@ -375,6 +386,7 @@ impl<S: Store> ProfileHandler<S> {
                 frozen_version,
                 vec!["merged_into".to_string()],
                 &merge.message_id,
+                None,
                 None,
             ));
         }
@@ -510,8 +522,8 @@ impl<S: Store> ProfileHandler<S> {
         let moved: Vec<Identifier> = moved.into_iter().collect();
         store::index(&self.store, &moved, &survivor).await?;
         Ok([
-            self.announce(&taken, message, &split.message_id, None),
-            self.announce(&kept, message, &split.message_id, None),
+            self.announce(&taken, message, &split.message_id, None, None),
+            self.announce(&kept, message, &split.message_id, None, None),
         ]
         .into_iter()
         .flatten()

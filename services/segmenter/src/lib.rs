@@ -104,11 +104,11 @@ pub fn campaign_consumer_configs() -> [(&'static str, consumer::pull::Config); 3
     };
     [
         (
-            streams::IDENTIFIED,
+            streams::PROFILES,
             config(
                 "segmenter_campaign_events",
                 "events",
-                subjects::events_identified_all(),
+                subjects::profiles_changed_all(),
             ),
         ),
         (
@@ -142,7 +142,6 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     for stream in [
         streams::profiles(&bus_config),
         streams::segments(&bus_config),
-        streams::identified(&bus_config),
         streams::campaigns(&bus_config),
         streams::dead_letters(&bus_config),
     ] {

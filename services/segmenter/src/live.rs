@@ -415,6 +415,7 @@ pub(crate) fn stored_change(
         profile_json: String::new(),
         session_id: String::new(),
         session_index: 0,
+        event: None,
     };
     Ok(Some((changed, view)))
 }

@@ -275,3 +275,161 @@ async fn campaigns_are_saved_checked_paused_and_counted() {
         vec![("abandoned".to_string(), 1)]
     );
 }
+
+impl Mesh {
+    /// The web content campaigns have for profiles so far: (campaign, target, params).
+    async fn web(&self) -> Vec<(String, String, Value)> {
+        stream_messages(&self.bus, streams::CAMPAIGNS)
+            .await
+            .into_iter()
+            .filter(|message| message.subject.starts_with("campaign.web."))
+            .map(|message| {
+                let action = Action::decode(message.payload).unwrap();
+                (
+                    action.campaign,
+                    action.target,
+                    serde_json::from_str(&action.params_json).unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn page(id: &str, anonymous_id: &str, properties: Value) -> Value {
+    json!({"type": "page", "messageId": id, "anonymousId": anonymous_id, "properties": properties})
+}
+
+/// The seeds' first scenario: a first-time visitor landing on the landing page is asked
+/// to register, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_time_visitor_on_the_landing_page_is_asked_to_register() {
+    const WELCOME: &str = r#"
+name: welcome
+audience: "visit_count <= 1"
+transitions:
+  - {from: start, to: welcomed, event: page, when: 'properties.path == "/"'}
+actions:
+  welcomed:
+    - {channel: web, content: "Register and win $5"}
+"#;
+    let mesh = mesh_with(&[], &[WELCOME]).await;
+    mesh.send(json!([
+        page("v1", "visitor-1", json!({"path": "/"})),
+        page("v2", "visitor-2", json!({"path": "/shoes"})),
+    ]))
+    .await;
+    mesh.send(json!([page("v3", "visitor-1", json!({"path": "/"}))]))
+        .await;
+    assert_eq!(
+        mesh.web().await,
+        vec![(
+            "welcome".to_string(),
+            "Register and win $5".to_string(),
+            json!({})
+        )]
+    );
+}
+
+/// The second: a known user viewing a store section is offered a deal on that section,
+/// every time; an anonymous visitor is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_user_viewing_a_section_gets_an_offer_naming_it() {
+    const SECTION: &str = r#"
+name: section_offer
+audience: "EXISTS email"
+reentry: always
+transitions:
+  - {from: start, to: offered, event: page, when: "EXISTS properties.section"}
+actions:
+  offered:
+    - {channel: web, content: "1+1 on {section}", params: {section: event.properties.section}}
+"#;
+    let mesh = mesh_with(&[], &[SECTION]).await;
+    mesh.send(json!([
+        {"type": "identify", "messageId": "i1", "anonymousId": "known-1", "userId": "u1",
+         "traits": {"email": "tom@example.com"}},
+    ]))
+    .await;
+    mesh.send(json!([
+        page("k1", "known-1", json!({"section": "shoes"})),
+        page("a1", "stranger-1", json!({"section": "shoes"})),
+    ]))
+    .await;
+    mesh.send(json!([page("k2", "known-1", json!({"section": "bags"}))]))
+        .await;
+    let offers: Vec<Value> = mesh
+        .web()
+        .await
+        .into_iter()
+        .map(|(campaign, target, params)| {
+            assert_eq!(
+                (campaign.as_str(), target.as_str()),
+                ("section_offer", "1+1 on {section}")
+            );
+            params
+        })
+        .collect();
+    assert_eq!(
+        offers,
+        vec![json!({"section": "shoes"}), json!({"section": "bags"})]
+    );
+}
+
+/// The third: a VIP (a segment on purchases) reaching checkout with fewer than 4 items
+/// is shown items from the topics they read most; a bigger cart, or someone not VIP,
+/// sees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vip_at_checkout_with_a_small_cart_gets_recommendations_from_their_topics() {
+    const VIP: &str = "FILTER event_count.`Order Completed`.all >= 2";
+    const CHECKOUT: &str = r#"
+name: vip_checkout
+audience: vip
+reentry: always
+transitions:
+  - {from: start, to: recommended, event: Checkout Started, when: "properties.cart_items < 4"}
+actions:
+  recommended:
+    - {channel: web, content: recommendations, params: {topic: profile.facts.content.top_topic}}
+"#;
+    let mesh = mesh_with(&[("vip", VIP)], &[CHECKOUT]).await;
+    let order = |id: &str, who: &str| json!({"type": "track", "messageId": id, "anonymousId": who, "event": "Order Completed"});
+    let reading = |id: &str, who: &str, title: &str| {
+        page(
+            id,
+            who,
+            json!({"url": format!("https://shop.example.com/{id}"), "title": title}),
+        )
+    };
+    let checkout = |id: &str, who: &str, items: u32| {
+        json!({"type": "track", "messageId": id, "anonymousId": who, "event": "Checkout Started",
+               "properties": {"cart_items": items}})
+    };
+    mesh.send(json!([
+        order("o1", "vip-1"),
+        order("o2", "vip-1"),
+        order("o3", "plain-1"),
+        reading("r1", "vip-1", "Trail running shoes for wet weather"),
+        reading("r2", "vip-1", "Running shoes: how to choose trail shoes"),
+        reading("r3", "plain-1", "Garden furniture for small patios"),
+    ]))
+    .await;
+    mesh.send(json!([
+        checkout("c1", "vip-1", 6),
+        checkout("c2", "plain-1", 2),
+    ]))
+    .await;
+    assert!(mesh.web().await.is_empty());
+    mesh.send(json!([checkout("c3", "vip-1", 2)])).await;
+
+    let web = mesh.web().await;
+    assert_eq!(web.len(), 1, "{web:?}");
+    let (campaign, target, params) = &web[0];
+    assert_eq!(
+        (campaign.as_str(), target.as_str()),
+        ("vip_checkout", "recommendations")
+    );
+    let topic = params["topic"].as_str().unwrap_or_default();
+    assert!(!topic.is_empty(), "{params}");
+    let profile = mesh.profile().await;
+    assert_eq!(profile["facts"]["content"]["top_topic"], topic, "{profile}");
+}

@@ -1,6 +1,7 @@
 //! Campaigns run: each profile's journey through each running campaign, kept in the
-//! store under `j:<campaign>:<profile>`, moved on by the profile's events
-//! (`events.identified`), its segment changes (`segments.changed`) and its inactivity
+//! store under `j:<campaign>:<profile>`, moved on by the profile's events (read from
+//! `profiles.changed`, which carries each event with the profile as it made it, so an
+//! audience or a parameter reads the profile as of the event), its segment changes (`segments.changed`) and its inactivity
 //! timers (`campaign.due`), with the actions of each state entered published for their
 //! channel (`campaign.sends|web|webhooks.<partition>`).
 //!
@@ -26,7 +27,7 @@ use cairn_bus::subjects::{self, Partitions};
 use cairn_bus::worker::{Delivered, Handled, Handler};
 use cairn_profile_store::store::PROFILES;
 use cairn_proto::campaign::v1::{Action as ActionMessage, TimerDue};
-use cairn_proto::event::v1::IdentifiedEvent;
+use cairn_proto::profile::v1::ProfileChanged;
 use cairn_proto::segment::v1::SegmentChanged;
 use cairn_runtime::clock::{now_ms, timestamp};
 use cairn_runtime::error::{Classify as _, ErrorKind};
@@ -94,6 +95,8 @@ enum Received {
         name: String,
         at_ms: i64,
         json: Value,
+        /// The profile as the event made it.
+        profile: Value,
     },
     Segment {
         changed: SegmentChanged,
@@ -103,36 +106,44 @@ enum Received {
 }
 
 impl Received {
-    fn read(message: &Delivered) -> Result<Received, SegmentError> {
+    /// What `message` says; `None` for a profile change no event caused (a merge, a
+    /// fact, a membership), which moves no journey.
+    fn read(message: &Delivered) -> Result<Option<Received>, SegmentError> {
         let subject = message.subject.as_str();
         let invalid = |what: &str, err: &dyn std::fmt::Display| {
             SegmentError::InvalidArgument(format!("{subject}: not {what}: {err}"))
         };
-        if subject.starts_with("events.identified.") {
-            let identified = IdentifiedEvent::decode(message.payload.clone())
-                .map_err(|err| invalid("an identified event", &err))?;
+        if subject.starts_with("profiles.changed.") {
+            let changed = ProfileChanged::decode(message.payload.clone())
+                .map_err(|err| invalid("a profile change", &err))?;
+            let Some(identified) = changed.event else {
+                return Ok(None);
+            };
             let envelope = identified.envelope.unwrap_or_default();
             let event = cairn_event::Event::read(&envelope)
                 .map_err(|err| invalid("a readable event", &err))?;
-            Ok(Received::Event {
-                profile_id: identified.profile_id,
+            let profile = serde_json::from_str(&changed.profile_json)
+                .map_err(|err| invalid("a profile", &err))?;
+            Ok(Some(Received::Event {
+                profile_id: changed.profile_id,
                 id: format!("e:{}", event.message_id),
                 name: event.name(),
                 at_ms: event.at_ms,
                 json: event.json,
-            })
+                profile,
+            }))
         } else if subject.starts_with("segments.changed.") {
             let changed = SegmentChanged::decode(message.payload.clone())
                 .map_err(|err| invalid("a segment change", &err))?;
             let at_ms = changed.at.map_or_else(now_ms, |at| {
                 at.seconds * 1000 + i64::from(at.nanos) / 1_000_000
             });
-            Ok(Received::Segment { changed, at_ms })
+            Ok(Some(Received::Segment { changed, at_ms }))
         } else if subject.starts_with("campaign.due.") {
-            Ok(Received::Timer(
+            Ok(Some(Received::Timer(
                 TimerDue::decode(message.payload.clone())
                     .map_err(|err| invalid("a campaign timer", &err))?,
-            ))
+            )))
         } else {
             Err(SegmentError::InvalidArgument(format!(
                 "{subject}: not an input of campaigns"
@@ -210,7 +221,9 @@ impl<S: Store> CampaignHandler<S> {
     }
 
     async fn on_message(&self, message: &Delivered) -> Result<Vec<Outgoing>, SegmentError> {
-        let received = Received::read(message)?;
+        let Some(received) = Received::read(message)? else {
+            return Ok(Vec::new());
+        };
         let profile_id = received.profile_id().to_string();
         if profile_id.is_empty() {
             return Err(SegmentError::InvalidArgument(format!(
@@ -231,7 +244,7 @@ impl<S: Store> CampaignHandler<S> {
                 continue;
             }
             if profile.is_none() {
-                profile = Some(self.profile_now(&profile_id).await?);
+                profile = Some(self.profile_now(&received).await?);
             }
             let profile = profile.as_ref().unwrap_or_else(|| unreachable!());
             outgoing.extend(
@@ -248,11 +261,17 @@ impl<S: Store> CampaignHandler<S> {
         Ok(outgoing)
     }
 
-    async fn profile_now(&self, profile_id: &str) -> Result<ProfileNow, SegmentError> {
-        let view = match self.store.get(&PROFILES, profile_id.as_bytes()).await? {
-            Some(record) => live::stored_change(profile_id.as_bytes(), &record)?
-                .map_or(Value::Null, |(_, view)| view),
-            None => Value::Null,
+    /// The profile for `received`: as the event made it, or as stored now; and its
+    /// memberships as decided so far.
+    async fn profile_now(&self, received: &Received) -> Result<ProfileNow, SegmentError> {
+        let profile_id = received.profile_id();
+        let view = match received {
+            Received::Event { profile, .. } => profile.clone(),
+            _ => match self.store.get(&PROFILES, profile_id.as_bytes()).await? {
+                Some(record) => live::stored_change(profile_id.as_bytes(), &record)?
+                    .map_or(Value::Null, |(_, view)| view),
+                None => Value::Null,
+            },
         };
         let segments = live::members(&self.store, profile_id)
             .await?

@@ -53,13 +53,14 @@ pub async fn mesh_with(segments: &[(&str, &str)], campaigns: &[&str]) -> Mesh {
     }
 }
 
-/// Collector, identity, profile store and segmenter on `store`.
+/// Collector, identity, enrich-content, profile store and segmenter on `store`.
 pub async fn serve(nats: &TestNats, store: &EmbeddedStore) -> TestHost {
     let url = nats.url();
     let vars = [
         cairn_runtime::VARS.to_vec(),
         cairn_collector::vars(),
         cairn_identity::vars(),
+        cairn_enrich_content::vars(),
         cairn_profile_store::vars(),
         cairn_segmenter::vars(),
     ]
@@ -78,6 +79,9 @@ pub async fn serve(nats: &TestNats, store: &EmbeddedStore) -> TestHost {
     let modules = vec![
         cairn_collector::start(&context).await.unwrap(),
         cairn_identity::start(&context, store.clone())
+            .await
+            .unwrap(),
+        cairn_enrich_content::start(&context, store.clone())
             .await
             .unwrap(),
         cairn_profile_store::start(&context, store.clone())
@@ -187,6 +191,7 @@ impl Mesh {
         // Identity, the profile store and the segmenter, one after the other.
         for _ in 0..3 {
             wait_consumer_idle(&self.bus, streams::EVENTS, "identity").await;
+            wait_consumer_idle(&self.bus, streams::IDENTIFIED, "enrich_content").await;
             for partition in 0..self.bus.partitions().count() {
                 wait_consumer_idle(
                     &self.bus,
