@@ -1,5 +1,6 @@
 //! `cairn bench ...`: the benchmarks, each printing its figures and a JSON line last.
 
+mod campaigns;
 mod enrich;
 mod identity;
 mod ingest;
@@ -33,6 +34,23 @@ pub enum BenchCommand {
     /// then the latency from profiles.changed to segments.changed through the segmenter
     /// at a steady rate (NATS as for `ingest`; the embedded store).
     Segments(SegmentsArgs),
+    /// Campaigns: the latency from a profile change carrying its event to the campaign
+    /// action it causes, through the segmenter at a steady rate, with ten campaigns
+    /// running (NATS as for `ingest`; the embedded store).
+    Campaigns(CampaignsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CampaignsArgs {
+    /// Profiles the events belong to.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) profiles: usize,
+    /// Events per second.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) rate: usize,
+    /// Seconds of the run.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) seconds: usize,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +148,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Profiles(args) => profiles::run(args).await,
         BenchCommand::Enrich(args) => enrich::run(args).await,
         BenchCommand::Segments(args) => segments::run(args).await,
+        BenchCommand::Campaigns(args) => campaigns::run(args).await,
     }
 }
 

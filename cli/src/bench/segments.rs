@@ -38,7 +38,7 @@ const PLANS: [&str; 3] = ["free", "pro", "team"];
 const DOMAINS: [&str; 2] = ["gmail.com", "acme.com"];
 
 /// Person `n`: a few weeks of page views, carts and purchases, with traits and facts.
-fn profile(n: usize) -> serde_json::Value {
+pub(super) fn profile(n: usize) -> serde_json::Value {
     let mut profile = Profile::new(&format!("p{n}"));
     let settings = FoldSettings::default();
     let events = 10 + n % 40;

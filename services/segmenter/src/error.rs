@@ -52,3 +52,21 @@ impl From<SegmentError> for tonic::Status {
         cairn_runtime::error::to_status(&err)
     }
 }
+
+/// What becomes of a message a handler dealt with: its output published, tried again
+/// in place when something it needs is down, or dead-lettered with the reason.
+pub(crate) fn handled(
+    result: Result<Vec<cairn_bus::Outgoing>, SegmentError>,
+) -> cairn_bus::worker::Handled {
+    use cairn_bus::worker::Handled;
+    match result {
+        Ok(outgoing) => Handled::Publish(outgoing),
+        Err(err) if err.kind() == ErrorKind::Unavailable => Handled::Retry {
+            reason: err.to_string(),
+            delay: std::time::Duration::from_millis(500),
+        },
+        Err(err) => Handled::DeadLetter {
+            reason: err.to_string(),
+        },
+    }
+}

@@ -26,10 +26,12 @@ use async_nats::jetstream::consumer;
 use cairn_bus::worker::WorkerOptions;
 use cairn_bus::{Bus, BusConfig, streams, subjects};
 use cairn_proto::campaign::v1::campaigns_server::CampaignsServer;
+use cairn_proto::segment::v1::SegmentChanged;
 use cairn_proto::segment::v1::segments_server::SegmentsServer;
 use cairn_runtime::grpc::GrpcServices;
-use cairn_runtime::{BoxError, Module, ModuleContext, ModuleTask, Var};
+use cairn_runtime::{BoxError, Module, ModuleContext, Var};
 use cairn_store::Store;
+use prost::Message as _;
 
 pub use error::SegmentError;
 pub use segments::{Segment, SegmentSet, Transition};
@@ -85,52 +87,61 @@ pub fn timers_consumer_config() -> consumer::pull::Config {
     }
 }
 
-/// The durable consumers of what moves campaign journeys, shared by the replicas:
-/// (stream, config) for events, segment changes and due timers. Events and segment
-/// changes are read from when the consumer is made (a rebuild, which replays every
-/// event, does not run the campaigns over them again); due timers from the first kept.
-pub fn campaign_consumer_configs() -> [(&'static str, consumer::pull::Config); 3] {
-    let config = |name: &str, description: &str, filter: String| consumer::pull::Config {
-        durable_name: Some(name.to_string()),
-        description: Some(format!(
-            "Segmenter: campaign journeys moved by {description}"
-        )),
-        filter_subject: filter,
-        deliver_policy: consumer::DeliverPolicy::New,
+/// The durable consumer of due campaign timers, shared by the replicas (events and
+/// segment changes reach the campaigns with the profile changes the `segmenter`
+/// consumer reads). From the first timer kept: a stale one does nothing.
+pub fn campaign_timers_consumer_config() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some("segmenter_campaign_timers".to_string()),
+        description: Some("Segmenter: campaign inactivity timers that came due".to_string()),
+        filter_subject: "campaign.due.>".to_string(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: cairn_bus::worker::ACK_WAIT,
         max_ack_pending: (BATCH * 8) as i64,
         ..Default::default()
-    };
-    [
-        (
-            streams::PROFILES,
-            config(
-                "segmenter_campaign_events",
-                "events",
-                subjects::profiles_changed_all(),
-            ),
-        ),
-        (
-            streams::SEGMENTS,
-            config(
-                "segmenter_campaign_segments",
-                "segment changes",
-                "segments.changed.>".to_string(),
-            ),
-        ),
-        (
-            streams::CAMPAIGNS,
-            consumer::pull::Config {
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..config(
-                    "segmenter_campaign_timers",
-                    "inactivity timers",
-                    "campaign.due.>".to_string(),
-                )
-            },
-        ),
-    ]
+    }
+}
+
+/// What the segmenter does with a profile change, a due segment timer or a deletion:
+/// the memberships decided, then the journeys moved by the segments entered and left
+/// and by the change's event, in that order; one handling of one message, so a
+/// redelivery repeats all of it and each part is idempotent.
+#[derive(Clone)]
+struct ChangeHandler<S> {
+    live: live::LiveHandler<S>,
+    campaigns: campaigns::engine::CampaignHandler<S>,
+}
+
+impl<S: Store> ChangeHandler<S> {
+    async fn on_message(
+        &self,
+        message: &cairn_bus::worker::Delivered,
+    ) -> Result<Vec<cairn_bus::Outgoing>, SegmentError> {
+        let mut outgoing = self.live.on_message(message).await?;
+        let mut moved = Vec::new();
+        for announced in &outgoing {
+            if announced.subject.starts_with("segments.changed.") {
+                let changed = SegmentChanged::decode(announced.payload.clone())
+                    .map_err(|err| SegmentError::Corrupt(format!("segment change: {err}")))?;
+                moved.extend(
+                    self.campaigns
+                        .on_segment_changed(changed, message.is_repeat())
+                        .await?,
+                );
+            }
+        }
+        if message.subject.starts_with("profiles.changed.") {
+            moved.extend(self.campaigns.on_message(message).await?);
+        }
+        outgoing.extend(moved);
+        Ok(outgoing)
+    }
+}
+
+impl<S: Store> cairn_bus::worker::Handler for ChangeHandler<S> {
+    async fn handle(&self, message: &cairn_bus::worker::Delivered) -> cairn_bus::worker::Handled {
+        error::handled(self.on_message(message).await)
+    }
 }
 
 /// Starts the segmenter on `store`.
@@ -199,39 +210,43 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         batch: BATCH,
         max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
     };
+    // Each profile change, due segment timer and deletion once, for the memberships
+    // and then the campaigns.
+    let changes = ChangeHandler {
+        live: handler,
+        campaigns: campaigns.clone(),
+    };
     let worker = cairn_bus::worker::run(
         bus.clone(),
         consumer,
-        handler.clone(),
+        changes.clone(),
         options.clone(),
         context.shutdown.clone(),
     );
     let due = cairn_bus::worker::run(
         bus.clone(),
         timers,
-        handler.clone(),
+        changes.clone(),
         options.clone(),
         context.shutdown.clone(),
     );
-    let mut campaign_consumers = Vec::new();
-    for (stream, config) in campaign_consumer_configs() {
-        campaign_consumers.push(bus.ensure_consumer(stream, config).await?);
-    }
-    let campaign_tasks = campaign_consumers
-        .into_iter()
-        .map(|consumer| {
-            let run = cairn_bus::worker::run(
-                bus.clone(),
-                consumer,
-                campaigns.clone(),
-                options.clone(),
-                context.shutdown.clone(),
-            );
-            Box::pin(async move { run.await.map_err(|err| Box::new(err) as BoxError) })
-                as ModuleTask
-        })
-        .collect::<Vec<_>>();
-    let forget = cairn_bus::worker::run(bus, deleted, handler, options, context.shutdown.clone());
+    let forget = cairn_bus::worker::run(
+        bus.clone(),
+        deleted,
+        changes,
+        options.clone(),
+        context.shutdown.clone(),
+    );
+    let campaign_timers = bus
+        .ensure_consumer(streams::CAMPAIGNS, campaign_timers_consumer_config())
+        .await?;
+    let campaign_due = cairn_bus::worker::run(
+        bus,
+        campaign_timers,
+        campaigns,
+        options,
+        context.shutdown.clone(),
+    );
     let shutdown = context.shutdown.clone();
     Ok(Module {
         name: "segmenter",
@@ -242,19 +257,16 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
             })),
         http: None,
         tasks: vec![
-            Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) })
-                as ModuleTask,
+            Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) }),
             Box::pin(async move { due.await.map_err(|err| Box::new(err) as BoxError) }),
             Box::pin(async move { forget.await.map_err(|err| Box::new(err) as BoxError) }),
+            Box::pin(async move { campaign_due.await.map_err(|err| Box::new(err) as BoxError) }),
             Box::pin(async move {
                 webhooks
                     .run(webhooks_consumer, shutdown)
                     .await
                     .map_err(|err| Box::new(err) as BoxError)
             }),
-        ]
-        .into_iter()
-        .chain(campaign_tasks)
-        .collect(),
+        ],
     })
 }

@@ -27,7 +27,7 @@ use cairn_bus::{Outgoing, Partitions, subjects};
 use cairn_proto::profile::v1::{ProfileChanged, ProfileDeleted};
 use cairn_proto::segment::v1::SegmentChanged;
 use cairn_runtime::clock::{now_ms, timestamp};
-use cairn_runtime::error::{Classify as _, ErrorKind};
+
 use cairn_store::{Change, Store};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -420,23 +420,23 @@ pub(crate) fn stored_change(
     Ok(Some((changed, view)))
 }
 
-impl<S: Store> Handler for LiveHandler<S> {
-    async fn handle(&self, message: &Delivered) -> Handled {
-        let result = if message.subject == subjects::PROFILES_DELETED {
+impl<S: Store> LiveHandler<S> {
+    /// What a profile change, a due timer or a deletion changes in the memberships.
+    pub(crate) async fn on_message(
+        &self,
+        message: &Delivered,
+    ) -> Result<Vec<Outgoing>, SegmentError> {
+        if message.subject == subjects::PROFILES_DELETED {
             self.on_deleted(message).await
         } else {
             let due = message.subject.starts_with("segments.due.");
             self.on_change(message, due).await
-        };
-        match result {
-            Ok(outgoing) => Handled::Publish(outgoing),
-            Err(err) if err.kind() == ErrorKind::Unavailable => Handled::Retry {
-                reason: err.to_string(),
-                delay: Duration::from_millis(500),
-            },
-            Err(err) => Handled::DeadLetter {
-                reason: err.to_string(),
-            },
         }
+    }
+}
+
+impl<S: Store> Handler for LiveHandler<S> {
+    async fn handle(&self, message: &Delivered) -> Handled {
+        crate::error::handled(self.on_message(message).await)
     }
 }

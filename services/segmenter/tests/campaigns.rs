@@ -433,3 +433,29 @@ actions:
     let profile = mesh.profile().await;
     assert_eq!(profile["facts"]["content"]["top_topic"], topic, "{profile}");
 }
+
+/// Entering a segment moves a journey, in the same handling as the change that made
+/// the profile enter it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entering_a_segment_moves_a_journey_once() {
+    const VIP: &str = "FILTER event_count.`Order Completed`.all >= 2";
+    const WELCOME_VIP: &str = r#"
+name: welcome_vip
+transitions:
+  - {from: start, to: welcomed, entered: vip}
+actions:
+  welcomed:
+    - {channel: web, content: "Welcome to the club"}
+"#;
+    let mesh = mesh_with(&[("vip", VIP)], &[WELCOME_VIP]).await;
+    let order = |id: &str| json!({"type": "track", "messageId": id, "anonymousId": "buyer-1", "event": "Order Completed"});
+    mesh.send(json!([order("o1")])).await;
+    assert!(mesh.web().await.is_empty());
+    mesh.send(json!([order("o2"), order("o3")])).await;
+    assert!(mesh.redeliver_changes("again").await >= 3);
+    mesh.campaigns_idle().await;
+    let web = mesh.web().await;
+    assert_eq!(web.len(), 1, "{web:?}");
+    assert_eq!(web[0].1, "Welcome to the club");
+    assert_eq!(mesh.journey("welcome_vip").await["state"], "welcomed");
+}

@@ -1,8 +1,8 @@
 //! Campaigns run: each profile's journey through each running campaign, kept in the
 //! store under `j:<campaign>:<profile>`, moved on by the profile's events (read from
 //! `profiles.changed`, which carries each event with the profile as it made it, so an
-//! audience or a parameter reads the profile as of the event), its segment changes (`segments.changed`) and its inactivity
-//! timers (`campaign.due`), with the actions of each state entered published for their
+//! audience or a parameter reads the profile as of the event), its segment changes (as the live path decides them, in
+//! the same handling of the same message) and its inactivity timers (`campaign.due`), with the actions of each state entered published for their
 //! channel (`campaign.sends|web|webhooks.<partition>`).
 //!
 //! - Idempotent: a journey's change is written with a mark of the input that caused it,
@@ -29,8 +29,8 @@ use cairn_profile_store::store::PROFILES;
 use cairn_proto::campaign::v1::{Action as ActionMessage, TimerDue};
 use cairn_proto::profile::v1::ProfileChanged;
 use cairn_proto::segment::v1::SegmentChanged;
-use cairn_runtime::clock::{now_ms, timestamp};
-use cairn_runtime::error::{Classify as _, ErrorKind};
+use cairn_runtime::clock::{now_ms, timestamp, timestamp_ms};
+
 use cairn_store::{Change, Mark, Outcome, Store};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -95,8 +95,8 @@ enum Received {
         name: String,
         at_ms: i64,
         json: Value,
-        /// The profile as the event made it.
-        profile: Value,
+        /// The profile as the event made it (JSON, read when a campaign needs it).
+        profile_json: String,
     },
     Segment {
         changed: SegmentChanged,
@@ -122,23 +122,14 @@ impl Received {
             let envelope = identified.envelope.unwrap_or_default();
             let event = cairn_event::Event::read(&envelope)
                 .map_err(|err| invalid("a readable event", &err))?;
-            let profile = serde_json::from_str(&changed.profile_json)
-                .map_err(|err| invalid("a profile", &err))?;
             Ok(Some(Received::Event {
                 profile_id: changed.profile_id,
                 id: format!("e:{}", event.message_id),
                 name: event.name(),
                 at_ms: event.at_ms,
                 json: event.json,
-                profile,
+                profile_json: changed.profile_json,
             }))
-        } else if subject.starts_with("segments.changed.") {
-            let changed = SegmentChanged::decode(message.payload.clone())
-                .map_err(|err| invalid("a segment change", &err))?;
-            let at_ms = changed.at.map_or_else(now_ms, |at| {
-                at.seconds * 1000 + i64::from(at.nanos) / 1_000_000
-            });
-            Ok(Some(Received::Segment { changed, at_ms }))
         } else if subject.starts_with("campaign.due.") {
             Ok(Some(Received::Timer(
                 TimerDue::decode(message.payload.clone())
@@ -220,23 +211,49 @@ impl<S: Store> CampaignHandler<S> {
         }
     }
 
-    async fn on_message(&self, message: &Delivered) -> Result<Vec<Outgoing>, SegmentError> {
-        let Some(received) = Received::read(message)? else {
+    /// What an event, a segment change or a due timer does to the journeys.
+    pub(crate) async fn on_message(
+        &self,
+        message: &Delivered,
+    ) -> Result<Vec<Outgoing>, SegmentError> {
+        if self.campaigns.get(&self.store).await?.campaigns.is_empty() {
             return Ok(Vec::new());
-        };
+        }
+        match Received::read(message)? {
+            Some(received) => self.on_received(&received, message.is_repeat()).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// What a profile entering or leaving a segment, as the live path just decided it
+    /// (`repeat`: the decision may have been announced before), does to the journeys.
+    pub(crate) async fn on_segment_changed(
+        &self,
+        changed: SegmentChanged,
+        repeat: bool,
+    ) -> Result<Vec<Outgoing>, SegmentError> {
+        let at_ms = changed.at.as_ref().map_or_else(now_ms, timestamp_ms);
+        self.on_received(&Received::Segment { changed, at_ms }, repeat)
+            .await
+    }
+
+    async fn on_received(
+        &self,
+        received: &Received,
+        repeat: bool,
+    ) -> Result<Vec<Outgoing>, SegmentError> {
         let profile_id = received.profile_id().to_string();
         if profile_id.is_empty() {
-            return Err(SegmentError::InvalidArgument(format!(
-                "{}: no profile id",
-                message.subject
-            )));
+            return Err(SegmentError::InvalidArgument(
+                "a campaign input without a profile id".to_string(),
+            ));
         }
         let running = self.campaigns.get(&self.store).await?;
         let mut profile: Option<ProfileNow> = None;
         let mut outgoing = Vec::new();
         let input = received.input();
         for campaign in &running.campaigns {
-            let ours = match &received {
+            let ours = match received {
                 Received::Timer(due) => due.campaign == campaign.name,
                 _ => true,
             };
@@ -244,18 +261,12 @@ impl<S: Store> CampaignHandler<S> {
                 continue;
             }
             if profile.is_none() {
-                profile = Some(self.profile_now(&received).await?);
+                profile = Some(self.profile_now(received).await?);
             }
             let profile = profile.as_ref().unwrap_or_else(|| unreachable!());
             outgoing.extend(
-                self.advance(
-                    campaign,
-                    &profile_id,
-                    &received,
-                    profile,
-                    message.is_repeat(),
-                )
-                .await?,
+                self.advance(campaign, &profile_id, received, profile, repeat)
+                    .await?,
             );
         }
         Ok(outgoing)
@@ -266,7 +277,11 @@ impl<S: Store> CampaignHandler<S> {
     async fn profile_now(&self, received: &Received) -> Result<ProfileNow, SegmentError> {
         let profile_id = received.profile_id();
         let view = match received {
-            Received::Event { profile, .. } => profile.clone(),
+            Received::Event { profile_json, .. } => {
+                serde_json::from_str(profile_json).map_err(|err| {
+                    SegmentError::InvalidArgument(format!("profiles.changed: not a profile: {err}"))
+                })?
+            }
             _ => match self.store.get(&PROFILES, profile_id.as_bytes()).await? {
                 Some(record) => live::stored_change(profile_id.as_bytes(), &record)?
                     .map_or(Value::Null, |(_, view)| view),
@@ -566,16 +581,7 @@ fn action_message(
 
 impl<S: Store> Handler for CampaignHandler<S> {
     async fn handle(&self, message: &Delivered) -> Handled {
-        match self.on_message(message).await {
-            Ok(outgoing) => Handled::Publish(outgoing),
-            Err(err) if err.kind() == ErrorKind::Unavailable => Handled::Retry {
-                reason: err.to_string(),
-                delay: Duration::from_millis(500),
-            },
-            Err(err) => Handled::DeadLetter {
-                reason: err.to_string(),
-            },
-        }
+        crate::error::handled(self.on_message(message).await)
     }
 }
 

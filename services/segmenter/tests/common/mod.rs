@@ -255,8 +255,6 @@ impl Mesh {
 
     /// Waits until the campaign consumers are done with what they have.
     pub async fn campaigns_idle(&self) {
-        for (stream, config) in cairn_segmenter::campaign_consumer_configs() {
-            wait_consumer_idle(&self.bus, stream, config.durable_name.as_deref().unwrap()).await;
-        }
+        wait_consumer_idle(&self.bus, streams::CAMPAIGNS, "segmenter_campaign_timers").await;
     }
 }
