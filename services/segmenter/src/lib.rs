@@ -26,6 +26,7 @@ use async_nats::jetstream::consumer;
 use cairn_bus::worker::WorkerOptions;
 use cairn_bus::{Bus, BusConfig, streams, subjects};
 use cairn_proto::campaign::v1::campaigns_server::CampaignsServer;
+use cairn_proto::profile::v1::ProfileDeleted;
 use cairn_proto::segment::v1::SegmentChanged;
 use cairn_proto::segment::v1::segments_server::SegmentsServer;
 use cairn_runtime::grpc::GrpcServices;
@@ -118,6 +119,13 @@ impl<S: Store> ChangeHandler<S> {
         message: &cairn_bus::worker::Delivered,
     ) -> Result<Vec<cairn_bus::Outgoing>, SegmentError> {
         let mut outgoing = self.live.on_message(message).await?;
+        if message.subject == subjects::PROFILES_DELETED {
+            // A person forgotten: their journeys go, and nothing acts on them any more.
+            let deleted = ProfileDeleted::decode(message.payload.clone())
+                .map_err(|err| SegmentError::InvalidArgument(format!("not a deletion: {err}")))?;
+            self.campaigns.forget(&deleted.profile_id).await?;
+            return Ok(outgoing);
+        }
         let mut moved = Vec::new();
         for announced in &outgoing {
             if announced.subject.starts_with("segments.changed.") {

@@ -459,3 +459,34 @@ actions:
     assert_eq!(web[0].1, "Welcome to the club");
     assert_eq!(mesh.journey("welcome_vip").await["state"], "welcomed");
 }
+
+/// A person forgotten leaves no journey behind, and their pending timer sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_person_has_no_journey_and_their_timer_sends_nothing() {
+    let mesh = mesh_with(&[], &[CART]).await;
+    mesh.send(json!([identify("i1"), track("c1", "add_to_cart")]))
+        .await;
+    let profile_id = mesh.profile().await["id"].as_str().unwrap().to_string();
+    assert_eq!(mesh.journey("cart_recovery").await["state"], "carting");
+    let mut profiles =
+        cairn_proto::profile::v1::profiles_client::ProfilesClient::connect(mesh.host.grpc_url())
+            .await
+            .unwrap();
+    profiles
+        .delete(common::with(cairn_proto::profile::v1::DeleteRequest {
+            profile_id: profile_id.clone(),
+        }))
+        .await
+        .unwrap();
+    cairn_testkit::wait_consumer_idle(&mesh.bus, streams::PROFILES, "segmenter_deleted").await;
+    let key = format!("j:cart_recovery:{profile_id}");
+    assert!(
+        mesh.store
+            .get(&SEGMENTS, key.as_bytes())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    mesh.wait_due(1).await;
+    assert!(mesh.sends().await.is_empty());
+}

@@ -225,6 +225,17 @@ impl<S: Store> CampaignHandler<S> {
         }
     }
 
+    /// Deletes every journey of `profile_id` (forgotten), through every saved campaign;
+    /// its pending timers find no journey when they come due, and do nothing.
+    pub(crate) async fn forget(&self, profile_id: &str) -> Result<(), SegmentError> {
+        for name in saved::load(&self.store).await?.campaigns.keys() {
+            self.store
+                .delete(&SEGMENTS, &journey_key(name, profile_id))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// What a profile entering or leaving a segment, as the live path just decided it
     /// (`repeat`: the decision may have been announced before), does to the journeys.
     pub(crate) async fn on_segment_changed(
