@@ -26,7 +26,7 @@ use async_nats::jetstream::consumer;
 use cairn_bus::worker::WorkerOptions;
 use cairn_bus::{Bus, BusConfig, streams, subjects};
 use cairn_proto::campaign::v1::campaigns_server::CampaignsServer;
-use cairn_proto::profile::v1::ProfileDeleted;
+use cairn_proto::profile::v1::{ProfileChanged, ProfileDeleted};
 use cairn_proto::segment::v1::SegmentChanged;
 use cairn_proto::segment::v1::segments_server::SegmentsServer;
 use cairn_runtime::grpc::GrpcServices;
@@ -139,11 +139,41 @@ impl<S: Store> ChangeHandler<S> {
             }
         }
         if message.subject.starts_with("profiles.changed.") {
+            let changed = ProfileChanged::decode(message.payload.clone()).map_err(|err| {
+                SegmentError::InvalidArgument(format!("not a profile change: {err}"))
+            })?;
+            if let Some(survivor) = merged_into(&changed)? {
+                // One person now: the journeys go over to the survivor, and the exits of
+                // the profile merged away move nothing.
+                return Ok(outgoing
+                    .into_iter()
+                    .chain(
+                        self.campaigns
+                            .hand_over(&changed.profile_id, &survivor)
+                            .await?,
+                    )
+                    .collect());
+            }
             moved.extend(self.campaigns.on_message(message).await?);
         }
         outgoing.extend(moved);
         Ok(outgoing)
     }
+}
+
+/// The profile `changed` was merged into, when this is the announcement of the merge.
+fn merged_into(changed: &ProfileChanged) -> Result<Option<String>, SegmentError> {
+    if !changed
+        .changed_fields
+        .iter()
+        .any(|field| field == "merged_into")
+    {
+        return Ok(None);
+    }
+    let view: serde_json::Value = serde_json::from_str(&changed.profile_json).map_err(|err| {
+        SegmentError::InvalidArgument(format!("profiles.changed: not a profile: {err}"))
+    })?;
+    Ok(view["merged_into"].as_str().map(str::to_string))
 }
 
 impl<S: Store> cairn_bus::worker::Handler for ChangeHandler<S> {

@@ -490,3 +490,72 @@ async fn a_forgotten_person_has_no_journey_and_their_timer_sends_nothing() {
     mesh.wait_due(1).await;
     assert!(mesh.sends().await.is_empty());
 }
+
+/// The profile of anonymous id `value`, as the profile store finds it now.
+async fn profile_of(mesh: &Mesh, value: &str) -> String {
+    let identifier = cairn_profile_store::profile::Identifier {
+        kind: "anonymous_id".to_string(),
+        value: value.to_string(),
+    };
+    cairn_profile_store::store::lookup(&mesh.store, &identifier)
+        .await
+        .unwrap()
+        .unwrap()
+        .profile
+        .id
+}
+
+/// Two profiles found to be one person: the journey goes over to the survivor, and its
+/// timer, set again there, sends one email for the survivor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journey_follows_its_profile_into_a_merge() {
+    let mesh = mesh_with(&[], &[CART]).await;
+    mesh.send(json!([
+        {"type": "identify", "messageId": "l1", "anonymousId": "laptop", "traits": {"email": "ann@example.com"}},
+        {"type": "track", "messageId": "c1", "anonymousId": "laptop", "event": "add_to_cart"},
+        {"type": "page", "messageId": "p1", "anonymousId": "phone"},
+    ]))
+    .await;
+    let (laptop, phone) = (
+        profile_of(&mesh, "laptop").await,
+        profile_of(&mesh, "phone").await,
+    );
+    assert_ne!(laptop, phone);
+    // The phone signs in with the laptop's email: one person.
+    mesh.send(json!([
+        {"type": "track", "messageId": "link", "anonymousId": "phone", "event": "Signed In",
+         "context": {"traits": {"email": "ann@example.com"}}},
+    ]))
+    .await;
+    let survivor = profile_of(&mesh, "phone").await;
+    assert_eq!(survivor, profile_of(&mesh, "laptop").await);
+    // The profile the linking event came in on survives: the journey has to move.
+    assert_eq!(survivor, phone);
+    let merged = &laptop;
+    let journey = |id: &str| format!("j:cart_recovery:{id}");
+    assert!(
+        mesh.store
+            .get(&SEGMENTS, journey(merged).as_bytes())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        mesh.store
+            .get(&SEGMENTS, journey(&survivor).as_bytes())
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mesh.sends().await.is_empty() {
+        assert!(Instant::now() < deadline, "the cart was never abandoned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // any second timer too
+    mesh.campaigns_idle().await;
+    let sends = mesh.sends().await;
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0].profile_id, survivor);
+}

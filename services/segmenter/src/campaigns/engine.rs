@@ -236,6 +236,36 @@ impl<S: Store> CampaignHandler<S> {
         Ok(())
     }
 
+    /// `merged` went into `survivor`: each of its journeys becomes the survivor's, unless
+    /// the survivor has one of its own through that campaign (kept; the other goes), and
+    /// the timers of what moved are set again under the survivor. Idempotent: what moved
+    /// is gone from `merged`.
+    pub(crate) async fn hand_over(
+        &self,
+        merged: &str,
+        survivor: &str,
+    ) -> Result<Vec<Outgoing>, SegmentError> {
+        let running = self.campaigns.get(&self.store).await?;
+        let mut outgoing = Vec::new();
+        for name in saved::load(&self.store).await?.campaigns.keys() {
+            let from = journey_key(name, merged);
+            let Some(record) = self.store.get(&SEGMENTS, &from).await? else {
+                continue;
+            };
+            let to = journey_key(name, survivor);
+            let write = cairn_store::Write::new(to.clone())
+                .record(cairn_store::Expect::Absent, record.value.clone());
+            if let Outcome::Applied { .. } = self.store.write(&SEGMENTS, write).await?
+                && let Some(campaign) = running.campaigns.iter().find(|c| &c.name == name)
+            {
+                let moved = decode_journey(&to, &record.value)?;
+                outgoing.extend(self.outputs(campaign, survivor, &[], &moved.journey, None));
+            }
+            self.store.delete(&SEGMENTS, &from).await?;
+        }
+        Ok(outgoing)
+    }
+
     /// What a profile entering or leaving a segment, as the live path just decided it
     /// (`repeat`: the decision may have been announced before), does to the journeys.
     pub(crate) async fn on_segment_changed(
