@@ -45,7 +45,7 @@ use crate::error::SegmentError;
 pub const WEBHOOK_ATTEMPTS: Var = Var {
     name: "CAIRN_WEBHOOK_ATTEMPTS",
     default: "8",
-    doc: "Attempts at delivering a batch to a segment's webhook before it goes to the dead letters.",
+    doc: "Attempts at a webhook call (a segment's batch, a campaign's action) before it goes to the dead letters.",
 };
 pub const WEBHOOK_BACKOFF: Var = Var {
     name: "CAIRN_WEBHOOK_BACKOFF",
@@ -58,7 +58,18 @@ pub const WEBHOOK_TIMEOUT: Var = Var {
     doc: "How long one webhook request may take.",
 };
 
-pub const VARS: &[Var] = &[WEBHOOK_ATTEMPTS, WEBHOOK_BACKOFF, WEBHOOK_TIMEOUT];
+pub const CAMPAIGN_WEBHOOK_SECRET: Var = Var {
+    name: "CAIRN_CAMPAIGN_WEBHOOK_SECRET",
+    default: "",
+    doc: "Signs campaign webhook calls (X-Cairn-Signature, HMAC-SHA256); at least 16 characters. While it is empty, campaigns with a webhook action are refused.",
+};
+
+pub const VARS: &[Var] = &[
+    WEBHOOK_ATTEMPTS,
+    WEBHOOK_BACKOFF,
+    WEBHOOK_TIMEOUT,
+    CAMPAIGN_WEBHOOK_SECRET,
+];
 
 /// The service name of webhook dead letters.
 pub const SERVICE: &str = "segmenter_webhooks";
@@ -71,6 +82,8 @@ pub struct WebhookConfig {
     pub attempts: u32,
     pub backoff: Duration,
     pub timeout: Duration,
+    /// What campaign webhook calls are signed with; `None` when not configured.
+    pub campaign_secret: Option<String>,
 }
 
 impl WebhookConfig {
@@ -81,7 +94,82 @@ impl WebhookConfig {
                 .map_err(|_| settings.invalid(&WEBHOOK_ATTEMPTS, "too large"))?,
             backoff: settings.duration(&WEBHOOK_BACKOFF)?,
             timeout: settings.duration(&WEBHOOK_TIMEOUT)?,
+            campaign_secret: match settings.optional(&CAMPAIGN_WEBHOOK_SECRET) {
+                Some(secret) if secret.len() < MIN_SECRET => {
+                    return Err(settings.invalid_secret(
+                        &CAMPAIGN_WEBHOOK_SECRET,
+                        format!("must be at least {MIN_SECRET} characters"),
+                    ));
+                }
+                secret => secret,
+            },
         })
+    }
+
+    /// The wait after failed attempt `attempt` (1 for the first): the backoff, doubled
+    /// with each attempt, up to a minute.
+    pub fn wait_after(&self, attempt: u32) -> Duration {
+        self.backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(MAX_BACKOFF)
+    }
+}
+
+/// Signing secrets shorter than this are refused.
+pub const MIN_SECRET: usize = 16;
+
+/// Posts signed JSON to webhooks: segment batches and campaign actions alike.
+#[derive(Clone)]
+pub struct Poster {
+    http: reqwest::Client,
+}
+
+impl Poster {
+    pub fn new(timeout: Duration) -> Result<Self, SegmentError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent(concat!("cairn-segmenter/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| SegmentError::InvalidArgument(format!("webhook client: {err}")))?;
+        Ok(Self { http })
+    }
+
+    /// One attempt at posting `body` to `url`, signed under `secret`, with
+    /// `idempotency_key` (the same on every retry).
+    pub(crate) async fn post(
+        &self,
+        url: &str,
+        secret: &str,
+        idempotency_key: &str,
+        body: &[u8],
+    ) -> Attempt {
+        let timestamp = clock::now_ms() / 1000;
+        let sent = self
+            .http
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", idempotency_key)
+            .header("X-Cairn-Timestamp", timestamp.to_string())
+            .header("X-Cairn-Signature", signature(secret, timestamp, body))
+            .body(body.to_vec())
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => Attempt::Delivered,
+            Ok(response) => {
+                let status = response.status();
+                let reason = format!("{url} answered {status}");
+                if status.is_server_error()
+                    || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                    || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                {
+                    Attempt::Failed(reason)
+                } else {
+                    Attempt::Refused(reason)
+                }
+            }
+            Err(err) => Attempt::Failed(format!("{url}: {}", error_chain(&err))),
+        }
     }
 }
 
@@ -120,7 +208,7 @@ struct Change {
 }
 
 /// How an attempt went.
-enum Attempt {
+pub(crate) enum Attempt {
     Delivered,
     /// Worth trying again.
     Failed(String),
@@ -135,7 +223,7 @@ pub struct Webhooks<S> {
     pub config: WebhookConfig,
     /// The saved segments, shared with the live path.
     pub definitions: definitions::Cache,
-    http: reqwest::Client,
+    poster: Poster,
 }
 
 impl<S: Store> Webhooks<S> {
@@ -145,17 +233,12 @@ impl<S: Store> Webhooks<S> {
         config: WebhookConfig,
         definitions: definitions::Cache,
     ) -> Result<Self, SegmentError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .user_agent(concat!("cairn-segmenter/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| SegmentError::InvalidArgument(format!("webhook client: {err}")))?;
         Ok(Self {
             bus,
             store,
+            poster: Poster::new(config.timeout)?,
             config,
             definitions,
-            http,
         })
     }
 
@@ -292,7 +375,11 @@ impl<S: Store> Webhooks<S> {
         let mut attempt = 1;
         let reason = loop {
             still_working(round).await;
-            match self.attempt(webhook, &batch, &body).await {
+            match self
+                .poster
+                .post(&webhook.url, &webhook.secret, &batch, &body)
+                .await
+            {
                 Attempt::Delivered => {
                     tracing::info!(
                         segment,
@@ -309,11 +396,7 @@ impl<S: Store> Webhooks<S> {
                 }
                 Attempt::Failed(reason) => {
                     tracing::warn!(segment, batch, attempt, %reason, "webhook failed; will retry");
-                    let wait = self
-                        .config
-                        .backoff
-                        .saturating_mul(1 << (attempt - 1).min(16))
-                        .min(MAX_BACKOFF);
+                    let wait = self.config.wait_after(attempt);
                     let until = tokio::time::Instant::now() + wait;
                     while tokio::time::Instant::now() < until {
                         still_working(round).await;
@@ -348,39 +431,6 @@ impl<S: Store> Webhooks<S> {
             }])
             .await?;
         Ok(true)
-    }
-
-    async fn attempt(&self, webhook: &Webhook, batch: &str, body: &[u8]) -> Attempt {
-        let timestamp = clock::now_ms() / 1000;
-        let sent = self
-            .http
-            .post(&webhook.url)
-            .header("Content-Type", "application/json")
-            .header("Idempotency-Key", batch)
-            .header("X-Cairn-Timestamp", timestamp.to_string())
-            .header(
-                "X-Cairn-Signature",
-                signature(&webhook.secret, timestamp, body),
-            )
-            .body(body.to_vec())
-            .send()
-            .await;
-        match sent {
-            Ok(response) if response.status().is_success() => Attempt::Delivered,
-            Ok(response) => {
-                let status = response.status();
-                let reason = format!("{} answered {status}", webhook.url);
-                if status.is_server_error()
-                    || status == reqwest::StatusCode::REQUEST_TIMEOUT
-                    || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                {
-                    Attempt::Failed(reason)
-                } else {
-                    Attempt::Refused(reason)
-                }
-            }
-            Err(err) => Attempt::Failed(format!("{}: {}", webhook.url, error_chain(&err))),
-        }
     }
 }
 

@@ -8,6 +8,7 @@ use cairn_filterql::{Filter, parse, print};
 use cairn_store::{Retention, Store, TableSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::activation::MIN_SECRET;
 use crate::error::SegmentError;
 use crate::record::{self, Cached};
 use crate::segments::SegmentSet;
@@ -52,9 +53,6 @@ impl std::fmt::Debug for Webhook {
             .finish()
     }
 }
-
-/// Shortest signing secret accepted.
-const MIN_SECRET: usize = 16;
 
 impl Webhook {
     /// The webhook of a Put request: none when `url` is empty; an error naming the field

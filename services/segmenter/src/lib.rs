@@ -227,7 +227,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     let webhooks = activation::Webhooks::new(
         bus.clone(),
         store.clone(),
-        webhook_config,
+        webhook_config.clone(),
         handler.definitions.clone(),
     )?;
     let campaign_store = store.clone();
@@ -278,6 +278,26 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     let campaign_timers = bus
         .ensure_consumer(streams::CAMPAIGNS, campaign_timers_consumer_config())
         .await?;
+    let campaign_hooks = bus
+        .ensure_consumer(
+            streams::CAMPAIGNS,
+            campaigns::webhooks::consumer_config(&webhook_config),
+        )
+        .await?;
+    let campaign_webhooks = cairn_bus::worker::run(
+        bus.clone(),
+        campaign_hooks,
+        campaigns::webhooks::CampaignWebhooks {
+            poster: activation::Poster::new(webhook_config.timeout)?,
+            config: webhook_config.clone(),
+        },
+        WorkerOptions {
+            service: campaigns::webhooks::SERVICE,
+            batch: BATCH,
+            max_attempts: webhook_config.attempts,
+        },
+        context.shutdown.clone(),
+    );
     let campaign_due = cairn_bus::worker::run(
         bus,
         campaign_timers,
@@ -292,6 +312,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
             .with(SegmentsServer::new(segments))
             .with(CampaignsServer::new(campaigns::grpc::CampaignsService {
                 store: campaign_store,
+                webhooks_signed: webhook_config.campaign_secret.is_some(),
             })),
         http: None,
         tasks: vec![
@@ -299,6 +320,11 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
             Box::pin(async move { due.await.map_err(|err| Box::new(err) as BoxError) }),
             Box::pin(async move { forget.await.map_err(|err| Box::new(err) as BoxError) }),
             Box::pin(async move { campaign_due.await.map_err(|err| Box::new(err) as BoxError) }),
+            Box::pin(async move {
+                campaign_webhooks
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            }),
             Box::pin(async move {
                 webhooks
                     .run(webhooks_consumer, shutdown)

@@ -559,3 +559,66 @@ async fn a_journey_follows_its_profile_into_a_merge() {
     assert_eq!(sends.len(), 1, "{sends:?}");
     assert_eq!(sends[0].profile_id, survivor);
 }
+
+/// The webhook channel: each action POSTed signed, with its idempotency key, tried
+/// again on a 5xx under the same key, dead-lettered on a 4xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_actions_are_signed_retried_and_dead_lettered() {
+    let (receiver, url) = common::Receiver::start().await;
+    let campaign = |name: &str, path: &str| {
+        format!(
+            "name: {name}\ntransitions:\n  - {{from: start, to: signed_up, event: Signed Up}}\nactions:\n  signed_up:\n    - {{channel: webhook, url: \"{url}/{path}\", params: {{plan: event.properties.plan}}}}\n"
+        )
+    };
+    let (flaky, broken) = (campaign("hook", "flaky"), campaign("broken_hook", "broken"));
+    let mesh = mesh_with(&[], &[&flaky, &broken]).await;
+    mesh.send(json!([
+        {"type": "track", "messageId": "s1", "anonymousId": "new-1", "event": "Signed Up",
+         "properties": {"plan": "pro"}},
+    ]))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.requests("flaky").len() < 2 || receiver.requests("broken").is_empty() {
+        assert!(Instant::now() < deadline, "the webhooks were not called");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cairn_testkit::wait_consumer_idle(
+        &mesh.bus,
+        streams::CAMPAIGNS,
+        cairn_segmenter::campaigns::webhooks::SERVICE,
+    )
+    .await;
+
+    // 500 first, then delivered: the same call twice, under one idempotency key.
+    let calls = receiver.requests("flaky");
+    assert_eq!(calls.len(), 2);
+    let (headers, body, raw) = &calls[1];
+    assert_eq!(headers["idempotency-key"], calls[0].0["idempotency-key"]);
+    assert_eq!(body["campaign"], "hook");
+    assert_eq!(body["state"], "signed_up");
+    assert_eq!(body["params"], json!({"plan": "pro"}));
+    let timestamp: i64 = headers["x-cairn-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        headers["x-cairn-signature"].to_str().unwrap(),
+        cairn_segmenter::activation::signature(common::CAMPAIGN_SECRET, timestamp, raw)
+    );
+
+    // 400: not tried again, dead-lettered with the reason.
+    assert_eq!(receiver.requests("broken").len(), 1);
+    let dead: Vec<_> = stream_messages(&mesh.bus, streams::DEAD_LETTERS)
+        .await
+        .into_iter()
+        .filter(|message| message.subject == "deadletter.segmenter_campaign_webhooks")
+        .collect();
+    assert_eq!(dead.len(), 1);
+    let reason = dead[0]
+        .headers
+        .get(cairn_bus::worker::DEAD_LETTER_REASON)
+        .unwrap()
+        .as_str();
+    assert!(reason.contains("400"), "{reason}");
+}

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{mesh, with};
+use common::{Receiver, mesh, with};
 
 use cairn_bus::streams;
 use std::collections::{BTreeMap, BTreeSet};
@@ -245,66 +245,6 @@ async fn a_timer_that_comes_early_sets_the_next_one() {
 
 /// A webhook receiver: what it was sent, by path; `/flaky` fails the first request of
 /// each batch with 500, `/broken` answers 400 to everything, `/down` 503.
-#[derive(Clone, Default)]
-struct Receiver {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap, bytes::Bytes)>>>,
-}
-
-impl Receiver {
-    async fn start() -> (Self, String) {
-        let receiver = Receiver::default();
-        let state = receiver.clone();
-        let app = axum::Router::new().route(
-            "/{path}",
-            axum::routing::post(
-                move |axum::extract::Path(path): axum::extract::Path<String>,
-                      headers: axum::http::HeaderMap,
-                      body: bytes::Bytes| {
-                    let state = state.clone();
-                    async move {
-                        let mut seen = state.seen.lock().unwrap();
-                        let key = headers["idempotency-key"].clone();
-                        let before = seen
-                            .iter()
-                            .filter(|(_, earlier, _)| earlier["idempotency-key"] == key)
-                            .count();
-                        seen.push((path.clone(), headers, body));
-                        match path.as_str() {
-                            "flaky" if before == 0 => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                            "broken" => axum::http::StatusCode::BAD_REQUEST,
-                            "down" => axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            _ => axum::http::StatusCode::NO_CONTENT,
-                        }
-                    }
-                },
-            ),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (receiver, url)
-    }
-
-    fn requests(
-        &self,
-        path: &str,
-    ) -> Vec<(axum::http::HeaderMap, serde_json::Value, bytes::Bytes)> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(seen, _, _)| seen == path)
-            .map(|(_, headers, body)| {
-                (
-                    headers.clone(),
-                    serde_json::from_slice(body).unwrap(),
-                    body.clone(),
-                )
-            })
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn a_segment_syncs_to_its_webhook_signed_retried_and_dead_lettered() {
     use hmac::Mac as _;

@@ -8,6 +8,7 @@ use cairn_runtime::clock::{now_ms, timestamp};
 use cairn_store::Store;
 use tonic::{Request, Response, Status};
 
+use super::definition::{Campaign, Channel};
 use super::engine;
 use super::saved::{self, Saved};
 use crate::error::SegmentError;
@@ -15,6 +16,8 @@ use crate::error::SegmentError;
 #[derive(Clone)]
 pub struct CampaignsService<S> {
     pub store: S,
+    /// Whether campaign webhook calls can be signed (a secret is configured).
+    pub webhooks_signed: bool,
 }
 
 fn authorize<T>(request: &Request<T>, role: Role) -> Result<(), SegmentError> {
@@ -55,6 +58,20 @@ impl<S: Store> Campaigns for CampaignsService<S> {
     ) -> Result<Response<pb::PutResponse>, Status> {
         authorize(&request, Role::Write)?;
         let source = request.into_inner().source;
+        let campaign = Campaign::parse(&source)?;
+        if !self.webhooks_signed
+            && let Some((state, _)) = campaign.actions.iter().find(|(_, actions)| {
+                actions
+                    .iter()
+                    .any(|action| matches!(action.channel, Channel::Webhook { .. }))
+            })
+        {
+            return Err(SegmentError::InvalidArgument(format!(
+                "campaign {}: actions.{state}: a webhook action needs CAIRN_CAMPAIGN_WEBHOOK_SECRET set on the segmenter, to sign its calls",
+                campaign.name
+            ))
+            .into());
+        }
         let saved = saved::put(&self.store, &source, now_ms()).await?;
         tracing::info!(campaign = %saved.name, "campaign saved");
         Ok(Response::new(pb::PutResponse {

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod grpc;
 pub mod machine;
 pub mod saved;
+pub mod webhooks;
 
 pub use definition::{Campaign, START};
 pub use machine::{Action, Input, Journey, Step, step};

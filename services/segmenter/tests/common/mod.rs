@@ -53,6 +53,9 @@ pub async fn mesh_with(segments: &[(&str, &str)], campaigns: &[&str]) -> Mesh {
     }
 }
 
+/// What the mesh signs campaign webhook calls with.
+pub const CAMPAIGN_SECRET: &str = "campaign-secret-0123";
+
 /// Collector, identity, enrich-content, profile store and segmenter on `store`.
 pub async fn serve(nats: &TestNats, store: &EmbeddedStore) -> TestHost {
     let url = nats.url();
@@ -74,6 +77,7 @@ pub async fn serve(nats: &TestNats, store: &EmbeddedStore) -> TestHost {
             ("CAIRN_PARTITION_LEASE", "1s"),
             ("CAIRN_WEBHOOK_BACKOFF", "100ms"),
             ("CAIRN_WEBHOOK_ATTEMPTS", "3"),
+            ("CAIRN_CAMPAIGN_WEBHOOK_SECRET", CAMPAIGN_SECRET),
         ],
     );
     let modules = vec![
@@ -256,5 +260,67 @@ impl Mesh {
     /// Waits until the campaign consumers are done with what they have.
     pub async fn campaigns_idle(&self) {
         wait_consumer_idle(&self.bus, streams::CAMPAIGNS, "segmenter_campaign_timers").await;
+    }
+}
+
+/// A webhook receiver on a free port: answers 204, except `/flaky` (500 the first time
+/// for each idempotency key), `/broken` (400) and `/down` (503); keeps every request.
+#[derive(Clone, Default)]
+pub struct Receiver {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap, bytes::Bytes)>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> (Self, String) {
+        let receiver = Receiver::default();
+        let state = receiver.clone();
+        let app = axum::Router::new().route(
+            "/{path}",
+            axum::routing::post(
+                move |axum::extract::Path(path): axum::extract::Path<String>,
+                      headers: axum::http::HeaderMap,
+                      body: bytes::Bytes| {
+                    let state = state.clone();
+                    async move {
+                        let mut seen = state.seen.lock().unwrap();
+                        let key = headers["idempotency-key"].clone();
+                        let before = seen
+                            .iter()
+                            .filter(|(_, earlier, _)| earlier["idempotency-key"] == key)
+                            .count();
+                        seen.push((path.clone(), headers, body));
+                        match path.as_str() {
+                            "flaky" if before == 0 => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "broken" => axum::http::StatusCode::BAD_REQUEST,
+                            "down" => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            _ => axum::http::StatusCode::NO_CONTENT,
+                        }
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, url)
+    }
+
+    pub fn requests(
+        &self,
+        path: &str,
+    ) -> Vec<(axum::http::HeaderMap, serde_json::Value, bytes::Bytes)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(seen, _, _)| seen == path)
+            .map(|(_, headers, body)| {
+                (
+                    headers.clone(),
+                    serde_json::from_slice(body).unwrap(),
+                    body.clone(),
+                )
+            })
+            .collect()
     }
 }
