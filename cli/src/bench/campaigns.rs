@@ -3,7 +3,7 @@
 //! through the segmenter service at a steady rate.
 
 use bytes::Bytes;
-use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
+use cairn_bus::{Bus, BusConfig, Outgoing, subjects};
 use cairn_proto::campaign::v1::Action;
 use cairn_proto::event::v1::{Envelope, EventType, IdentifiedEvent};
 use cairn_proto::profile::v1::ProfileChanged;
@@ -114,13 +114,9 @@ pub async fn run(args: CampaignsArgs) -> anyhow::Result<()> {
     };
     // Every profile's first journey is made before the clock starts.
     let warm_up = profiles.len();
-    bus.publish_all((0..warm_up).map(|n| change(n).1).collect())
+    let latencies = run
+        .through_segmenter(&bus, warm_up, args.rate, args.rate * args.seconds, change)
         .await?;
-    super::drained(&bus, streams::PROFILES, "segmenter").await?;
-    let total = args.rate * args.seconds;
-    run.publish(&bus, args.rate, total, |n| change(warm_up + n))
-        .await?;
-    let latencies = run.latencies(total).await;
     collector.abort();
     context.shutdown.trigger();
     served.host.await??;

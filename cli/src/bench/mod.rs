@@ -266,6 +266,25 @@ impl LatencyRun {
         Ok(())
     }
 
+    /// A run through the segmenter: `warm_up` messages first, left for its `segmenter`
+    /// consumer to drain (not measured), then `total` more at `rate` per second; the
+    /// latencies seen, sorted. `message` gives message `n` and its key.
+    async fn through_segmenter(
+        &self,
+        bus: &cairn_bus::Bus,
+        warm_up: usize,
+        rate: usize,
+        total: usize,
+        mut message: impl FnMut(usize) -> (String, cairn_bus::Outgoing),
+    ) -> anyhow::Result<Vec<std::time::Duration>> {
+        bus.publish_all((0..warm_up).map(|n| message(n).1).collect())
+            .await?;
+        drained(bus, cairn_bus::streams::PROFILES, "segmenter").await?;
+        self.publish(bus, rate, total, |n| message(warm_up + n))
+            .await?;
+        Ok(self.latencies(total).await)
+    }
+
     /// Waits (30 s at most) for `total` answers; the latencies seen, sorted.
     async fn latencies(&self, total: usize) -> Vec<std::time::Duration> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
+use cairn_bus::{Bus, BusConfig, Outgoing, subjects};
 use cairn_profile_store::profile::{EventInput, FoldSettings, Identifier, Profile};
 use cairn_proto::profile::v1::ProfileChanged;
 use cairn_proto::segment::v1::SegmentChanged;
@@ -238,13 +238,9 @@ async fn latency(
         (format!("{id}:{version}"), message)
     };
     let warm_up = 2 * states.len();
-    bus.publish_all((0..warm_up).map(|n| change(n).1).collect())
+    let latencies = run
+        .through_segmenter(&bus, warm_up, args.rate, args.rate * args.seconds, change)
         .await?;
-    super::drained(&bus, streams::PROFILES, "segmenter").await?;
-    let total = args.rate * args.seconds;
-    run.publish(&bus, args.rate, total, |n| change(warm_up + n))
-        .await?;
-    let latencies = run.latencies(total).await;
     collector.abort();
     context.shutdown.trigger();
     served.host.await??;

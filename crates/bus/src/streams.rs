@@ -49,40 +49,25 @@ pub const CAMPAIGNS: &str = "CAMPAIGNS";
 /// ids so a redelivered event is published once. Derived data (it can be rebuilt from
 /// EVENTS), so it keeps 7 days by default.
 pub fn identified(config: &BusConfig) -> Config {
-    Config {
-        name: IDENTIFIED.to_string(),
-        description: Some(
-            "Events with the profile they belong to, and facts enrichers derive from them"
-                .to_string(),
-        ),
-        subjects: vec![
+    derived(
+        config,
+        IDENTIFIED,
+        "Events with the profile they belong to, and facts enrichers derive from them",
+        vec![
             subjects::events_identified_all(),
             subjects::PROFILE_FACTS_ALL.to_string(),
         ],
-        storage: StorageType::File,
-        retention: RetentionPolicy::Limits,
-        discard: DiscardPolicy::Old,
-        max_age: config.derived_max_age,
-        duplicate_window: config.events_duplicate_window,
-        num_replicas: config.replicas,
-        ..Default::default()
-    }
+    )
 }
 
 /// The PROFILES stream: `profiles.>`.
 pub fn profiles(config: &BusConfig) -> Config {
-    Config {
-        name: PROFILES.to_string(),
-        description: Some("Profile merges, splits, changes and deletions".to_string()),
-        subjects: vec![subjects::PROFILES_ALL.to_string()],
-        storage: StorageType::File,
-        retention: RetentionPolicy::Limits,
-        discard: DiscardPolicy::Old,
-        max_age: config.derived_max_age,
-        duplicate_window: config.events_duplicate_window,
-        num_replicas: config.replicas,
-        ..Default::default()
-    }
+    derived(
+        config,
+        PROFILES,
+        "Profile merges, splits, changes and deletions",
+        vec![subjects::PROFILES_ALL.to_string()],
+    )
 }
 
 /// The SEGMENTS stream: `segments.changed.<partition>`, profiles entering and leaving
@@ -92,16 +77,12 @@ pub fn profiles(config: &BusConfig) -> Config {
 pub fn segments(config: &BusConfig) -> Config {
     Config {
         allow_message_schedules: true,
-        name: SEGMENTS.to_string(),
-        description: Some("Profiles entering and leaving segments".to_string()),
-        subjects: vec![subjects::SEGMENTS_ALL.to_string()],
-        storage: StorageType::File,
-        retention: RetentionPolicy::Limits,
-        discard: DiscardPolicy::Old,
-        max_age: config.derived_max_age,
-        duplicate_window: config.events_duplicate_window,
-        num_replicas: config.replicas,
-        ..Default::default()
+        ..derived(
+            config,
+            SEGMENTS,
+            "Profiles entering and leaving segments",
+            vec![subjects::SEGMENTS_ALL.to_string()],
+        )
     }
 }
 
@@ -113,9 +94,22 @@ pub fn segments(config: &BusConfig) -> Config {
 pub fn campaigns(config: &BusConfig) -> Config {
     Config {
         allow_message_schedules: true,
-        name: CAMPAIGNS.to_string(),
-        description: Some("Campaign actions and inactivity timers".to_string()),
-        subjects: vec![subjects::CAMPAIGNS_ALL.to_string()],
+        ..derived(
+            config,
+            CAMPAIGNS,
+            "Campaign actions and inactivity timers",
+            vec![subjects::CAMPAIGNS_ALL.to_string()],
+        )
+    }
+}
+
+/// A stream of derived data (it can be rebuilt from EVENTS): files, the oldest dropped
+/// past `CAIRN_DERIVED_MAX_AGE`, deduplicated on message ids within the duplicate window.
+fn derived(config: &BusConfig, name: &str, description: &str, subjects: Vec<String>) -> Config {
+    Config {
+        name: name.to_string(),
+        description: Some(description.to_string()),
+        subjects,
         storage: StorageType::File,
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,

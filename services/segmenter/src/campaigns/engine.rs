@@ -301,10 +301,10 @@ impl<S: Store> CampaignHandler<S> {
             if !ours || !machine::may_move(campaign, &input) {
                 continue;
             }
-            if profile.is_none() {
-                profile = Some(self.profile_now(received).await?);
-            }
-            let profile = profile.as_ref().unwrap_or_else(|| unreachable!());
+            let profile = match profile {
+                Some(ref read) => read,
+                None => &*profile.insert(self.profile_now(received).await?),
+            };
             outgoing.extend(
                 self.advance(campaign, &profile_id, received, profile, repeat)
                     .await?,
