@@ -7,6 +7,7 @@
 //! - [`subjects`]: subject names and the partition token where order matters;
 //! - [`trace`]: W3C trace context in message headers;
 //! - [`worker`]: the consume → handle → publish → acknowledge loop of every consumer;
+//! - [`personalization`]: the key-value bucket the personalization API reads;
 //! - [`ownership`]: which replica works which partition of a stateful service;
 //! - [`server`]: a local nats-server child process for `cairn up` and tests.
 
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod ownership;
+pub mod personalization;
 pub mod server;
 pub mod streams;
 pub mod subjects;

@@ -104,6 +104,13 @@ pub fn segments_changed(partition: u32) -> String {
     format!("segments.changed.{partition}")
 }
 
+/// A profile in at least one segment gained identifiers (a `ProfileChanged` with only
+/// its id and version): `segments.identified.<partition>`, for the personalization
+/// answers to lead its new ids to it.
+pub fn segments_identified(partition: u32) -> String {
+    format!("segments.identified.{partition}")
+}
+
 /// A profile's segment timer (a message schedule; one per profile):
 /// `segments.timer.<partition>.<profile>`.
 pub fn segments_timer(partition: u32, profile_id: &str) -> String {

@@ -26,6 +26,14 @@ pub mod campaign {
     }
 }
 
+/// `cairn.personalize.v1`: what the personalization API answers for a profile.
+pub mod personalize {
+    pub mod v1 {
+        #![allow(clippy::all, unused_qualifications)]
+        include!(concat!(env!("OUT_DIR"), "/cairn.personalize.v1.rs"));
+    }
+}
+
 /// `cairn.admin.v1`: process status for operators.
 pub mod admin {
     pub mod v1 {

@@ -13,14 +13,21 @@ pub const CORS_ORIGINS: Var = Var {
     doc: "Origins allowed to call the HTTP API from a browser: `*` or comma-separated origins (https://shop.example.com).",
 };
 
+pub const WEB_CONTENT_TTL: Var = Var {
+    name: "CAIRN_WEB_CONTENT_TTL",
+    default: "1d",
+    doc: "How long GET /v1/personalize keeps showing a campaign's web content after the profile entered its state (newer content of the same campaign replaces it sooner).",
+};
+
 /// Every variable the collector reads.
-pub const VARS: &[Var] = &[TRUST_FORWARDED_FOR, CORS_ORIGINS];
+pub const VARS: &[Var] = &[TRUST_FORWARDED_FOR, CORS_ORIGINS, WEB_CONTENT_TTL];
 
 #[derive(Debug, Clone)]
 pub struct CollectorConfig {
     pub trust_forwarded_for: bool,
     /// `None` allows any origin.
     pub cors_origins: Option<Vec<http::HeaderValue>>,
+    pub web_content_ttl: std::time::Duration,
 }
 
 impl CollectorConfig {
@@ -53,6 +60,7 @@ impl CollectorConfig {
         Ok(Self {
             trust_forwarded_for: settings.flag(&TRUST_FORWARDED_FOR)?,
             cors_origins,
+            web_content_ttl: settings.duration(&WEB_CONTENT_TTL)?,
         })
     }
 }

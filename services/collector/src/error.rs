@@ -19,12 +19,17 @@ pub enum CollectorError {
     Config(#[from] cairn_runtime::ConfigError),
     #[error("cannot read the request body: {0}")]
     Body(String),
+    /// A query parameter is missing or wrong; the message names it.
+    #[error("{0}")]
+    BadQuery(String),
 }
 
 impl Classify for CollectorError {
     fn kind(&self) -> ErrorKind {
         match self {
-            CollectorError::Rejected(_) | CollectorError::Body(_) => ErrorKind::InvalidArgument,
+            CollectorError::Rejected(_) | CollectorError::Body(_) | CollectorError::BadQuery(_) => {
+                ErrorKind::InvalidArgument
+            }
             CollectorError::Auth(err) => err.kind(),
             CollectorError::Bus(err) => err.kind(),
             CollectorError::Config(_) => ErrorKind::Internal,

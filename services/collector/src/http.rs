@@ -1,14 +1,15 @@
 //! The Segment-spec HTTP API: `POST /v1/{track,identify,page,screen,group,alias,batch}`
-//! (and analytics.js's short forms `/v1/t`, `/v1/i`, ... `/v1/b`, and `/v1/import`).
+//! (and analytics.js's short forms `/v1/t`, `/v1/i`, ... `/v1/b`, and `/v1/import`),
+//! and `GET /v1/personalize` ([`crate::personalize`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use cairn_runtime::Credentials;
 use cairn_runtime::auth::{AuthError, Presented, Principal, authenticate_headers};
@@ -19,10 +20,12 @@ use crate::config::CollectorConfig;
 use crate::error::CollectorError;
 use crate::event::{self, AcceptedRequest, CallType, MAX_BATCH_BYTES, MAX_EVENT_BYTES};
 use crate::ingest::{Ingest, RequestMeta};
+use crate::personalize::{PersonalizeQuery, Personalizer};
 
 #[derive(Clone)]
 struct HttpState {
     ingest: Ingest,
+    personalizer: Personalizer,
     credentials: Arc<Credentials>,
     config: Arc<CollectorConfig>,
 }
@@ -35,7 +38,12 @@ enum Endpoint {
 }
 
 /// The collector's HTTP routes, with CORS for browser tags.
-pub fn router(ingest: Ingest, credentials: Arc<Credentials>, config: CollectorConfig) -> Router {
+pub fn router(
+    ingest: Ingest,
+    personalizer: Personalizer,
+    credentials: Arc<Credentials>,
+    config: CollectorConfig,
+) -> Router {
     let cors = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([
@@ -52,6 +60,7 @@ pub fn router(ingest: Ingest, credentials: Arc<Credentials>, config: CollectorCo
         });
     let state = HttpState {
         ingest,
+        personalizer,
         credentials,
         config: Arc::new(config),
     };
@@ -64,7 +73,7 @@ pub fn router(ingest: Ingest, credentials: Arc<Credentials>, config: CollectorCo
     for path in ["/v1/batch", "/v1/b", "/v1/import"] {
         routes.push((path.to_string(), Endpoint::Batch));
     }
-    let mut router = Router::new();
+    let mut router = Router::new().route("/v1/personalize", get(personalize));
     for (path, endpoint) in routes {
         router = router.route(
             &path,
@@ -154,6 +163,34 @@ async fn ingest(
     };
     state.ingest.store(request, &meta).await?;
     Ok(())
+}
+
+/// `GET /v1/personalize`: the visitor's answer, never cached by the browser.
+async fn personalize(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(query): Query<PersonalizeQuery>,
+) -> Response {
+    let answer = async {
+        match authenticate_headers(&headers, &state.credentials)? {
+            Some(principal) => source_of(principal)?,
+            None => {
+                let key = query
+                    .write_key
+                    .as_deref()
+                    .ok_or(AuthError::MissingWriteKey)?;
+                source_of(state.credentials.authenticate(Presented::WriteKey(key))?)?
+            }
+        };
+        state
+            .personalizer
+            .answer(&query, cairn_runtime::clock::now_ms())
+            .await
+    };
+    match answer.await {
+        Ok(answer) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(answer)).into_response(),
+        Err(err) => err.into_response(),
+    }
 }
 
 fn source_of(principal: Principal) -> Result<String, CollectorError> {

@@ -20,6 +20,7 @@ pub mod event;
 pub mod grpc;
 pub mod http;
 pub mod ingest;
+pub mod personalize;
 
 use cairn_bus::{Bus, BusConfig, streams};
 use cairn_proto::collector::v1::collector_server::CollectorServer;
@@ -57,6 +58,10 @@ pub async fn start(context: &ModuleContext) -> Result<Module, CollectorError> {
         );
     }
 
+    let personalizer = personalize::Personalizer::new(
+        cairn_bus::personalization::open(&bus).await?,
+        config.web_content_ttl,
+    );
     let ingest = Ingest::new(bus, &context.metrics.meter("cairn.collector"));
     Ok(Module {
         name: "collector",
@@ -64,7 +69,12 @@ pub async fn start(context: &ModuleContext) -> Result<Module, CollectorError> {
             ingest.clone(),
             config.trust_forwarded_for,
         ))),
-        http: Some(http::router(ingest, context.credentials.clone(), config)),
+        http: Some(http::router(
+            ingest,
+            personalizer,
+            context.credentials.clone(),
+            config,
+        )),
         tasks: Vec::new(),
     })
 }

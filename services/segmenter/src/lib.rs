@@ -19,6 +19,7 @@ pub mod definitions;
 pub mod error;
 pub mod grpc;
 pub mod live;
+pub mod personalization;
 pub mod record;
 pub mod segments;
 
@@ -298,6 +299,26 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         },
         context.shutdown.clone(),
     );
+    // The personalization answers, from what the live path and the campaigns announce.
+    let answers = personalization::AnswerWriter {
+        store: campaign_store.clone(),
+        bucket: cairn_bus::personalization::open(&bus).await?,
+    };
+    let mut answer_workers = Vec::new();
+    for (stream, config) in personalization::consumer_configs() {
+        let consumer = bus.ensure_consumer(stream, config).await?;
+        answer_workers.push(cairn_bus::worker::run(
+            bus.clone(),
+            consumer,
+            answers.clone(),
+            WorkerOptions {
+                service: personalization::SERVICE,
+                batch: BATCH,
+                max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
+            },
+            context.shutdown.clone(),
+        ));
+    }
     let campaign_due = cairn_bus::worker::run(
         bus,
         campaign_timers,
@@ -306,6 +327,15 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         context.shutdown.clone(),
     );
     let shutdown = context.shutdown.clone();
+    let mut tasks = vec![
+        task(worker),
+        task(due),
+        task(forget),
+        task(campaign_due),
+        task(campaign_webhooks),
+        task(async move { webhooks.run(webhooks_consumer, shutdown).await }),
+    ];
+    tasks.extend(answer_workers.into_iter().map(task));
     Ok(Module {
         name: "segmenter",
         grpc: GrpcServices::default()
@@ -315,22 +345,15 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
                 webhooks_signed: webhook_config.campaign_secret.is_some(),
             })),
         http: None,
-        tasks: vec![
-            Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) }),
-            Box::pin(async move { due.await.map_err(|err| Box::new(err) as BoxError) }),
-            Box::pin(async move { forget.await.map_err(|err| Box::new(err) as BoxError) }),
-            Box::pin(async move { campaign_due.await.map_err(|err| Box::new(err) as BoxError) }),
-            Box::pin(async move {
-                campaign_webhooks
-                    .await
-                    .map_err(|err| Box::new(err) as BoxError)
-            }),
-            Box::pin(async move {
-                webhooks
-                    .run(webhooks_consumer, shutdown)
-                    .await
-                    .map_err(|err| Box::new(err) as BoxError)
-            }),
-        ],
+        tasks,
     })
+}
+
+/// A module task from a future that fails with any error.
+fn task<F, E>(work: F) -> cairn_runtime::ModuleTask
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    Box::pin(async move { work.await.map_err(|err| Box::new(err) as BoxError) })
 }

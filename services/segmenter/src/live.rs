@@ -1,7 +1,9 @@
 //! Keeping memberships live: every `profiles.changed` re-evaluates the segments the
 //! change can affect (all of them when the segments changed since the profile was last
 //! evaluated), and each profile entering or leaving a segment is announced on
-//! `segments.changed.<partition>`.
+//! `segments.changed.<partition>`. A profile in at least one segment that gained
+//! identifiers is announced on `segments.identified.<partition>` (for the
+//! personalization answers, [`crate::personalization`]).
 //!
 //! A profile's memberships are one record (`m:<profile id>`) holding the profile
 //! version they were decided on: an older or repeated change is not evaluated again
@@ -211,13 +213,14 @@ impl<S: Store> LiveHandler<S> {
         let mut schedule = None;
         let mut damaged = None;
         let mut newer = None;
+        let mut is_member = false;
         self.store
             .update(
                 &SEGMENTS,
                 members_key(&changed.profile_id),
                 ATTEMPTS,
                 |current| {
-                    (decided, schedule) = (None, None);
+                    (decided, schedule, is_member) = (None, None, false);
                     let mut members: Members = match current {
                         Some(record) => match serde_json::from_slice(&record.value) {
                             Ok(members) => members,
@@ -283,6 +286,7 @@ impl<S: Store> LiveHandler<S> {
                     }
                     members.version = changed.version;
                     members.definitions = definitions_version;
+                    is_member = !members.members.is_empty();
                     // A timer that came due is used up, whatever the clocks say.
                     let pending = members.timer_at.filter(|at| *at > now && !is_due);
                     let next = profile
@@ -337,6 +341,28 @@ impl<S: Store> LiveHandler<S> {
             && let Some(timer) = timer(partition, &changed.profile_id, at)
         {
             outgoing.push(timer);
+        }
+        let identified = changed
+            .changed_fields
+            .iter()
+            .any(|field| field == "identifiers");
+        if is_member && identified && matches!(trigger, Trigger::Change { .. }) {
+            outgoing.push(Outgoing {
+                subject: subjects::segments_identified(partition),
+                message_id: Some(format!(
+                    "identified:{}:{}",
+                    changed.profile_id, changed.version
+                )),
+                headers: async_nats::HeaderMap::new(),
+                payload: Bytes::from(
+                    ProfileChanged {
+                        profile_id: changed.profile_id.clone(),
+                        version: changed.version,
+                        ..ProfileChanged::default()
+                    }
+                    .encode_to_vec(),
+                ),
+            });
         }
         Ok(Decided::Announce(outgoing))
     }

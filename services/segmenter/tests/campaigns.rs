@@ -13,7 +13,7 @@ use cairn_proto::campaign::v1::{Action, TimerDue};
 use cairn_segmenter::definitions::SEGMENTS;
 use cairn_store::Store as _;
 use cairn_testkit::stream_messages;
-use common::{Mesh, mesh_with};
+use common::{Mesh, VIP, mesh_with};
 use prost::Message as _;
 use serde_json::{Value, json};
 
@@ -328,6 +328,12 @@ actions:
             json!({})
         )]
     );
+    // The site asks what to show each visitor now.
+    assert_eq!(
+        mesh.shown("anonymousId=visitor-1").await,
+        vec!["Register and win $5"]
+    );
+    assert!(mesh.shown("anonymousId=visitor-2").await.is_empty());
 }
 
 /// The second: a known user viewing a store section is offered a deal on that section,
@@ -373,6 +379,10 @@ actions:
         offers,
         vec![json!({"section": "shoes"}), json!({"section": "bags"})]
     );
+    // The latest offer, rendered, whichever id the site knows the visitor by.
+    assert_eq!(mesh.shown("userId=u1").await, vec!["1+1 on bags"]);
+    assert_eq!(mesh.shown("anonymousId=known-1").await, vec!["1+1 on bags"]);
+    assert!(mesh.shown("anonymousId=stranger-1").await.is_empty());
 }
 
 /// The third: a VIP (a segment on purchases) reaching checkout with fewer than 4 items
@@ -380,7 +390,6 @@ actions:
 /// sees nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vip_at_checkout_with_a_small_cart_gets_recommendations_from_their_topics() {
-    const VIP: &str = "FILTER event_count.`Order Completed`.all >= 2";
     const CHECKOUT: &str = r#"
 name: vip_checkout
 audience: vip
@@ -432,13 +441,22 @@ actions:
     assert!(!topic.is_empty(), "{params}");
     let profile = mesh.profile().await;
     assert_eq!(profile["facts"]["content"]["top_topic"], topic, "{profile}");
+
+    let (_, answer) = mesh.personalize("anonymousId=vip-1").await;
+    assert_eq!(answer["segments"], json!(["vip"]), "{answer}");
+    assert_eq!(
+        answer["content"][0]["content"], "recommendations",
+        "{answer}"
+    );
+    assert_eq!(answer["content"][0]["params"]["topic"], topic, "{answer}");
+    let (_, plain) = mesh.personalize("anonymousId=plain-1").await;
+    assert_eq!(plain["content"], json!([]), "{plain}");
 }
 
 /// Entering a segment moves a journey, in the same handling as the change that made
 /// the profile enter it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entering_a_segment_moves_a_journey_once() {
-    const VIP: &str = "FILTER event_count.`Order Completed`.all >= 2";
     const WELCOME_VIP: &str = r#"
 name: welcome_vip
 transitions:
@@ -510,10 +528,12 @@ async fn profile_of(mesh: &Mesh, value: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journey_follows_its_profile_into_a_merge() {
     let mesh = mesh_with(&[], &[CART]).await;
+    // The phone is seen first, so its profile is the older one: the one that survives.
+    mesh.send(json!([{"type": "page", "messageId": "p1", "anonymousId": "phone"}]))
+        .await;
     mesh.send(json!([
         {"type": "identify", "messageId": "l1", "anonymousId": "laptop", "traits": {"email": "ann@example.com"}},
         {"type": "track", "messageId": "c1", "anonymousId": "laptop", "event": "add_to_cart"},
-        {"type": "page", "messageId": "p1", "anonymousId": "phone"},
     ]))
     .await;
     let (laptop, phone) = (
@@ -529,7 +549,7 @@ async fn a_journey_follows_its_profile_into_a_merge() {
     .await;
     let survivor = profile_of(&mesh, "phone").await;
     assert_eq!(survivor, profile_of(&mesh, "laptop").await);
-    // The profile the linking event came in on survives: the journey has to move.
+    // The older profile survives: the journey has to move.
     assert_eq!(survivor, phone);
     let merged = &laptop;
     let journey = |id: &str| format!("j:cart_recovery:{id}");

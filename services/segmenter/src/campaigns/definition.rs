@@ -481,9 +481,17 @@ fn check_action(at: &str, action: ActionSpec, problems: &mut Vec<String>) -> Opt
         "email" => Channel::Email {
             template: required("template", action.template.clone(), problems)?,
         },
-        "web" => Channel::Web {
-            content: required("content", action.content.clone(), problems)?,
-        },
+        "web" => {
+            let content = required("content", action.content.clone(), problems)?;
+            for name in placeholders(&content) {
+                if !action.params.contains_key(name) {
+                    problems.push(format!(
+                        "{at}.content: {{{name}}} is not one of the action's params"
+                    ));
+                }
+            }
+            Channel::Web { content }
+        }
         "webhook" => {
             let url = required("url", action.url.clone(), problems)?;
             match reqwest::Url::parse(&url) {
@@ -506,6 +514,31 @@ fn check_action(at: &str, action: ActionSpec, problems: &mut Vec<String>) -> Opt
         channel,
         params: action.params,
     })
+}
+
+/// The names of the `{name}` placeholders in web content (letters, digits and `_`;
+/// other braces are text).
+pub fn placeholders(content: &str) -> impl Iterator<Item = &str> {
+    content.split('{').skip(1).filter_map(|rest| {
+        let (name, _) = rest.split_once('}')?;
+        (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .then_some(name)
+    })
+}
+
+/// Web content with each placeholder replaced by its parameter (text as it is, other
+/// values as JSON, nothing for a parameter the profile or event did not have).
+pub fn render(content: &str, params: &serde_json::Value) -> String {
+    let mut rendered = content.to_string();
+    for name in placeholders(content) {
+        let value = match &params[name] {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        rendered = rendered.replace(&format!("{{{name}}}"), &value);
+    }
+    rendered
 }
 
 #[cfg(test)]
@@ -636,6 +669,10 @@ actions:
                 "actions.a[0].params.s: \"section\" must start with event. or profile.",
             ),
             (
+                "name: x\ntransitions: [{from: start, to: a, event: e}]\nactions: {a: [{channel: web, content: '1+1 on {section}'}]}",
+                "actions.a[0].content: {section} is not one of the action's params",
+            ),
+            (
                 "name: 'bad name'\ntransitions: [{from: start, to: a, event: e}]",
                 "name: \"bad name\" must be 1 to 100 letters",
             ),
@@ -644,5 +681,21 @@ actions:
             let err = Campaign::parse(source).unwrap_err().to_string();
             assert!(err.contains(expected), "{source}\n  gave: {err}");
         }
+    }
+
+    #[test]
+    fn web_content_is_rendered_from_its_params() {
+        let params = serde_json::json!({"section": "shoes", "items": 3, "gone": null});
+        assert_eq!(
+            render(
+                "1+1 on {section}, {items} left{gone} {not a param} {}",
+                &params
+            ),
+            "1+1 on shoes, 3 left {not a param} {}"
+        );
+        assert_eq!(
+            placeholders("{a}{b_2}{c d}{").collect::<Vec<_>>(),
+            vec!["a", "b_2"]
+        );
     }
 }

@@ -53,6 +53,9 @@ pub async fn mesh_with(segments: &[(&str, &str)], campaigns: &[&str]) -> Mesh {
     }
 }
 
+/// A segment of people who ordered at least twice.
+pub const VIP: &str = "FILTER event_count.`Order Completed`.all >= 2";
+
 /// What the mesh signs campaign webhook calls with.
 pub const CAMPAIGN_SECRET: &str = "campaign-secret-0123";
 
@@ -219,6 +222,37 @@ impl Mesh {
             wait_consumer_idle(&self.bus, streams::PROFILES, "segmenter").await;
             self.campaigns_idle().await;
         }
+        self.answers_idle().await;
+    }
+
+    /// Waits until the personalization answers caught up with what was announced.
+    pub async fn answers_idle(&self) {
+        for (stream, config) in cairn_segmenter::personalization::consumer_configs() {
+            wait_consumer_idle(&self.bus, stream, config.durable_name.as_deref().unwrap()).await;
+        }
+    }
+
+    /// `GET /v1/personalize?<query>` with the write key: the status and the answer.
+    pub async fn personalize(&self, query: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::get(format!(
+            "{}/v1/personalize?writeKey=wk_web&{query}",
+            self.host.http_url()
+        ))
+        .await
+        .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// The content the personalization API shows `query`'s visitor now.
+    pub async fn shown(&self, query: &str) -> Vec<String> {
+        let (status, answer) = self.personalize(query).await;
+        assert_eq!(status, 200, "{answer}");
+        answer["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|content| content["content"].as_str().unwrap().to_string())
+            .collect()
     }
 
     /// The profile as last announced.

@@ -1,0 +1,138 @@
+//! The personalization API (`GET /v1/personalize` on the collector) against a real
+//! nats-server: what the segmenter announces (segments entered and left, web campaign
+//! content) is answered by any id of the visitor, follows merges, and goes when the
+//! person is forgotten.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Mesh, VIP, mesh_with};
+use serde_json::{Value, json};
+
+const WELCOME_VIP: &str = r#"
+name: welcome_vip
+transitions:
+  - {from: start, to: welcomed, entered: vip}
+actions:
+  welcomed:
+    - {channel: web, content: "Welcome to the club, {name}", params: {name: profile.traits.name}}
+"#;
+
+fn identify(id: &str, anonymous_id: &str, user_id: Option<&str>) -> Value {
+    let mut call = json!({"type": "identify", "messageId": id, "anonymousId": anonymous_id,
+                          "traits": {"name": "Ann"}});
+    if let Some(user_id) = user_id {
+        call["userId"] = json!(user_id);
+    }
+    call
+}
+
+fn order(id: &str, anonymous_id: &str) -> Value {
+    json!({"type": "track", "messageId": id, "anonymousId": anonymous_id, "event": "Order Completed"})
+}
+
+async fn vip_mesh() -> Mesh {
+    let mesh = mesh_with(&[("vip", VIP)], &[WELCOME_VIP]).await;
+    mesh.send(json!([
+        identify("i1", "buyer-1", None),
+        order("o1", "buyer-1"),
+        order("o2", "buyer-1"),
+    ]))
+    .await;
+    mesh
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_is_answered_with_their_segments_and_web_content() {
+    let mesh = vip_mesh().await;
+    let profile_id = mesh.profile().await["id"].clone();
+
+    let (status, answer) = mesh.personalize("anonymousId=buyer-1").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["profile_id"], profile_id, "{answer}");
+    assert_eq!(answer["segments"], json!(["vip"]), "{answer}");
+    let content = &answer["content"];
+    assert_eq!(content.as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(content[0]["campaign"], "welcome_vip");
+    assert_eq!(content[0]["state"], "welcomed");
+    assert_eq!(content[0]["content"], "Welcome to the club, Ann");
+    assert_eq!(content[0]["params"], json!({"name": "Ann"}));
+
+    // A user id that leads nowhere falls back to the anonymous id.
+    let (_, again) = mesh.personalize("userId=nobody&anonymousId=buyer-1").await;
+    assert_eq!(again, answer);
+
+    let (status, stranger) = mesh.personalize("anonymousId=stranger-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stranger,
+        json!({"profile_id": null, "segments": [], "content": []})
+    );
+
+    let (status, error) = mesh.personalize("anonymousId=&userId=").await;
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("anonymousId or userId"),
+        "{error}"
+    );
+    let unauthorized = reqwest::get(format!(
+        "{}/v1/personalize?anonymousId=buyer-1",
+        mesh.host.http_url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let wrong_key = reqwest::get(format!(
+        "{}/v1/personalize?writeKey=wk_nope&anonymousId=buyer-1",
+        mesh.host.http_url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(wrong_key.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_a_member_gains_lead_to_its_answer_until_it_is_forgotten() {
+    let mesh = vip_mesh().await;
+    // Identified: the user id leads to the answer too.
+    mesh.send(json!([identify("i2", "buyer-1", Some("u7"))]))
+        .await;
+    let (_, by_user) = mesh.personalize("userId=u7").await;
+    assert_eq!(by_user["segments"], json!(["vip"]), "{by_user}");
+
+    // The same person on a phone: the phone's cookie leads to the merged profile.
+    mesh.send(json!([
+        {"type": "page", "messageId": "p1", "anonymousId": "phone-1"},
+    ]))
+    .await;
+    mesh.send(json!([identify("i3", "phone-1", Some("u7"))]))
+        .await;
+    let (_, by_phone) = mesh.personalize("anonymousId=phone-1").await;
+    assert_eq!(by_phone["segments"], json!(["vip"]), "{by_phone}");
+    assert_eq!(by_phone["profile_id"], by_user["profile_id"], "{by_phone}");
+    assert_eq!(
+        by_phone["content"][0]["content"], "Welcome to the club, Ann",
+        "{by_phone}"
+    );
+
+    // Forgotten: no id leads anywhere any more.
+    let mut profiles =
+        cairn_proto::profile::v1::profiles_client::ProfilesClient::connect(mesh.host.grpc_url())
+            .await
+            .unwrap();
+    profiles
+        .delete(common::with(cairn_proto::profile::v1::DeleteRequest {
+            profile_id: by_user["profile_id"].as_str().unwrap().to_string(),
+        }))
+        .await
+        .unwrap();
+    mesh.answers_idle().await;
+    for query in ["anonymousId=buyer-1", "anonymousId=phone-1", "userId=u7"] {
+        let (_, gone) = mesh.personalize(query).await;
+        assert_eq!(gone["profile_id"], Value::Null, "{query}: {gone}");
+    }
+}
