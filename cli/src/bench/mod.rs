@@ -4,6 +4,7 @@ mod campaigns;
 mod enrich;
 mod identity;
 mod ingest;
+mod personalize;
 mod profiles;
 mod segments;
 mod store;
@@ -38,6 +39,25 @@ pub enum BenchCommand {
     /// action it causes, through the segmenter at a steady rate, with ten campaigns
     /// running (NATS as for `ingest`; the embedded store).
     Campaigns(CampaignsArgs),
+    /// Personalization: the latency of GET /v1/personalize through the collector at a
+    /// steady rate, over a bucket of answers that keeps changing (NATS as for `ingest`).
+    Personalize(PersonalizeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PersonalizeArgs {
+    /// Profiles with an answer.
+    #[arg(long, default_value_t = 50_000)]
+    pub(crate) profiles: usize,
+    /// Requests per second.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) rate: usize,
+    /// Seconds of the run.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) seconds: usize,
+    /// Answers changed per second meanwhile.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) writes: usize,
 }
 
 #[derive(clap::Args)]
@@ -149,6 +169,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Enrich(args) => enrich::run(args).await,
         BenchCommand::Segments(args) => segments::run(args).await,
         BenchCommand::Campaigns(args) => campaigns::run(args).await,
+        BenchCommand::Personalize(args) => personalize::run(args).await,
     }
 }
 

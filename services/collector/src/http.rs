@@ -1,6 +1,7 @@
 //! The Segment-spec HTTP API: `POST /v1/{track,identify,page,screen,group,alias,batch}`
 //! (and analytics.js's short forms `/v1/t`, `/v1/i`, ... `/v1/b`, and `/v1/import`),
-//! and `GET /v1/personalize` ([`crate::personalize`]).
+//! `GET /v1/personalize` ([`crate::personalize`]) and the browser tag, `GET /cairn.js`
+//! ([`crate::tag`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,7 +74,9 @@ pub fn router(
     for path in ["/v1/batch", "/v1/b", "/v1/import"] {
         routes.push((path.to_string(), Endpoint::Batch));
     }
-    let mut router = Router::new().route("/v1/personalize", get(personalize));
+    let mut router = Router::new()
+        .route("/v1/personalize", get(personalize))
+        .route("/cairn.js", get(crate::tag::serve));
     for (path, endpoint) in routes {
         router = router.route(
             &path,

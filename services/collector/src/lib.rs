@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod personalize;
+pub mod tag;
 
 use cairn_bus::{Bus, BusConfig, streams};
 use cairn_proto::collector::v1::collector_server::CollectorServer;

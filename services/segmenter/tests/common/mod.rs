@@ -195,6 +195,12 @@ impl Mesh {
     /// memberships) and the segmenter are done with it.
     pub async fn send(&self, batch: serde_json::Value) {
         self.host.send_batch("wk_web", batch).await;
+        self.settle().await;
+    }
+
+    /// Waits until identity, the profile store, the segmenter and the personalization
+    /// answers are done with what the collector accepted.
+    pub async fn settle(&self) {
         // Identity, the profile store and the segmenter, one after the other.
         for _ in 0..3 {
             wait_consumer_idle(&self.bus, streams::EVENTS, "identity").await;
