@@ -3,7 +3,10 @@
 //! page's topics (the terms that are frequent on the page and rare among the pages seen
 //! so far, by TF-IDF; or the topics of a configured taxonomy), and adds them to the
 //! person's topic affinities, which fade with a half-life. Facts: `topics` (the
-//! strongest ten, each with its share of the person's reading in 0..1) and `top_topic`.
+//! strongest ten, each with its share of the person's reading in 0..1), `top_topic`,
+//! and `recommended`: up to five pages (`url`, `title`, `topic`) among the most read of
+//! the person's three strongest topics (`popular:<topic>`, views fading with the same
+//! half-life), none of the fifty they read last.
 //!
 //! The corpus (how many pages were seen, and on how many of them each term occurs) is
 //! kept in the enricher's table next to the affinities; a page counts once, by URL
@@ -24,7 +27,7 @@ use cairn_store::{Change, Mark, Retention, Store, TableSpec};
 use sha2::{Digest as _, Sha256};
 
 pub use config::ContentConfig;
-pub use text::{Affinity, Analyzer, PageText, PageTopic, Taxonomy, Term};
+pub use text::{Affinity, Analyzer, PageText, PageTopic, Popular, Taxonomy, Term};
 
 /// Affinities (`profile:<id>`) and the corpus (`docs`, `df:<stem>`).
 pub const CONTENT: TableSpec = TableSpec {
@@ -93,6 +96,11 @@ fn path_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let path = rest.find('/').map_or("", |start| &rest[start..]);
     path.split(['?', '#']).next().unwrap_or("").to_string()
+}
+
+/// The record of the most read pages of a topic.
+fn popular_key(topic: &str) -> String {
+    format!("popular:{topic}")
 }
 
 fn number(record: Option<&cairn_store::Versioned>) -> f64 {
@@ -212,15 +220,40 @@ impl<S: Store> Enrich for Content<S> {
         if topics.is_empty() {
             return Ok(None);
         }
+        if let Some(url) = &url {
+            let title = page.title.as_deref().unwrap_or_default();
+            for topic in &topics {
+                let _: Popular = state::apply_once(
+                    &self.store,
+                    &CONTENT,
+                    &popular_key(&topic.key),
+                    &event.message_id,
+                    |popular: &mut Popular| {
+                        popular.view(url, title, event.at_ms, self.half_life_ms)
+                    },
+                )
+                .await?;
+            }
+        }
         let affinity: Affinity = state::apply_once(
             &self.store,
             &CONTENT,
             &format!("profile:{profile_id}"),
             &event.message_id,
-            |affinity: &mut Affinity| affinity.add(&topics, event.at_ms, self.half_life_ms),
+            |affinity: &mut Affinity| {
+                affinity.add(&topics, url.as_deref(), event.at_ms, self.half_life_ms)
+            },
         )
         .await?;
-        Ok(Some(affinity.facts()))
+        let mut facts = affinity.facts();
+        let mut popular = Vec::new();
+        for topic in affinity.top_topics(text::RECOMMEND_FROM_TOPICS) {
+            let pages: Option<Popular> =
+                state::read(&self.store, &CONTENT, &popular_key(&topic)).await?;
+            popular.push((topic, pages.unwrap_or_default()));
+        }
+        facts.insert("recommended".into(), affinity.recommend(&popular));
+        Ok(Some(facts))
     }
 }
 

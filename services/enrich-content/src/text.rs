@@ -18,6 +18,14 @@ const MIN_SHARE_OF_BEST: f64 = 0.25;
 const TOPICS_KEPT: usize = 20;
 /// Topics published per person.
 const TOPICS_SHOWN: usize = 10;
+/// Pages remembered as read per person (not recommended to them again).
+const READ_KEPT: usize = 50;
+/// Pages kept per topic, the most read.
+const POPULAR_KEPT: usize = 20;
+/// Topics of a person recommendations come from, strongest first.
+pub const RECOMMEND_FROM_TOPICS: usize = 3;
+/// Pages recommended per person.
+const RECOMMENDED: usize = 5;
 
 const STOP_WORDS: &str = include_str!("../data/stop_words.txt");
 /// Longer "words" are codes and hashes, not topics (and would make long store keys).
@@ -200,11 +208,21 @@ pub struct Affinity {
     /// Topic key → how it is shown.
     pub labels: BTreeMap<String, String>,
     pub as_of: i64,
+    /// The URLs of the pages read last, oldest first.
+    #[serde(default)]
+    pub read: Vec<String>,
 }
 
 impl Affinity {
-    /// Adds a page read at `at_ms`.
-    pub fn add(&mut self, topics: &[PageTopic], at_ms: i64, half_life_ms: f64) {
+    /// Adds a page read at `at_ms` (at `url`, when it has one).
+    pub fn add(&mut self, topics: &[PageTopic], url: Option<&str>, at_ms: i64, half_life_ms: f64) {
+        if let Some(url) = url {
+            self.read.retain(|read| read != url);
+            self.read.push(url.to_string());
+            if self.read.len() > READ_KEPT {
+                self.read.drain(..self.read.len() - READ_KEPT);
+            }
+        }
         let scores = &mut self.scores;
         let weight = weigh(&mut self.as_of, at_ms, half_life_ms, |fade| {
             scores.values_mut().for_each(|score| *score *= fade)
@@ -254,6 +272,108 @@ impl Affinity {
             facts.insert("top_topic".into(), json!(label(key)));
         }
         facts
+    }
+
+    /// The keys of the person's strongest topics, strongest first.
+    pub fn top_topics(&self, count: usize) -> Vec<String> {
+        let mut ranked: Vec<(&String, f64)> = self
+            .scores
+            .iter()
+            .map(|(key, score)| (key, *score))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        ranked
+            .into_iter()
+            .take(count)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Pages to recommend: the most read of each of the person's strongest topics
+    /// (`popular`, in the order of [`Affinity::top_topics`]), taken in turns, none they
+    /// read lately, each once.
+    pub fn recommend(&self, popular: &[(String, Popular)]) -> serde_json::Value {
+        let mut chosen: Vec<serde_json::Value> = Vec::new();
+        let read: HashSet<&str> = self.read.iter().map(String::as_str).collect();
+        let mut seen = HashSet::new();
+        let ranked: Vec<Vec<&PopularPage>> = popular
+            .iter()
+            .map(|(_, popular)| {
+                let mut pages = popular.ranked();
+                pages.retain(|page| !read.contains(page.url.as_str()));
+                pages
+            })
+            .collect();
+        let deepest = ranked.iter().map(Vec::len).max().unwrap_or(0);
+        'turns: for place in 0..deepest {
+            for (index, pages) in ranked.iter().enumerate() {
+                let Some(page) = pages.get(place) else {
+                    continue;
+                };
+                if !seen.insert(page.url.as_str()) {
+                    continue;
+                }
+                let topic = &popular[index].0;
+                chosen.push(json!({
+                    "url": page.url,
+                    "title": page.title,
+                    "topic": self.labels.get(topic).unwrap_or(topic),
+                }));
+                if chosen.len() == RECOMMENDED {
+                    break 'turns;
+                }
+            }
+        }
+        serde_json::Value::Array(chosen)
+    }
+}
+
+/// The most read pages of one topic, by views that fade with the same half-life as
+/// affinities.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Popular {
+    pub pages: Vec<PopularPage>,
+    pub as_of: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PopularPage {
+    pub url: String,
+    pub title: String,
+    pub score: f64,
+}
+
+impl Popular {
+    /// Counts a view of the page at `url` at `at_ms`.
+    pub fn view(&mut self, url: &str, title: &str, at_ms: i64, half_life_ms: f64) {
+        let pages = &mut self.pages;
+        let weight = weigh(&mut self.as_of, at_ms, half_life_ms, |fade| {
+            pages.iter_mut().for_each(|page| page.score *= fade)
+        });
+        match self.pages.iter_mut().find(|page| page.url == url) {
+            Some(page) => {
+                page.score += weight;
+                if !title.is_empty() {
+                    page.title = title.to_string();
+                }
+            }
+            None => self.pages.push(PopularPage {
+                url: url.to_string(),
+                title: title.to_string(),
+                score: weight,
+            }),
+        }
+        if self.pages.len() > POPULAR_KEPT {
+            self.pages.sort_by(|a, b| b.score.total_cmp(&a.score));
+            self.pages.truncate(POPULAR_KEPT);
+        }
+    }
+
+    /// The pages, most read first.
+    pub fn ranked(&self) -> Vec<&PopularPage> {
+        let mut ranked: Vec<&PopularPage> = self.pages.iter().collect();
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.url.cmp(&b.url)));
+        ranked
     }
 }
 
@@ -321,10 +441,10 @@ mod tests {
         };
         let mut affinity = Affinity::default();
         for day in 0..5 {
-            affinity.add(&[topic("hats")], day * DAY, half_life);
+            affinity.add(&[topic("hats")], None, day * DAY, half_life);
         }
         for day in 60..63 {
-            affinity.add(&[topic("shoes")], day * DAY, half_life);
+            affinity.add(&[topic("shoes")], None, day * DAY, half_life);
         }
         let facts = affinity.facts();
         assert_eq!(facts["top_topic"], "shoes");
@@ -334,5 +454,59 @@ mod tests {
             shoes > hats && (0.0..=1.0).contains(&shoes),
             "{shoes} {hats}"
         );
+    }
+
+    #[test]
+    fn recommendations_are_the_most_read_pages_of_the_strongest_topics_not_read_yet() {
+        const HOUR: f64 = 3_600_000.0;
+        let topic = |key: &str, share| PageTopic {
+            key: key.into(),
+            label: key.into(),
+            share,
+        };
+        let mut shoes = Popular::default();
+        let mut socks = Popular::default();
+        for (url, views) in [("/trail", 5), ("/road", 3), ("/spikes", 1)] {
+            for n in 0..views {
+                shoes.view(url, &format!("{url} shoes"), n, 24.0 * HOUR);
+            }
+        }
+        socks.view("/wool", "Wool socks", 0, 24.0 * HOUR);
+        assert_eq!(
+            shoes
+                .ranked()
+                .iter()
+                .map(|page| page.url.as_str())
+                .collect::<Vec<_>>(),
+            vec!["/trail", "/road", "/spikes"]
+        );
+
+        let mut affinity = Affinity::default();
+        affinity.add(&[topic("shoes", 1.0)], Some("/trail"), 0, 24.0 * HOUR);
+        affinity.add(&[topic("socks", 0.5)], Some("/blog"), 1, 24.0 * HOUR);
+        assert_eq!(affinity.top_topics(3), vec!["shoes", "socks"]);
+        let recommended = affinity.recommend(&[("shoes".into(), shoes), ("socks".into(), socks)]);
+        let urls: Vec<&str> = recommended
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|page| page["url"].as_str().unwrap())
+            .collect();
+        // Taken in turns from each topic, without the page already read.
+        assert_eq!(urls, vec!["/road", "/wool", "/spikes"]);
+        assert_eq!(recommended[0]["title"], "/road shoes");
+        assert_eq!(recommended[0]["topic"], "shoes");
+    }
+
+    #[test]
+    fn a_person_remembers_the_last_pages_read_once_each() {
+        let mut affinity = Affinity::default();
+        for n in 0..60 {
+            affinity.add(&[], Some(&format!("/p{n}")), n, 1.0e9);
+        }
+        affinity.add(&[], Some("/p30"), 61, 1.0e9);
+        assert_eq!(affinity.read.len(), 50);
+        assert_eq!(affinity.read.first().map(String::as_str), Some("/p10"));
+        assert_eq!(affinity.read.last().map(String::as_str), Some("/p30"));
     }
 }

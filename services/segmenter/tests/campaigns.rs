@@ -398,7 +398,7 @@ transitions:
   - {from: start, to: recommended, event: Checkout Started, when: "properties.cart_items < 4"}
 actions:
   recommended:
-    - {channel: web, content: recommendations, params: {topic: profile.facts.content.top_topic}}
+    - {channel: web, content: "Picked for you in {topic}", params: {topic: profile.facts.content.top_topic, items: profile.facts.content.recommended}}
 "#;
     let mesh = mesh_with(&[("vip", VIP)], &[CHECKOUT]).await;
     let order = |id: &str, who: &str| json!({"type": "track", "messageId": id, "anonymousId": who, "event": "Order Completed"});
@@ -413,12 +413,19 @@ actions:
         json!({"type": "track", "messageId": id, "anonymousId": who, "event": "Checkout Started",
                "properties": {"cart_items": items}})
     };
+    // What others read makes the most read pages of each topic.
+    mesh.send(json!([
+        reading("r4", "other-1", "Trail running shoes review"),
+        reading("r5", "other-2", "Trail shoes for mud"),
+        reading("r6", "other-2", "Garden benches"),
+    ]))
+    .await;
     mesh.send(json!([
         order("o1", "vip-1"),
         order("o2", "vip-1"),
         order("o3", "plain-1"),
-        reading("r1", "vip-1", "Trail running shoes for wet weather"),
-        reading("r2", "vip-1", "Running shoes: how to choose trail shoes"),
+        reading("r1", "vip-1", "Trail running shoes"),
+        reading("r2", "vip-1", "Running shoes for trails"),
         reading("r3", "plain-1", "Garden furniture for small patios"),
     ]))
     .await;
@@ -435,20 +442,36 @@ actions:
     let (campaign, target, params) = &web[0];
     assert_eq!(
         (campaign.as_str(), target.as_str()),
-        ("vip_checkout", "recommendations")
+        ("vip_checkout", "Picked for you in {topic}")
     );
     let topic = params["topic"].as_str().unwrap_or_default();
     assert!(!topic.is_empty(), "{params}");
-    let profile = mesh.profile().await;
-    assert_eq!(profile["facts"]["content"]["top_topic"], topic, "{profile}");
+    // The items: pages others read on the VIP's topics, none the VIP read.
+    let items: Vec<&str> = params["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items: {params}"))
+        .iter()
+        .map(|item| item["url"].as_str().unwrap())
+        .collect();
+    assert!(!items.is_empty(), "{params}");
+    for url in &items {
+        assert!(
+            url.ends_with("/r4") || url.ends_with("/r5"),
+            "{url} is not a running page the VIP has not read: {params}"
+        );
+    }
 
     let (_, answer) = mesh.personalize("anonymousId=vip-1").await;
     assert_eq!(answer["segments"], json!(["vip"]), "{answer}");
     assert_eq!(
-        answer["content"][0]["content"], "recommendations",
+        answer["content"][0]["content"],
+        format!("Picked for you in {topic}"),
         "{answer}"
     );
-    assert_eq!(answer["content"][0]["params"]["topic"], topic, "{answer}");
+    assert_eq!(
+        answer["content"][0]["params"]["items"], params["items"],
+        "{answer}"
+    );
     let (_, plain) = mesh.personalize("anonymousId=plain-1").await;
     assert_eq!(plain["content"], json!([]), "{plain}");
 }
