@@ -16,6 +16,7 @@ mod profile;
 mod rebuild;
 mod segment;
 mod send;
+mod template;
 
 use std::process::ExitCode;
 
@@ -67,6 +68,9 @@ enum Command {
     /// Campaigns: state machines over each profile, in YAML or JSON.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommand),
+    /// Email templates the dispatcher renders.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
     /// Rebuild identities and profiles from the raw events (after a rule change), with
     /// Cairn stopped.
     Rebuild(rebuild::RebuildArgs),
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
             Command::Enrich(command) => enrich::run(command),
             Command::Segment(command) => segment::run(command).await,
             Command::Campaign(command) => campaign::run(command).await,
+            Command::Template(command) => template::run(command).await,
             Command::Rebuild(args) => rebuild::run(args).await,
             Command::Modules => modules::print(),
             Command::Config => process::print_config(),

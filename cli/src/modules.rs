@@ -152,6 +152,20 @@ pub const MODULES: &[ModuleSpec] = &[
             })
         },
     },
+    ModuleSpec {
+        name: "dispatcher",
+        summary: "campaign emails: campaign.sends -> rendered templates sent once over SMTP or to .eml files -> delivery.events",
+        http: false,
+        vars: cairn_dispatcher::vars,
+        start: |context, resources| {
+            Box::pin(async move {
+                let store = resources.store(context).await?;
+                cairn_dispatcher::start(context, store)
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            })
+        },
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ModuleSpec> {

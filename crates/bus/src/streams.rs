@@ -103,6 +103,20 @@ pub fn campaigns(config: &BusConfig) -> Config {
     }
 }
 
+/// What became of each email.
+pub const DELIVERY: &str = "DELIVERY";
+
+/// The DELIVERY stream: `delivery.events.<partition>`, an event per outcome of each
+/// email (sent, deferred, failed, uncertain), deduplicated on message ids.
+pub fn delivery(config: &BusConfig) -> Config {
+    derived(
+        config,
+        DELIVERY,
+        "What became of each email the dispatcher was asked to send",
+        vec![subjects::DELIVERY_ALL.to_string()],
+    )
+}
+
 /// A stream of derived data (it can be rebuilt from EVENTS): files, the oldest dropped
 /// past `CAIRN_DERIVED_MAX_AGE`, deduplicated on message ids within the duplicate window.
 fn derived(config: &BusConfig, name: &str, description: &str, subjects: Vec<String>) -> Config {

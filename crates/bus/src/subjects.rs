@@ -164,6 +164,14 @@ pub fn campaign_due(partition: u32) -> String {
 /// Every subject about campaigns.
 pub const CAMPAIGNS_ALL: &str = "campaign.>";
 
+/// What became of an email: `delivery.events.<partition>`.
+pub fn delivery_events(partition: u32) -> String {
+    format!("delivery.events.{partition}")
+}
+
+/// The wildcard covering every delivery event.
+pub const DELIVERY_ALL: &str = "delivery.>";
+
 /// Every subject about segments.
 pub const SEGMENTS_ALL: &str = "segments.>";
 

@@ -34,6 +34,14 @@ pub mod personalize {
     }
 }
 
+/// `cairn.dispatch.v1`: what became of each email.
+pub mod dispatch {
+    pub mod v1 {
+        #![allow(clippy::all, unused_qualifications)]
+        include!(concat!(env!("OUT_DIR"), "/cairn.dispatch.v1.rs"));
+    }
+}
+
 /// `cairn.admin.v1`: process status for operators.
 pub mod admin {
     pub mod v1 {

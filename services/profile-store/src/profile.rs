@@ -932,6 +932,12 @@ impl Serialize for ProfileView<'_> {
 pub struct ProfileSchema;
 
 impl ProfileSchema {
+    /// Whether `name` is one of the profile view's top fields (`traits`, `visit_count`,
+    /// ...), as opposed to a trait.
+    pub fn is_top_field(name: &str) -> bool {
+        TOP_FIELDS.contains(&name)
+    }
+
     /// The name under which `profiles.changed` reports a change of the view's `field`
     /// (or of anything under it): event counts change as `events.<name>`, traits as
     /// `traits.<name>`, facts as `facts.<source>`; a one-word field the profile does

@@ -1,0 +1,116 @@
+//! Dispatcher settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn_runtime::config::{ConfigError, Settings, Var};
+
+pub const EMAIL_TRANSPORT: Var = Var {
+    name: "CAIRN_EMAIL_TRANSPORT",
+    default: "file",
+    doc: "How emails leave: `file` (each one an .eml file under CAIRN_DATA_DIR/outbox, nothing to install) or `smtp` (CAIRN_SMTP_URL).",
+};
+pub const SMTP_URL: Var = Var {
+    name: "CAIRN_SMTP_URL",
+    default: "",
+    doc: "The SMTP server for CAIRN_EMAIL_TRANSPORT=smtp: smtp://[user:password@]host[:port] (STARTTLS required with ?tls=required), smtps:// for TLS from the start.",
+};
+pub const SMTP_CONNECTIONS: Var = Var {
+    name: "CAIRN_SMTP_CONNECTIONS",
+    default: "8",
+    doc: "SMTP connections kept open per dispatcher replica.",
+};
+pub const EMAIL_FROM: Var = Var {
+    name: "CAIRN_EMAIL_FROM",
+    default: "Cairn <cairn@localhost>",
+    doc: "The From address of campaign emails.",
+};
+pub const EMAIL_ATTEMPTS: Var = Var {
+    name: "CAIRN_EMAIL_ATTEMPTS",
+    default: "8",
+    doc: "Attempts at an email the server defers (4xx, connection failures) before it is given up and dead-lettered.",
+};
+pub const EMAIL_BACKOFF: Var = Var {
+    name: "CAIRN_EMAIL_BACKOFF",
+    default: "2s",
+    doc: "Wait before the second attempt at a deferred email; it doubles with each attempt (with jitter), up to five minutes.",
+};
+
+/// Every variable the dispatcher reads.
+pub const VARS: &[Var] = &[
+    EMAIL_TRANSPORT,
+    SMTP_URL,
+    SMTP_CONNECTIONS,
+    EMAIL_FROM,
+    EMAIL_ATTEMPTS,
+    EMAIL_BACKOFF,
+];
+
+/// Where emails go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// `.eml` files in this folder.
+    File(PathBuf),
+    Smtp {
+        url: String,
+        connections: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    pub transport: Transport,
+    pub from: lettre::message::Mailbox,
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+/// The longest pause between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+impl DispatchConfig {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let transport = match settings.string(&EMAIL_TRANSPORT).trim() {
+            "file" | "" => {
+                Transport::File(settings.path(&cairn_runtime::host::DATA_DIR).join("outbox"))
+            }
+            "smtp" => {
+                let url = settings.string(&SMTP_URL);
+                if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                    return Err(settings.invalid(
+                        &SMTP_URL,
+                        "required with CAIRN_EMAIL_TRANSPORT=smtp: smtp://host[:port] or smtps://host[:port]",
+                    ));
+                }
+                Transport::Smtp {
+                    url,
+                    connections: u32::try_from(settings.number(&SMTP_CONNECTIONS, 1)?)
+                        .unwrap_or(u32::MAX),
+                }
+            }
+            _ => return Err(settings.invalid(&EMAIL_TRANSPORT, "use file or smtp")),
+        };
+        let from = settings
+            .string(&EMAIL_FROM)
+            .parse()
+            .map_err(|err| settings.invalid(&EMAIL_FROM, format!("not an address: {err}")))?;
+        Ok(Self {
+            transport,
+            from,
+            attempts: u32::try_from(settings.number(&EMAIL_ATTEMPTS, 1)?).unwrap_or(u32::MAX),
+            backoff: settings.duration(&EMAIL_BACKOFF)?,
+        })
+    }
+
+    /// The pause after failed attempt `attempt` (1 for the first): doubling from
+    /// `backoff`, at most five minutes, less up to a quarter at random so that many
+    /// deferred emails do not come back all at once.
+    pub fn wait_after(&self, attempt: u32) -> Duration {
+        let doubled = self
+            .backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(MAX_BACKOFF);
+        let jitter = rand::random::<f64>() * 0.25;
+        doubled.mul_f64(1.0 - jitter)
+    }
+}

@@ -1,0 +1,113 @@
+//! The email dispatcher: what campaigns decide to send (`campaign.sends.*`), rendered
+//! from saved templates for the profile as it is now, and sent once per idempotency
+//! key, over SMTP or into `.eml` files.
+//!
+//! - [`templates`]: templates (minijinja), checked strictly when saved, versioned,
+//!   served by `cairn.dispatch.v1.Templates` ([`grpc`]);
+//! - [`transport`]: SMTP with a connection pool, or the file outbox;
+//! - [`send`]: the consumer: the send records that make each email leave once, retries
+//!   with backoff, dead letters, and `delivery.events`.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod send;
+pub mod templates;
+pub mod transport;
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use cairn_bus::worker::WorkerOptions;
+use cairn_bus::{Bus, BusConfig, streams};
+use cairn_runtime::{BoxError, Module, ModuleContext, Var};
+use cairn_store::Store;
+
+pub use config::DispatchConfig;
+pub use error::DispatchError;
+
+/// Every variable the dispatcher reads.
+pub fn vars() -> Vec<Var> {
+    [
+        config::VARS,
+        cairn_bus::config::VARS,
+        cairn_store::config::VARS,
+    ]
+    .concat()
+}
+
+/// Sends handled per round.
+const BATCH: usize = 100;
+
+/// The durable consumer of campaign sends, shared by the replicas. A send is kept from
+/// redelivery longer than an SMTP exchange may take.
+pub fn consumer_config() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(send::SERVICE.to_string()),
+        description: Some("Dispatcher: campaign emails".to_string()),
+        filter_subject: "campaign.sends.>".to_string(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(120),
+        max_ack_pending: (BATCH * 8) as i64,
+        ..Default::default()
+    }
+}
+
+/// Starts the dispatcher on `store`.
+pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module, DispatchError> {
+    let config = DispatchConfig::from_settings(&context.settings)?;
+    let bus_config = BusConfig::from_settings(&context.settings)?;
+    let bus = Bus::connect(&bus_config, "cairn-dispatcher").await?;
+    for stream in [
+        streams::campaigns(&bus_config),
+        streams::delivery(&bus_config),
+        streams::dead_letters(&bus_config),
+    ] {
+        bus.ensure_stream(stream).await?;
+    }
+    let consumer = bus
+        .ensure_consumer(streams::CAMPAIGNS, consumer_config())
+        .await?;
+    let readiness_bus = bus.clone();
+    context.readiness.add_check("dispatcher: NATS", move || {
+        if readiness_bus.is_connected() {
+            Ok(())
+        } else {
+            Err("not connected".to_string())
+        }
+    });
+    let mailer = transport::Mailer::new(&config.transport)?;
+    tracing::info!(transport = ?config.transport, "dispatcher ready");
+    let templates_service = grpc::TemplatesService {
+        store: store.clone(),
+    };
+    let dispatcher = send::Dispatcher {
+        store,
+        bus: bus.clone(),
+        mailer,
+        config: config.clone(),
+    };
+    let worker = cairn_bus::worker::run(
+        bus,
+        consumer,
+        dispatcher,
+        WorkerOptions {
+            service: send::SERVICE,
+            batch: BATCH,
+            max_attempts: config.attempts,
+        },
+        context.shutdown.clone(),
+    );
+    Ok(Module {
+        name: "dispatcher",
+        grpc: cairn_runtime::grpc::GrpcServices::default().with(
+            cairn_proto::dispatch::v1::templates_server::TemplatesServer::new(templates_service),
+        ),
+        http: None,
+        tasks: vec![Box::pin(async move {
+            worker.await.map_err(|err| Box::new(err) as BoxError)
+        })],
+    })
+}

@@ -1,0 +1,387 @@
+//! Sending what campaigns ask for (`campaign.sends.*`, `cairn.campaign.v1.Action`):
+//! the template rendered for the profile as it is now and sent to its `traits.email`,
+//! once per idempotency key.
+//!
+//! Each key has a record (`s:<key>`) written before the email leaves and after:
+//! `sending`, then `sent`, `deferred` (a temporary failure: tried again after a pause)
+//! or `failed` (permanent: dead-lettered). A request whose record says `sent` or
+//! `failed` is not sent again, whatever redelivers it. A record still saying `sending`
+//! when a request comes in fresh means the dispatcher stopped in the middle of the
+//! SMTP exchange: the server may or may not have taken the email, and rather than
+//! risk sending twice it is not sent again and is reported `uncertain`. Every outcome
+//! is published on `delivery.events.<partition>`.
+
+use bytes::Bytes;
+use cairn_bus::worker::{Delivered, Handled, Handler};
+use cairn_bus::{Bus, Outgoing, Partitions, subjects};
+use cairn_proto::campaign::v1::Action;
+use cairn_proto::dispatch::v1::{DeliveryEvent, delivery_event::Outcome as Reported};
+use cairn_runtime::clock::{now_ms, timestamp};
+use cairn_store::{Expect, Outcome, Store, Write};
+use lettre::Message;
+use lettre::message::{Mailbox, MultiPart, header};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+
+use crate::config::DispatchConfig;
+use crate::error::DispatchError;
+use crate::templates::{self, DISPATCH};
+use crate::transport::{Failure, Mailer};
+
+/// The service name of the consumer and of its dead letters.
+pub const SERVICE: &str = "dispatcher";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Sending,
+    Sent,
+    Deferred,
+    Failed,
+    Uncertain,
+}
+
+/// What happened to one idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendRecord {
+    pub state: State,
+    pub message_id: String,
+    pub to: String,
+    pub at_ms: i64,
+    #[serde(default)]
+    pub reason: String,
+}
+
+fn record_key(key: &str) -> Bytes {
+    Bytes::from(format!("s:{key}"))
+}
+
+/// The send record of idempotency key `key`, if any.
+pub async fn record<S: Store>(store: &S, key: &str) -> Result<Option<SendRecord>, DispatchError> {
+    Ok(read(store, key).await?.map(|(record, _)| record))
+}
+
+async fn read<S: Store>(store: &S, key: &str) -> Result<Option<(SendRecord, u64)>, DispatchError> {
+    match store.get(&DISPATCH, &record_key(key)).await? {
+        Some(stored) => {
+            let record = serde_json::from_slice(&stored.value)
+                .map_err(|err| DispatchError::Corrupt(format!("send {key}: {err}")))?;
+            Ok(Some((record, stored.version)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Template `template` rendered for `profile_id` as the profile is now, and the address
+/// it goes to; or why there can never be such an email (no profile, no valid
+/// `traits.email`, no such template, a render error).
+pub async fn compose<S: Store>(
+    store: &S,
+    template: &str,
+    profile_id: &str,
+    campaign: &str,
+    params: serde_json::Value,
+) -> Result<Result<(Mailbox, templates::Rendered), String>, DispatchError> {
+    let Some(stored) = cairn_profile_store::store::read(store, profile_id)
+        .await
+        .map_err(|err| DispatchError::Bus(cairn_bus::BusError::Unavailable(err.to_string())))?
+    else {
+        return Ok(Err(format!("no profile {profile_id}")));
+    };
+    let profile: serde_json::Value =
+        serde_json::from_str(&stored.profile.view_json(now_ms())).unwrap_or_default();
+    let Some(email) = profile["traits"]["email"].as_str() else {
+        return Ok(Err("the profile has no traits.email".to_string()));
+    };
+    let to: Mailbox = match email.trim().parse() {
+        Ok(to) => to,
+        Err(err) => {
+            return Ok(Err(format!(
+                "traits.email {email:?} is not an address: {err}"
+            )));
+        }
+    };
+    let template = match templates::get(store, template).await {
+        Ok(template) => template,
+        Err(DispatchError::MissingTemplate(name)) => {
+            return Ok(Err(format!("there is no template {name}")));
+        }
+        Err(err) => return Err(err),
+    };
+    let context = serde_json::json!({
+        "profile": profile,
+        "params": params,
+        "campaign": campaign,
+        "email": to.email.to_string(),
+    });
+    Ok(template
+        .render(&context)
+        .map(|rendered| (to, rendered))
+        .map_err(|err| err.to_string()))
+}
+
+/// The email's Message-ID: the same for every attempt at one idempotency key.
+pub fn message_id(key: &str) -> String {
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes());
+    format!("<{id}@cairn>")
+}
+
+#[derive(Clone)]
+pub struct Dispatcher<S> {
+    pub store: S,
+    pub bus: Bus,
+    pub mailer: Mailer,
+    pub config: DispatchConfig,
+}
+
+/// What a request comes to before anything is sent.
+enum Prepared {
+    Send { message: Box<Message>, to: String },
+    Fail(String),
+}
+
+impl<S: Store> Dispatcher<S> {
+    fn event(&self, action: &Action, record: &SendRecord, outcome: Reported) -> Outgoing {
+        let event = DeliveryEvent {
+            idempotency_key: action.idempotency_key.clone(),
+            campaign: action.campaign.clone(),
+            profile_id: action.profile_id.clone(),
+            template: action.target.clone(),
+            outcome: outcome as i32,
+            reason: record.reason.clone(),
+            message_id: record.message_id.clone(),
+            to: record.to.clone(),
+            at: Some(timestamp(record.at_ms)),
+        };
+        Outgoing {
+            subject: subjects::delivery_events(self.partitions().of(&action.profile_id)),
+            message_id: Some(format!(
+                "delivery:{}:{}:{}",
+                action.idempotency_key,
+                outcome.as_str_name(),
+                record.at_ms
+            )),
+            headers: async_nats::HeaderMap::new(),
+            payload: Bytes::from(event.encode_to_vec()),
+        }
+    }
+
+    fn partitions(&self) -> Partitions {
+        self.bus.partitions()
+    }
+
+    /// The email for `action`, or why there can never be one.
+    async fn prepare(&self, action: &Action) -> Result<Prepared, DispatchError> {
+        let params: serde_json::Value =
+            serde_json::from_str(&action.params_json).unwrap_or(serde_json::Value::Null);
+        let (to, rendered) = match compose(
+            &self.store,
+            &action.target,
+            &action.profile_id,
+            &action.campaign,
+            params,
+        )
+        .await?
+        {
+            Ok(composed) => composed,
+            Err(reason) => return Ok(Prepared::Fail(reason)),
+        };
+        let builder = Message::builder()
+            .from(self.config.from.clone())
+            .to(to.clone())
+            .subject(rendered.subject)
+            .message_id(Some(message_id(&action.idempotency_key)));
+        let built = match rendered.html {
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(rendered.text, html)),
+            None => builder
+                .header(header::ContentType::TEXT_PLAIN)
+                .body(rendered.text),
+        };
+        match built {
+            Ok(message) => Ok(Prepared::Send {
+                message: Box::new(message),
+                to: to.email.to_string(),
+            }),
+            Err(err) => Ok(Prepared::Fail(format!("the email cannot be built: {err}"))),
+        }
+    }
+
+    /// Writes `record` for `key` if it is still at `version` (`None`: absent); whether
+    /// it was.
+    async fn write(
+        &self,
+        key: &str,
+        record: &SendRecord,
+        version: Option<u64>,
+    ) -> Result<Option<u64>, DispatchError> {
+        let value = serde_json::to_vec(record)
+            .map_err(|err| DispatchError::Corrupt(format!("send record: {err}")))?;
+        let expect = version.map_or(Expect::Absent, Expect::Version);
+        match self
+            .store
+            .write(&DISPATCH, Write::new(record_key(key)).record(expect, value))
+            .await?
+        {
+            Outcome::Applied { version } => Ok(Some(version.unwrap_or_default())),
+            Outcome::Conflict { .. } => Ok(None),
+        }
+    }
+
+    async fn on_message(&self, message: &Delivered) -> Result<Handled, DispatchError> {
+        let action = Action::decode(message.payload.clone()).map_err(|err| {
+            DispatchError::InvalidArgument(format!("not a campaign action: {err}"))
+        })?;
+        let key = action.idempotency_key.clone();
+        if key.is_empty() {
+            return Err(DispatchError::InvalidArgument(
+                "the action has no idempotency_key".to_string(),
+            ));
+        }
+        let existing = read(&self.store, &key).await?;
+        let version = match &existing {
+            Some((record, _)) if record.state == State::Sent => {
+                // Sent before: said again, in case that was lost.
+                return Ok(Handled::Publish(vec![self.event(
+                    &action,
+                    record,
+                    Reported::Sent,
+                )]));
+            }
+            Some((record, _)) if matches!(record.state, State::Failed | State::Uncertain) => {
+                return Ok(Handled::Publish(Vec::new()));
+            }
+            Some((record, version)) if record.state == State::Sending && message.attempt == 1 => {
+                // Stopped mid-send: maybe sent, so never again.
+                let uncertain = SendRecord {
+                    state: State::Uncertain,
+                    at_ms: now_ms(),
+                    reason: "the dispatcher stopped while sending: sent once or not at all"
+                        .to_string(),
+                    ..record.clone()
+                };
+                if self
+                    .write(&key, &uncertain, Some(*version))
+                    .await?
+                    .is_none()
+                {
+                    return Err(DispatchError::Busy(format!("send {key} changed meanwhile")));
+                }
+                tracing::warn!(key = %key, "email in an unknown state after a stop: not sent again");
+                return Ok(Handled::Publish(vec![self.event(
+                    &action,
+                    &uncertain,
+                    Reported::Uncertain,
+                )]));
+            }
+            Some((_, version)) => Some(*version),
+            None => None,
+        };
+        let (message_out, to) = match self.prepare(&action).await? {
+            Prepared::Send { message, to } => (message, to),
+            Prepared::Fail(reason) => return self.fail(&action, &key, version, reason, "").await,
+        };
+        let sending = SendRecord {
+            state: State::Sending,
+            message_id: message_id(&key),
+            to: to.clone(),
+            at_ms: now_ms(),
+            reason: String::new(),
+        };
+        let Some(sending_version) = self.write(&key, &sending, version).await? else {
+            return Err(DispatchError::Busy(format!(
+                "send {key} is being handled elsewhere"
+            )));
+        };
+        match self.mailer.send(*message_out).await {
+            Ok(()) => {
+                let sent = SendRecord {
+                    state: State::Sent,
+                    at_ms: now_ms(),
+                    ..sending
+                };
+                self.write(&key, &sent, Some(sending_version)).await?;
+                tracing::info!(key = %key, campaign = %action.campaign, template = %action.target, "email sent");
+                Ok(Handled::Publish(vec![self.event(
+                    &action,
+                    &sent,
+                    Reported::Sent,
+                )]))
+            }
+            Err(Failure::Permanent(reason)) => {
+                self.fail(&action, &key, Some(sending_version), reason, &to)
+                    .await
+            }
+            Err(Failure::Temporary(reason)) if message.attempt < self.config.attempts => {
+                let deferred = SendRecord {
+                    state: State::Deferred,
+                    at_ms: now_ms(),
+                    reason: reason.clone(),
+                    ..sending
+                };
+                self.write(&key, &deferred, Some(sending_version)).await?;
+                self.bus
+                    .publish_all(vec![self.event(&action, &deferred, Reported::Deferred)])
+                    .await?;
+                Ok(Handled::Retry {
+                    reason,
+                    delay: self.config.wait_after(message.attempt),
+                })
+            }
+            Err(Failure::Temporary(reason)) => {
+                self.fail(
+                    &action,
+                    &key,
+                    Some(sending_version),
+                    format!(
+                        "still deferred after {} attempts: {reason}",
+                        message.attempt
+                    ),
+                    &to,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Records `key` as failed for good, reports it, and dead-letters the request.
+    async fn fail(
+        &self,
+        action: &Action,
+        key: &str,
+        version: Option<u64>,
+        reason: String,
+        to: &str,
+    ) -> Result<Handled, DispatchError> {
+        let failed = SendRecord {
+            state: State::Failed,
+            message_id: message_id(key),
+            to: to.to_string(),
+            at_ms: now_ms(),
+            reason: reason.clone(),
+        };
+        if self.write(key, &failed, version).await?.is_none() {
+            return Err(DispatchError::Busy(format!("send {key} changed meanwhile")));
+        }
+        self.bus
+            .publish_all(vec![self.event(action, &failed, Reported::Failed)])
+            .await?;
+        tracing::warn!(key, campaign = %action.campaign, reason = %reason, "email failed");
+        Ok(Handled::DeadLetter { reason })
+    }
+}
+
+impl<S: Store> Handler for Dispatcher<S> {
+    async fn handle(&self, message: &Delivered) -> Handled {
+        use cairn_runtime::error::{Classify as _, ErrorKind};
+        match self.on_message(message).await {
+            Ok(handled) => handled,
+            Err(err) if err.kind() == ErrorKind::Unavailable => Handled::Retry {
+                reason: err.to_string(),
+                delay: self.config.wait_after(message.attempt),
+            },
+            Err(err) => Handled::DeadLetter {
+                reason: err.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The dispatcher against a real nats-server and a real SMTP server (aiosmtpd, from
+//! PyPI, which `./dev test` installs into `.cairn/tools/python`; `tests/smtp_server.py`
+//! scripts its answers by recipient): campaign sends arrive rendered, once, deferred
+//! ones after a retry, refused ones in the dead letters, each outcome on
+//! `delivery.events`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_bus::{Bus, Outgoing, streams, subjects};
+use cairn_dispatcher::send::{self, State};
+use cairn_dispatcher::templates::{self, Template};
+use cairn_profile_store::profile::{Profile, Stamped};
+use cairn_proto::campaign::v1::Action;
+use cairn_proto::dispatch::v1::DeliveryEvent;
+use cairn_proto::dispatch::v1::delivery_event::Outcome;
+use cairn_store::{EmbeddedStore, Expect, Store as _, Write};
+use cairn_testkit::{TestHost, TestNats, stream_messages};
+use prost::Message as _;
+
+/// aiosmtpd on a free port, writing what it accepts into a folder.
+struct SmtpServer {
+    port: u16,
+    inbox: tempfile::TempDir,
+    _process: tokio::process::Child,
+}
+
+impl SmtpServer {
+    /// `None` when aiosmtpd is not installed (and this is not CI, where it must be).
+    async fn start() -> Option<Self> {
+        let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cairn/tools/python");
+        if !tools.join("aiosmtpd").exists() {
+            assert!(
+                std::env::var("CI").is_err(),
+                "no aiosmtpd under CI: ./dev test installs it into .cairn/tools/python"
+            );
+            eprintln!("SKIPPED: aiosmtpd is not installed (./dev test installs it)");
+            return None;
+        }
+        let port = cairn_testkit::free_addr().port();
+        let inbox = tempfile::tempdir().unwrap();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_server.py");
+        let mut process = tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(inbox.path())
+            .env("PYTHONPATH", &tools)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let stdout = process.stdout.take().unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("aiosmtpd started within 20 s")
+            .unwrap();
+        assert_eq!(ready.as_deref(), Some("ready"));
+        Some(Self {
+            port,
+            inbox,
+            _process: process,
+        })
+    }
+
+    /// The emails accepted so far, as text.
+    fn received(&self) -> Vec<String> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(self.inbox.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .map(|path| std::fs::read_to_string(path).unwrap())
+            .collect()
+    }
+}
+
+struct Mesh {
+    host: TestHost,
+    bus: Bus,
+    store: EmbeddedStore,
+    _nats: TestNats,
+    _dir: tempfile::TempDir,
+}
+
+const CART: &str = "cart_reminder";
+
+async fn mesh(transport: &[(&str, &str)]) -> Mesh {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(
+        &dir.path().join("store"),
+        cairn_store::Fsync::Buffer,
+        8 << 20,
+        cairn_store::Clock::system(),
+    )
+    .unwrap();
+    templates::put(
+        &store,
+        Template {
+            name: CART.into(),
+            subject: "{{ profile.traits.name }}, your {{ params.section }} are waiting".into(),
+            text: "Hi {{ profile.traits.name }}, finish your order on {{ params.section }}.".into(),
+            html: Some("<p>Hi {{ profile.traits.name }}</p>".into()),
+            version: 0,
+            updated_ms: 0,
+        },
+    )
+    .await
+    .unwrap();
+    for (id, email) in [
+        ("p-ann", "ann@example.com"),
+        ("p-defer", "defer-bob@example.com"),
+        ("p-reject", "reject-cy@example.com"),
+        ("p-bad", "not an address"),
+    ] {
+        let profile = Profile {
+            id: id.to_string(),
+            traits: BTreeMap::from([
+                ("email".to_string(), stamped(email)),
+                ("name".to_string(), stamped("Ann")),
+            ]),
+            ..Profile::default()
+        };
+        store
+            .write(
+                &cairn_profile_store::store::PROFILES,
+                Write::new(Bytes::from(id.to_string())).record(
+                    Expect::Any,
+                    cairn_profile_store::store::encode(&profile).unwrap(),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    let url = nats.url();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let mut pairs = vec![
+        ("CAIRN_NATS_URL", url.as_str()),
+        ("CAIRN_DATA_DIR", data),
+        ("CAIRN_EMAIL_BACKOFF", "100ms"),
+        ("CAIRN_EMAIL_ATTEMPTS", "4"),
+        ("CAIRN_ADMIN_TOKENS", "admin:tk_admin,read:tk_read"),
+    ];
+    pairs.extend_from_slice(transport);
+    let context = TestHost::context(
+        &[cairn_runtime::VARS.to_vec(), cairn_dispatcher::vars()].concat(),
+        pairs,
+    );
+    let module = cairn_dispatcher::start(&context, store.clone())
+        .await
+        .unwrap();
+    let host = TestHost::serve(vec![module], context).await;
+    let bus = nats.bus().await;
+    Mesh {
+        host,
+        bus,
+        store,
+        _nats: nats,
+        _dir: dir,
+    }
+}
+
+fn stamped(value: &str) -> Stamped<serde_json::Value> {
+    Stamped {
+        value: serde_json::json!(value),
+        at: 1,
+    }
+}
+
+fn action(profile_id: &str, key: &str) -> Action {
+    Action {
+        campaign: "cart_recovery".into(),
+        profile_id: profile_id.into(),
+        state: "abandoned".into(),
+        channel: "email".into(),
+        target: CART.into(),
+        params_json: r#"{"section":"shoes"}"#.into(),
+        entry: 1,
+        at: Some(cairn_runtime::clock::timestamp(
+            cairn_runtime::clock::now_ms(),
+        )),
+        idempotency_key: key.into(),
+    }
+}
+
+impl Mesh {
+    /// Publishes `action` as the campaign engine does (`copy` tells copies apart, as a
+    /// repeat of the action would be).
+    async fn request(&self, action: &Action, copy: &str) {
+        self.bus
+            .publish_all(vec![Outgoing {
+                subject: subjects::campaign_sends(self.bus.partitions().of(&action.profile_id)),
+                message_id: Some(format!("{}:{copy}", action.idempotency_key)),
+                headers: async_nats::HeaderMap::new(),
+                payload: Bytes::from(action.encode_to_vec()),
+            }])
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the send record of `key` is in `state`.
+    async fn wait_for(&self, key: &str, state: State) -> send::SendRecord {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(record) = send::record(&self.store, key).await.unwrap()
+                && record.state == state
+            {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "{key} never became {state:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn idle(&self) {
+        cairn_testkit::wait_consumer_idle(&self.bus, streams::CAMPAIGNS, send::SERVICE).await;
+    }
+
+    /// The outcomes reported for `key`, in order.
+    async fn outcomes(&self, key: &str) -> Vec<Outcome> {
+        stream_messages(&self.bus, streams::DELIVERY)
+            .await
+            .into_iter()
+            .map(|message| DeliveryEvent::decode(message.payload).unwrap())
+            .filter(|event| event.idempotency_key == key)
+            .map(|event| event.outcome())
+            .collect()
+    }
+
+    async fn dead_letters(&self) -> Vec<String> {
+        stream_messages(&self.bus, streams::DEAD_LETTERS)
+            .await
+            .into_iter()
+            .filter(|message| message.subject == "deadletter.dispatcher")
+            .map(|message| {
+                message
+                    .headers
+                    .get(cairn_bus::worker::DEAD_LETTER_REASON)
+                    .map(|value| value.to_string())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+fn smtp_pairs(server: &SmtpServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("CAIRN_EMAIL_TRANSPORT", "smtp".to_string()),
+        (
+            "CAIRN_SMTP_URL",
+            format!("smtp://127.0.0.1:{}", server.port),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_arrives_rendered_and_once_however_often_it_is_asked_for() {
+    let Some(server) = SmtpServer::start().await else {
+        return;
+    };
+    let pairs = smtp_pairs(&server);
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mesh = mesh(&pairs).await;
+
+    let ann = action("p-ann", "cart_recovery:p-ann:1:abandoned");
+    mesh.request(&ann, "first").await;
+    let record = mesh.wait_for(&ann.idempotency_key, State::Sent).await;
+    assert_eq!(record.to, "ann@example.com");
+    // Asked again (a redelivery, a repeated action): nothing more leaves.
+    mesh.request(&ann, "again").await;
+    mesh.request(&ann, "and again").await;
+    mesh.idle().await;
+
+    let received = server.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let email = &received[0];
+    assert!(
+        email.contains("Subject: Ann, your shoes are waiting"),
+        "{email}"
+    );
+    assert!(email.contains("To: ann@example.com"), "{email}");
+    assert!(
+        email.contains("Hi Ann, finish your order on shoes."),
+        "{email}"
+    );
+    assert!(email.contains("<p>Hi Ann</p>"), "{email}");
+    assert!(
+        email.contains(&format!(
+            "Message-ID: {}",
+            send::message_id(&ann.idempotency_key)
+        )),
+        "{email}"
+    );
+    assert_eq!(
+        mesh.outcomes(&ann.idempotency_key).await,
+        vec![Outcome::Sent]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_send_is_tried_again_and_a_refused_one_is_dead_lettered() {
+    let Some(server) = SmtpServer::start().await else {
+        return;
+    };
+    let pairs = smtp_pairs(&server);
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mesh = mesh(&pairs).await;
+
+    let deferred = action("p-defer", "k-defer");
+    let refused = action("p-reject", "k-reject");
+    let no_address = action("p-bad", "k-bad");
+    let no_template = Action {
+        target: "nope".into(),
+        ..action("p-ann", "k-no-template")
+    };
+    for request in [&deferred, &refused, &no_address, &no_template] {
+        mesh.request(request, "first").await;
+    }
+    mesh.wait_for("k-defer", State::Sent).await;
+    let failed = mesh.wait_for("k-reject", State::Failed).await;
+    assert!(failed.reason.contains("550"), "{failed:?}");
+    mesh.wait_for("k-bad", State::Failed).await;
+    mesh.wait_for("k-no-template", State::Failed).await;
+    mesh.idle().await;
+
+    let received = server.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert!(received[0].contains("To: defer-bob@example.com"));
+    assert_eq!(
+        mesh.outcomes("k-defer").await,
+        vec![Outcome::Deferred, Outcome::Sent]
+    );
+    assert_eq!(mesh.outcomes("k-reject").await, vec![Outcome::Failed]);
+    let dead = mesh.dead_letters().await;
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(dead.iter().any(|reason| reason.contains("550")), "{dead:?}");
+    assert!(
+        dead.iter()
+            .any(|reason| reason.contains("is not an address")),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter()
+            .any(|reason| reason.contains("there is no template nope")),
+        "{dead:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_interrupted_mid_exchange_is_not_sent_again() {
+    let Some(server) = SmtpServer::start().await else {
+        return;
+    };
+    let pairs = smtp_pairs(&server);
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mesh = mesh(&pairs).await;
+    // What a dispatcher killed during the SMTP exchange leaves behind.
+    let interrupted = action("p-ann", "k-interrupted");
+    let record = send::SendRecord {
+        state: State::Sending,
+        message_id: send::message_id("k-interrupted"),
+        to: "ann@example.com".into(),
+        at_ms: 1,
+        reason: String::new(),
+    };
+    mesh.store
+        .write(
+            &templates::DISPATCH,
+            Write::new(Bytes::from("s:k-interrupted"))
+                .record(Expect::Absent, serde_json::to_vec(&record).unwrap()),
+        )
+        .await
+        .unwrap();
+    mesh.request(&interrupted, "redelivered").await;
+    mesh.wait_for("k-interrupted", State::Uncertain).await;
+    mesh.idle().await;
+    assert!(server.received().is_empty());
+    assert_eq!(
+        mesh.outcomes("k-interrupted").await,
+        vec![Outcome::Uncertain]
+    );
+}
+
+/// The local default: each email an .eml file under the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_smtp_emails_are_written_to_the_outbox() {
+    let mesh = mesh(&[]).await;
+    let ann = action("p-ann", "k-file");
+    mesh.request(&ann, "first").await;
+    mesh.wait_for("k-file", State::Sent).await;
+    let outbox: &Path = &mesh
+        .host
+        .context
+        .settings
+        .path(&cairn_runtime::host::DATA_DIR);
+    let files: Vec<PathBuf> = std::fs::read_dir(outbox.join("outbox"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let email = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        email.contains("Subject: Ann, your shoes are waiting"),
+        "{email}"
+    );
+}
+
+fn with<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Templates over gRPC: checked when saved (naming the part and the variable),
+/// versioned, listed, and previewed for a profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_are_checked_versioned_listed_and_previewed() {
+    use cairn_proto::dispatch::v1 as pb;
+    let mesh = mesh(&[]).await;
+    let mut client = pb::templates_client::TemplatesClient::connect(mesh.host.grpc_url())
+        .await
+        .unwrap();
+    let template = |subject: &str| pb::Template {
+        name: "welcome".into(),
+        subject: subject.into(),
+        text: "Hello {{ profile.traits.name }}".into(),
+        ..Default::default()
+    };
+    let refused = client
+        .put(with(
+            pb::PutRequest {
+                template: Some(template("Hi {{ profile.emial }}")),
+            },
+            "tk_admin",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("subject: the profile has no field \"emial\""),
+        "{refused:?}"
+    );
+    let reader = client
+        .put(with(
+            pb::PutRequest {
+                template: Some(template("Hi")),
+            },
+            "tk_read",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reader.code(), tonic::Code::PermissionDenied);
+
+    for subject in ["Hi", "Welcome, {{ profile.traits.name }}"] {
+        client
+            .put(with(
+                pb::PutRequest {
+                    template: Some(template(subject)),
+                },
+                "tk_admin",
+            ))
+            .await
+            .unwrap();
+    }
+    let listed = client
+        .list(with(pb::ListRequest {}, "tk_read"))
+        .await
+        .unwrap()
+        .into_inner()
+        .templates;
+    let names: Vec<(String, u64)> = listed.into_iter().map(|t| (t.name, t.version)).collect();
+    assert_eq!(
+        names,
+        vec![(CART.to_string(), 1), ("welcome".to_string(), 2)]
+    );
+    let preview = client
+        .preview(with(
+            pb::PreviewRequest {
+                name: "welcome".into(),
+                profile_id: "p-ann".into(),
+                params_json: String::new(),
+            },
+            "tk_read",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.to, "ann@example.com");
+    assert_eq!(preview.subject, "Welcome, Ann");
+    assert_eq!(preview.text, "Hello Ann");
+    let missing = client
+        .get(with(
+            pb::GetRequest {
+                name: "nope".into(),
+            },
+            "tk_read",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
