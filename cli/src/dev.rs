@@ -21,6 +21,8 @@ use crate::process::{self, UsageError};
 pub const DEV_WRITE_KEY_FILE: &str = "dev-write-key";
 /// The development admin token file, under the data directory.
 pub const DEV_ADMIN_TOKEN_FILE: &str = "dev-admin-token";
+/// The development secret of unsubscribe links, under the data directory.
+pub const DEV_LINK_SECRET_FILE: &str = "dev-email-link-secret";
 
 pub async fn up() -> anyhow::Result<()> {
     let mut settings = Settings::from_env(&modules::all_vars())?;
@@ -45,6 +47,13 @@ pub async fn up() -> anyhow::Result<()> {
     if settings.optional(&ADMIN_TOKENS).is_none() {
         let token = dev_secret(&data_dir.join(DEV_ADMIN_TOKEN_FILE), "tk_")?;
         settings.set(&ADMIN_TOKENS, format!("admin:{token}"));
+    }
+    if settings
+        .optional(&cairn_bus::suppressions::LINK_SECRET)
+        .is_none()
+    {
+        let secret = dev_secret(&data_dir.join(DEV_LINK_SECRET_FILE), "ls_")?;
+        settings.set(&cairn_bus::suppressions::LINK_SECRET, secret);
     }
 
     let http = settings.string(&HTTP_ADDR);

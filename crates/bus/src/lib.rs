@@ -8,6 +8,7 @@
 //! - [`trace`]: W3C trace context in message headers;
 //! - [`worker`]: the consume → handle → publish → acknowledge loop of every consumer;
 //! - [`personalization`]: the key-value bucket the personalization API reads;
+//! - [`suppressions`]: the key-value bucket of addresses emails must not go to;
 //! - [`ownership`]: which replica works which partition of a stateful service;
 //! - [`server`]: a local nats-server child process for `cairn up` and tests.
 
@@ -19,6 +20,7 @@ pub mod personalization;
 pub mod server;
 pub mod streams;
 pub mod subjects;
+pub mod suppressions;
 pub mod trace;
 pub mod worker;
 

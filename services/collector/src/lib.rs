@@ -22,6 +22,7 @@ pub mod http;
 pub mod ingest;
 pub mod personalize;
 pub mod tag;
+pub mod unsubscribe;
 
 use cairn_bus::{Bus, BusConfig, streams};
 use cairn_proto::collector::v1::collector_server::CollectorServer;
@@ -34,7 +35,12 @@ pub use ingest::Ingest;
 
 /// Every variable the collector reads, its own and the bus's.
 pub fn vars() -> Vec<Var> {
-    [config::VARS, cairn_bus::config::VARS].concat()
+    [
+        config::VARS,
+        cairn_bus::config::VARS,
+        cairn_bus::suppressions::VARS,
+    ]
+    .concat()
 }
 
 /// Connects to NATS, makes sure the EVENTS stream exists, and returns the module.
@@ -63,6 +69,10 @@ pub async fn start(context: &ModuleContext) -> Result<Module, CollectorError> {
         cairn_bus::personalization::open(&bus).await?,
         config.web_content_ttl,
     );
+    let unsubscribe = unsubscribe::Unsubscribe {
+        bucket: cairn_bus::suppressions::open(&bus).await?,
+        secret: cairn_bus::suppressions::link_secret(&context.settings)?,
+    };
     let ingest = Ingest::new(bus, &context.metrics.meter("cairn.collector"));
     Ok(Module {
         name: "collector",
@@ -70,12 +80,10 @@ pub async fn start(context: &ModuleContext) -> Result<Module, CollectorError> {
             ingest.clone(),
             config.trust_forwarded_for,
         ))),
-        http: Some(http::router(
-            ingest,
-            personalizer,
-            context.credentials.clone(),
-            config,
-        )),
+        http: Some(
+            http::router(ingest, personalizer, context.credentials.clone(), config)
+                .merge(unsubscribe::routes(unsubscribe)),
+        ),
         tasks: Vec::new(),
     })
 }

@@ -25,6 +25,11 @@ pub const EMAIL_FROM: Var = Var {
     default: "Cairn <cairn@localhost>",
     doc: "The From address of campaign emails.",
 };
+pub const PUBLIC_URL: Var = Var {
+    name: "CAIRN_PUBLIC_URL",
+    default: "",
+    doc: "The collector's address as mail clients reach it, for the unsubscribe links in emails (https://t.example.com); by default http://CAIRN_HTTP_ADDR.",
+};
 pub const EMAIL_ATTEMPTS: Var = Var {
     name: "CAIRN_EMAIL_ATTEMPTS",
     default: "8",
@@ -42,6 +47,7 @@ pub const VARS: &[Var] = &[
     SMTP_URL,
     SMTP_CONNECTIONS,
     EMAIL_FROM,
+    PUBLIC_URL,
     EMAIL_ATTEMPTS,
     EMAIL_BACKOFF,
 ];
@@ -63,6 +69,10 @@ pub struct DispatchConfig {
     pub from: lettre::message::Mailbox,
     pub attempts: u32,
     pub backoff: Duration,
+    /// Signs unsubscribe links; none, no links.
+    pub link_secret: Option<String>,
+    /// Where the links point, without a trailing `/`.
+    pub public_url: String,
 }
 
 /// The longest pause between attempts.
@@ -94,12 +104,36 @@ impl DispatchConfig {
             .string(&EMAIL_FROM)
             .parse()
             .map_err(|err| settings.invalid(&EMAIL_FROM, format!("not an address: {err}")))?;
+        let public_url = match settings.optional(&PUBLIC_URL) {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                url.trim_end_matches('/').to_string()
+            }
+            Some(_) => {
+                return Err(settings.invalid(&PUBLIC_URL, "must start with http:// or https://"));
+            }
+            None => format!(
+                "http://{}",
+                settings.string(&cairn_runtime::host::HTTP_ADDR)
+            ),
+        };
         Ok(Self {
+            link_secret: cairn_bus::suppressions::link_secret(settings)?,
+            public_url,
             transport,
             from,
             attempts: u32::try_from(settings.number(&EMAIL_ATTEMPTS, 1)?).unwrap_or(u32::MAX),
             backoff: settings.duration(&EMAIL_BACKOFF)?,
         })
+    }
+
+    /// The unsubscribe link for `email`, when links are signed.
+    pub fn unsubscribe_url(&self, email: &str) -> Option<String> {
+        let secret = self.link_secret.as_deref()?;
+        Some(format!(
+            "{}/v1/unsubscribe?t={}",
+            self.public_url,
+            cairn_bus::suppressions::unsubscribe_token(secret, email)
+        ))
     }
 
     /// The pause after failed attempt `attempt` (1 for the first): doubling from

@@ -15,6 +15,7 @@ use crate::templates::{self, Template};
 #[derive(Clone)]
 pub struct TemplatesService<S> {
     pub store: S,
+    pub config: crate::DispatchConfig,
 }
 
 fn authorize<T>(request: &Request<T>, role: Role) -> Result<(), Status> {
@@ -99,6 +100,7 @@ impl<S: Store> Templates for TemplatesService<S> {
         templates::get(&self.store, &request.name).await?;
         let (to, rendered) = send::compose(
             &self.store,
+            &self.config,
             &request.name,
             &request.profile_id,
             "preview",

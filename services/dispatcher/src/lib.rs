@@ -32,6 +32,7 @@ pub use error::DispatchError;
 pub fn vars() -> Vec<Var> {
     [
         config::VARS,
+        cairn_bus::suppressions::VARS,
         cairn_bus::config::VARS,
         cairn_store::config::VARS,
     ]
@@ -80,10 +81,17 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     });
     let mailer = transport::Mailer::new(&config.transport)?;
     tracing::info!(transport = ?config.transport, "dispatcher ready");
+    if config.link_secret.is_none() {
+        tracing::warn!(
+            "CAIRN_EMAIL_LINK_SECRET is not set: emails go out without an unsubscribe link"
+        );
+    }
     let templates_service = grpc::TemplatesService {
         store: store.clone(),
+        config: config.clone(),
     };
     let dispatcher = send::Dispatcher {
+        suppressions: cairn_bus::suppressions::open(&bus).await?,
         store,
         bus: bus.clone(),
         mailer,

@@ -39,6 +39,7 @@ pub enum State {
     Deferred,
     Failed,
     Uncertain,
+    Suppressed,
 }
 
 /// What happened to one idempotency key.
@@ -77,6 +78,7 @@ async fn read<S: Store>(store: &S, key: &str) -> Result<Option<(SendRecord, u64)
 /// `traits.email`, no such template, a render error).
 pub async fn compose<S: Store>(
     store: &S,
+    config: &DispatchConfig,
     template: &str,
     profile_id: &str,
     campaign: &str,
@@ -113,6 +115,7 @@ pub async fn compose<S: Store>(
         "params": params,
         "campaign": campaign,
         "email": to.email.to_string(),
+        "unsubscribe_url": config.unsubscribe_url(to.email.as_ref()),
     });
     Ok(template
         .render(&context)
@@ -129,6 +132,7 @@ pub fn message_id(key: &str) -> String {
 #[derive(Clone)]
 pub struct Dispatcher<S> {
     pub store: S,
+    pub suppressions: async_nats::jetstream::kv::Store,
     pub bus: Bus,
     pub mailer: Mailer,
     pub config: DispatchConfig,
@@ -136,7 +140,15 @@ pub struct Dispatcher<S> {
 
 /// What a request comes to before anything is sent.
 enum Prepared {
-    Send { message: Box<Message>, to: String },
+    Send {
+        message: Box<Message>,
+        to: String,
+    },
+    /// The address must not get campaign emails.
+    Suppressed {
+        to: String,
+        reason: String,
+    },
     Fail(String),
 }
 
@@ -176,6 +188,7 @@ impl<S: Store> Dispatcher<S> {
             serde_json::from_str(&action.params_json).unwrap_or(serde_json::Value::Null);
         let (to, rendered) = match compose(
             &self.store,
+            &self.config,
             &action.target,
             &action.profile_id,
             &action.campaign,
@@ -186,11 +199,27 @@ impl<S: Store> Dispatcher<S> {
             Ok(composed) => composed,
             Err(reason) => return Ok(Prepared::Fail(reason)),
         };
-        let builder = Message::builder()
+        let email = to.email.to_string();
+        if let Some(reason) = self.suppressed(&email).await? {
+            return Ok(Prepared::Suppressed { to: email, reason });
+        }
+        let mut builder = Message::builder()
             .from(self.config.from.clone())
             .to(to.clone())
             .subject(rendered.subject)
             .message_id(Some(message_id(&action.idempotency_key)));
+        if let Some(url) = self.config.unsubscribe_url(&email) {
+            // RFC 2369 and RFC 8058: mail clients offer (one-click) unsubscribe.
+            builder = builder
+                .raw_header(header::HeaderValue::new(
+                    header::HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                    format!("<{url}>"),
+                ))
+                .raw_header(header::HeaderValue::new(
+                    header::HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                    "List-Unsubscribe=One-Click".to_string(),
+                ));
+        }
         let built = match rendered.html {
             Some(html) => builder.multipart(MultiPart::alternative_plain_html(rendered.text, html)),
             None => builder
@@ -204,6 +233,21 @@ impl<S: Store> Dispatcher<S> {
             }),
             Err(err) => Ok(Prepared::Fail(format!("the email cannot be built: {err}"))),
         }
+    }
+
+    /// Why `email` is suppressed, if it is.
+    async fn suppressed(&self, email: &str) -> Result<Option<String>, DispatchError> {
+        let value = self
+            .suppressions
+            .get(cairn_bus::suppressions::key(email))
+            .await
+            .map_err(|err| {
+                DispatchError::Bus(cairn_bus::BusError::Unavailable(format!(
+                    "{}: {err}",
+                    cairn_bus::suppressions::BUCKET
+                )))
+            })?;
+        Ok(value.map(|reason| String::from_utf8_lossy(&reason).into_owned()))
     }
 
     /// Writes `record` for `key` if it is still at `version` (`None`: absent); whether
@@ -247,7 +291,12 @@ impl<S: Store> Dispatcher<S> {
                     Reported::Sent,
                 )]));
             }
-            Some((record, _)) if matches!(record.state, State::Failed | State::Uncertain) => {
+            Some((record, _))
+                if matches!(
+                    record.state,
+                    State::Failed | State::Uncertain | State::Suppressed
+                ) =>
+            {
                 return Ok(Handled::Publish(Vec::new()));
             }
             Some((record, version)) if record.state == State::Sending && message.attempt == 1 => {
@@ -278,6 +327,23 @@ impl<S: Store> Dispatcher<S> {
         };
         let (message_out, to) = match self.prepare(&action).await? {
             Prepared::Send { message, to } => (message, to),
+            Prepared::Suppressed { to, reason } => {
+                let suppressed = SendRecord {
+                    state: State::Suppressed,
+                    message_id: message_id(&key),
+                    to,
+                    at_ms: now_ms(),
+                    reason: format!("the address is suppressed: {reason}"),
+                };
+                if self.write(&key, &suppressed, version).await?.is_none() {
+                    return Err(DispatchError::Busy(format!("send {key} changed meanwhile")));
+                }
+                return Ok(Handled::Publish(vec![self.event(
+                    &action,
+                    &suppressed,
+                    Reported::Suppressed,
+                )]));
+            }
             Prepared::Fail(reason) => return self.fail(&action, &key, version, reason, "").await,
         };
         let sending = SendRecord {
@@ -307,7 +373,19 @@ impl<S: Store> Dispatcher<S> {
                     Reported::Sent,
                 )]))
             }
-            Err(Failure::Permanent(reason)) => {
+            Err(Failure::Permanent { reason, bounced }) => {
+                if bounced {
+                    // The mailbox does not exist: no campaign email goes there again.
+                    self.suppressions
+                        .put(
+                            cairn_bus::suppressions::key(&to),
+                            Bytes::from_static(b"bounced"),
+                        )
+                        .await
+                        .map_err(|err| {
+                            DispatchError::Bus(cairn_bus::BusError::Unavailable(err.to_string()))
+                        })?;
+                }
                 self.fail(&action, &key, Some(sending_version), reason, &to)
                     .await
             }

@@ -1,7 +1,7 @@
 //! Email templates: a subject, a text body and an optional HTML body, each a minijinja
 //! template over `profile` (the profile as `cairn profile get` shows it: `traits`,
 //! `facts`, `visit_count`, ...), `params` (the campaign action's parameters),
-//! `campaign` and `email` (the address it goes to).
+//! `campaign`, `email` (the address it goes to) and `unsubscribe_url`.
 //!
 //! Saved templates are checked strictly: a variable outside those, or a profile field
 //! the profile does not have (`profile.emial`), is refused when the template is saved,
@@ -30,7 +30,7 @@ pub const DISPATCH: TableSpec = TableSpec {
 };
 
 /// What a template may read.
-const ROOTS: &[&str] = &["profile", "params", "campaign", "email"];
+const ROOTS: &[&str] = &["profile", "params", "campaign", "email", "unsubscribe_url"];
 /// Longest template part.
 const MAX_PART_BYTES: usize = 256 * 1024;
 
@@ -177,7 +177,7 @@ fn unknown(variable: &str) -> Option<String> {
     let root = parts.next().unwrap_or_default();
     if !ROOTS.contains(&root) {
         return Some(format!(
-            "{variable:?} is not something a template can read (profile, params, campaign, email)"
+            "{variable:?} is not something a template can read (profile, params, campaign, email, unsubscribe_url)"
         ));
     }
     if root == "profile"

@@ -21,7 +21,11 @@ pub enum Mailer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     Temporary(String),
-    Permanent(String),
+    /// `bounced`: the server says the mailbox does not exist (550, 551, 553).
+    Permanent {
+        reason: String,
+        bounced: bool,
+    },
 }
 
 impl Mailer {
@@ -55,7 +59,14 @@ impl Mailer {
         match self {
             Mailer::Smtp(smtp) => smtp.send(message).await.map(|_| ()).map_err(|err| {
                 if err.is_permanent() {
-                    Failure::Permanent(err.to_string())
+                    let code = err
+                        .status()
+                        .map(|code| code.to_string())
+                        .unwrap_or_default();
+                    Failure::Permanent {
+                        reason: err.to_string(),
+                        bounced: ["550", "551", "553"].contains(&code.as_str()),
+                    }
                 } else {
                     Failure::Temporary(err.to_string())
                 }

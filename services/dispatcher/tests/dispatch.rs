@@ -91,6 +91,7 @@ struct Mesh {
 }
 
 const CART: &str = "cart_reminder";
+const LINK_SECRET: &str = "link-secret-0123456789";
 
 async fn mesh(transport: &[(&str, &str)]) -> Mesh {
     let nats = TestNats::start().await;
@@ -149,16 +150,25 @@ async fn mesh(transport: &[(&str, &str)]) -> Mesh {
         ("CAIRN_EMAIL_BACKOFF", "100ms"),
         ("CAIRN_EMAIL_ATTEMPTS", "4"),
         ("CAIRN_ADMIN_TOKENS", "admin:tk_admin,read:tk_read"),
+        ("CAIRN_EMAIL_LINK_SECRET", LINK_SECRET),
     ];
     pairs.extend_from_slice(transport);
     let context = TestHost::context(
-        &[cairn_runtime::VARS.to_vec(), cairn_dispatcher::vars()].concat(),
+        &[
+            cairn_runtime::VARS.to_vec(),
+            cairn_collector::vars(),
+            cairn_dispatcher::vars(),
+        ]
+        .concat(),
         pairs,
     );
-    let module = cairn_dispatcher::start(&context, store.clone())
-        .await
-        .unwrap();
-    let host = TestHost::serve(vec![module], context).await;
+    let modules = vec![
+        cairn_collector::start(&context).await.unwrap(),
+        cairn_dispatcher::start(&context, store.clone())
+            .await
+            .unwrap(),
+    ];
+    let host = TestHost::serve(modules, context).await;
     let bus = nats.bus().await;
     Mesh {
         host,
@@ -511,4 +521,72 @@ async fn templates_are_checked_versioned_listed_and_previewed() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
+/// The unsubscribe link of `email` (its token), as the List-Unsubscribe header has it.
+fn unsubscribe_token(email: &str) -> String {
+    let header = email
+        .lines()
+        .find(|line| line.starts_with("List-Unsubscribe: "))
+        .unwrap_or_else(|| panic!("no List-Unsubscribe in {email}"));
+    let url = header
+        .trim_start_matches("List-Unsubscribe: <")
+        .trim_end_matches('>');
+    url.split_once("?t=").unwrap().1.to_string()
+}
+
+/// The link in an email unsubscribes its address (after a confirmation page, or in
+/// one click from the mail client); later sends to it are suppressed, as are sends to
+/// an address whose mailbox the server said does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribed_and_bounced_addresses_get_no_more_emails() {
+    let Some(server) = SmtpServer::start().await else {
+        return;
+    };
+    let pairs = smtp_pairs(&server);
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mesh = mesh(&pairs).await;
+
+    mesh.request(&action("p-ann", "k-1"), "first").await;
+    mesh.wait_for("k-1", State::Sent).await;
+    let email = server.received().remove(0);
+    assert!(
+        email.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{email}"
+    );
+    let token = unsubscribe_token(&email);
+    let link = format!("{}/v1/unsubscribe?t={token}", mesh.host.http_url());
+    let client = reqwest::Client::new();
+
+    // Opening the link asks; it does not unsubscribe (mail scanners open links).
+    let page = client.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("ann@example.com"));
+    mesh.request(&action("p-ann", "k-2"), "first").await;
+    mesh.wait_for("k-2", State::Sent).await;
+
+    // A forged link does nothing.
+    let forged = client.post(format!("{link}x")).send().await.unwrap();
+    assert_eq!(forged.status(), 400);
+    // One click (RFC 8058): unsubscribed.
+    let done = client
+        .post(&link)
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    mesh.request(&action("p-ann", "k-3"), "first").await;
+    let suppressed = mesh.wait_for("k-3", State::Suppressed).await;
+    assert!(suppressed.reason.contains("unsubscribed"), "{suppressed:?}");
+    assert_eq!(mesh.outcomes("k-3").await, vec![Outcome::Suppressed]);
+
+    // A mailbox that does not exist (550) is not tried again.
+    mesh.request(&action("p-reject", "k-4"), "first").await;
+    mesh.wait_for("k-4", State::Failed).await;
+    mesh.request(&action("p-reject", "k-5"), "first").await;
+    let bounced = mesh.wait_for("k-5", State::Suppressed).await;
+    assert!(bounced.reason.contains("bounced"), "{bounced:?}");
+    mesh.idle().await;
+    assert_eq!(server.received().len(), 2);
 }
