@@ -30,6 +30,11 @@ pub const PUBLIC_URL: Var = Var {
     default: "",
     doc: "The collector's address as mail clients reach it, for the unsubscribe links in emails (https://t.example.com); by default http://CAIRN_HTTP_ADDR.",
 };
+pub const EMAIL_DAILY_CAP: Var = Var {
+    name: "CAIRN_EMAIL_DAILY_CAP",
+    default: "5",
+    doc: "Most campaign emails one profile gets in any 24 hours, across campaigns (0: no cap); each campaign can cap its own actions too.",
+};
 pub const EMAIL_ATTEMPTS: Var = Var {
     name: "CAIRN_EMAIL_ATTEMPTS",
     default: "8",
@@ -48,6 +53,7 @@ pub const VARS: &[Var] = &[
     SMTP_CONNECTIONS,
     EMAIL_FROM,
     PUBLIC_URL,
+    EMAIL_DAILY_CAP,
     EMAIL_ATTEMPTS,
     EMAIL_BACKOFF,
 ];
@@ -69,6 +75,8 @@ pub struct DispatchConfig {
     pub from: lettre::message::Mailbox,
     pub attempts: u32,
     pub backoff: Duration,
+    /// Most emails per profile in any 24 hours; 0, no cap.
+    pub daily_cap: u32,
     /// Signs unsubscribe links; none, no links.
     pub link_secret: Option<String>,
     /// Where the links point, without a trailing `/`.
@@ -118,6 +126,7 @@ impl DispatchConfig {
         };
         Ok(Self {
             link_secret: cairn_bus::suppressions::link_secret(settings)?,
+            daily_cap: u32::try_from(settings.number(&EMAIL_DAILY_CAP, 0)?).unwrap_or(u32::MAX),
             public_url,
             transport,
             from,

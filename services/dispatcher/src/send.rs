@@ -28,6 +28,8 @@ use crate::error::DispatchError;
 use crate::templates::{self, DISPATCH};
 use crate::transport::{Failure, Mailer};
 
+const DAY_MS: i64 = 86_400_000;
+
 /// The service name of the consumer and of its dead letters.
 pub const SERVICE: &str = "dispatcher";
 
@@ -40,6 +42,7 @@ pub enum State {
     Failed,
     Uncertain,
     Suppressed,
+    Capped,
 }
 
 /// What happened to one idempotency key.
@@ -235,6 +238,58 @@ impl<S: Store> Dispatcher<S> {
         }
     }
 
+    /// Takes one of the profile's daily emails for `key` (again, if `key` took one
+    /// already); false when the day's are used up. A slot is kept for 24 hours whatever
+    /// becomes of its email.
+    async fn take_slot(&self, profile_id: &str, key: &str) -> Result<bool, DispatchError> {
+        let cap = self.config.daily_cap;
+        if cap == 0 {
+            return Ok(true);
+        }
+        let now = now_ms();
+        let mut taken = false;
+        let mut damaged = None;
+        self.store
+            .update(
+                &DISPATCH,
+                Bytes::from(format!("c:{profile_id}")),
+                20,
+                |current| {
+                    taken = false;
+                    let mut slots: Vec<(String, i64)> = match current {
+                        Some(record) => match serde_json::from_slice(&record.value) {
+                            Ok(slots) => slots,
+                            Err(err) => {
+                                damaged = Some(err.to_string());
+                                return None;
+                            }
+                        },
+                        None => Vec::new(),
+                    };
+                    slots.retain(|(_, at)| now - at < DAY_MS);
+                    if slots.iter().any(|(taken_by, _)| taken_by == key) {
+                        taken = true;
+                        return None;
+                    }
+                    if slots.len() >= cap as usize {
+                        return None;
+                    }
+                    slots.push((key.to_string(), now));
+                    taken = true;
+                    serde_json::to_vec(&slots)
+                        .ok()
+                        .map(cairn_store::Change::set)
+                },
+            )
+            .await?;
+        match damaged {
+            Some(err) => Err(DispatchError::Corrupt(format!(
+                "daily emails of {profile_id}: {err}"
+            ))),
+            None => Ok(taken),
+        }
+    }
+
     /// Why `email` is suppressed, if it is.
     async fn suppressed(&self, email: &str) -> Result<Option<String>, DispatchError> {
         let value = self
@@ -294,7 +349,7 @@ impl<S: Store> Dispatcher<S> {
             Some((record, _))
                 if matches!(
                     record.state,
-                    State::Failed | State::Uncertain | State::Suppressed
+                    State::Failed | State::Uncertain | State::Suppressed | State::Capped
                 ) =>
             {
                 return Ok(Handled::Publish(Vec::new()));
@@ -326,6 +381,27 @@ impl<S: Store> Dispatcher<S> {
             None => None,
         };
         let (message_out, to) = match self.prepare(&action).await? {
+            Prepared::Send { message, to } if !self.take_slot(&action.profile_id, &key).await? => {
+                let capped = SendRecord {
+                    state: State::Capped,
+                    message_id: message_id(&key),
+                    to,
+                    at_ms: now_ms(),
+                    reason: format!(
+                        "the profile had {} emails in the last 24 hours (CAIRN_EMAIL_DAILY_CAP)",
+                        self.config.daily_cap
+                    ),
+                };
+                drop(message);
+                if self.write(&key, &capped, version).await?.is_none() {
+                    return Err(DispatchError::Busy(format!("send {key} changed meanwhile")));
+                }
+                return Ok(Handled::Publish(vec![self.event(
+                    &action,
+                    &capped,
+                    Reported::Capped,
+                )]));
+            }
             Prepared::Send { message, to } => (message, to),
             Prepared::Suppressed { to, reason } => {
                 let suppressed = SendRecord {

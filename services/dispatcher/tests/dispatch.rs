@@ -590,3 +590,37 @@ async fn unsubscribed_and_bounced_addresses_get_no_more_emails() {
     mesh.idle().await;
     assert_eq!(server.received().len(), 2);
 }
+
+/// At most CAIRN_EMAIL_DAILY_CAP emails per profile in 24 hours, across campaigns; a
+/// repeat of one email takes no second slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_gets_no_more_emails_a_day_than_the_cap() {
+    let mesh = mesh(&[("CAIRN_EMAIL_DAILY_CAP", "2")]).await;
+    for key in ["cap-1", "cap-2"] {
+        mesh.request(&action("p-ann", key), "first").await;
+        mesh.wait_for(key, State::Sent).await;
+    }
+    mesh.request(&action("p-ann", "cap-1"), "again").await;
+    let other_campaign = Action {
+        campaign: "welcome".into(),
+        ..action("p-ann", "cap-3")
+    };
+    mesh.request(&other_campaign, "first").await;
+    let capped = mesh.wait_for("cap-3", State::Capped).await;
+    assert!(
+        capped.reason.contains("CAIRN_EMAIL_DAILY_CAP"),
+        "{capped:?}"
+    );
+    assert_eq!(mesh.outcomes("cap-3").await, vec![Outcome::Capped]);
+    // Another profile has its own emails.
+    mesh.request(&action("p-defer", "cap-4"), "first").await;
+    mesh.idle().await;
+    assert_ne!(
+        send::record(&mesh.store, "cap-4")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        State::Capped
+    );
+}
