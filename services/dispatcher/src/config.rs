@@ -35,6 +35,11 @@ pub const EMAIL_DAILY_CAP: Var = Var {
     default: "5",
     doc: "Most campaign emails one profile gets in any 24 hours, across campaigns (0: no cap); each campaign can cap its own actions too.",
 };
+pub const EMAIL_QUIET_HOURS: Var = Var {
+    name: "CAIRN_EMAIL_QUIET_HOURS",
+    default: "21:00-08:00",
+    doc: "Local time in which no campaign email leaves, HH:MM-HH:MM in the profile's time zone (UTC when unknown); an email due then is held until the window ends. `off` to send at any hour.",
+};
 pub const EMAIL_ATTEMPTS: Var = Var {
     name: "CAIRN_EMAIL_ATTEMPTS",
     default: "8",
@@ -54,6 +59,7 @@ pub const VARS: &[Var] = &[
     EMAIL_FROM,
     PUBLIC_URL,
     EMAIL_DAILY_CAP,
+    EMAIL_QUIET_HOURS,
     EMAIL_ATTEMPTS,
     EMAIL_BACKOFF,
 ];
@@ -77,6 +83,7 @@ pub struct DispatchConfig {
     pub backoff: Duration,
     /// Most emails per profile in any 24 hours; 0, no cap.
     pub daily_cap: u32,
+    pub quiet_hours: Option<crate::quiet::QuietHours>,
     /// Signs unsubscribe links; none, no links.
     pub link_secret: Option<String>,
     /// Where the links point, without a trailing `/`.
@@ -127,6 +134,8 @@ impl DispatchConfig {
         Ok(Self {
             link_secret: cairn_bus::suppressions::link_secret(settings)?,
             daily_cap: u32::try_from(settings.number(&EMAIL_DAILY_CAP, 0)?).unwrap_or(u32::MAX),
+            quiet_hours: crate::quiet::QuietHours::parse(&settings.string(&EMAIL_QUIET_HOURS))
+                .map_err(|reason| settings.invalid(&EMAIL_QUIET_HOURS, reason))?,
             public_url,
             transport,
             from,

@@ -98,7 +98,7 @@ impl<S: Store> Templates for TemplatesService<S> {
         };
         // The template must exist: a missing one is NotFound, not a failed email.
         templates::get(&self.store, &request.name).await?;
-        let (to, rendered) = send::compose(
+        let send::Composed { to, rendered, .. } = send::compose(
             &self.store,
             &self.config,
             &request.name,

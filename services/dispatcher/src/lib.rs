@@ -13,6 +13,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod quiet;
 pub mod send;
 pub mod templates;
 pub mod transport;

@@ -43,6 +43,8 @@ pub enum State {
     Uncertain,
     Suppressed,
     Capped,
+    /// Due in quiet hours: a copy comes back when they end.
+    Held,
 }
 
 /// What happened to one idempotency key.
@@ -86,7 +88,7 @@ pub async fn compose<S: Store>(
     profile_id: &str,
     campaign: &str,
     params: serde_json::Value,
-) -> Result<Result<(Mailbox, templates::Rendered), String>, DispatchError> {
+) -> Result<Result<Composed, String>, DispatchError> {
     let Some(stored) = cairn_profile_store::store::read(store, profile_id)
         .await
         .map_err(|err| DispatchError::Bus(cairn_bus::BusError::Unavailable(err.to_string())))?
@@ -122,8 +124,20 @@ pub async fn compose<S: Store>(
     });
     Ok(template
         .render(&context)
-        .map(|rendered| (to, rendered))
+        .map(|rendered| Composed {
+            to,
+            rendered,
+            timezone: profile["timezone"].as_str().map(str::to_string),
+        })
         .map_err(|err| err.to_string()))
+}
+
+/// An email rendered for one profile.
+pub struct Composed {
+    pub to: Mailbox,
+    pub rendered: templates::Rendered,
+    /// The profile's time zone, when known.
+    pub timezone: Option<String>,
 }
 
 /// The email's Message-ID: the same for every attempt at one idempotency key.
@@ -146,6 +160,7 @@ enum Prepared {
     Send {
         message: Box<Message>,
         to: String,
+        timezone: Option<String>,
     },
     /// The address must not get campaign emails.
     Suppressed {
@@ -189,7 +204,11 @@ impl<S: Store> Dispatcher<S> {
     async fn prepare(&self, action: &Action) -> Result<Prepared, DispatchError> {
         let params: serde_json::Value =
             serde_json::from_str(&action.params_json).unwrap_or(serde_json::Value::Null);
-        let (to, rendered) = match compose(
+        let Composed {
+            to,
+            rendered,
+            timezone,
+        } = match compose(
             &self.store,
             &self.config,
             &action.target,
@@ -233,6 +252,7 @@ impl<S: Store> Dispatcher<S> {
             Ok(message) => Ok(Prepared::Send {
                 message: Box::new(message),
                 to: to.email.to_string(),
+                timezone,
             }),
             Err(err) => Ok(Prepared::Fail(format!("the email cannot be built: {err}"))),
         }
@@ -381,7 +401,56 @@ impl<S: Store> Dispatcher<S> {
             None => None,
         };
         let (message_out, to) = match self.prepare(&action).await? {
-            Prepared::Send { message, to } if !self.take_slot(&action.profile_id, &key).await? => {
+            Prepared::Send { to, timezone, .. }
+                if let Some(until) = self
+                    .config
+                    .quiet_hours
+                    .and_then(|quiet| quiet.release_at(now_ms(), timezone.as_deref())) =>
+            {
+                let held = match &existing {
+                    // Held before (a repeat): its schedule is published again, which
+                    // replaces it, and its report is the same.
+                    Some((record, _)) if record.state == State::Held => record.clone(),
+                    _ => {
+                        let held = SendRecord {
+                            state: State::Held,
+                            message_id: message_id(&key),
+                            to,
+                            at_ms: now_ms(),
+                            reason: format!(
+                                "quiet hours in the profile's time zone: held until {}",
+                                cairn_runtime::clock::text(until)
+                            ),
+                        };
+                        if self.write(&key, &held, version).await?.is_none() {
+                            return Err(DispatchError::Busy(format!(
+                                "send {key} changed meanwhile"
+                            )));
+                        }
+                        held
+                    }
+                };
+                let partition = self.partitions().of(&action.profile_id);
+                let digest = cairn_runtime::encoding::hex(
+                    &uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes()).into_bytes(),
+                );
+                let comes_back = Outgoing::schedule(
+                    format!("campaign.hold.{partition}.{digest}"),
+                    &subjects::campaign_sends(partition),
+                    until,
+                    message.payload.clone(),
+                )
+                .ok_or_else(|| {
+                    DispatchError::InvalidArgument(format!("cannot hold until {until}"))
+                })?;
+                return Ok(Handled::Publish(vec![
+                    comes_back,
+                    self.event(&action, &held, Reported::Held),
+                ]));
+            }
+            Prepared::Send { message, to, .. }
+                if !self.take_slot(&action.profile_id, &key).await? =>
+            {
                 let capped = SendRecord {
                     state: State::Capped,
                     message_id: message_id(&key),
@@ -402,7 +471,7 @@ impl<S: Store> Dispatcher<S> {
                     Reported::Capped,
                 )]));
             }
-            Prepared::Send { message, to } => (message, to),
+            Prepared::Send { message, to, .. } => (message, to),
             Prepared::Suppressed { to, reason } => {
                 let suppressed = SendRecord {
                     state: State::Suppressed,

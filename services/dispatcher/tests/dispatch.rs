@@ -151,6 +151,7 @@ async fn mesh(transport: &[(&str, &str)]) -> Mesh {
         ("CAIRN_EMAIL_ATTEMPTS", "4"),
         ("CAIRN_ADMIN_TOKENS", "admin:tk_admin,read:tk_read"),
         ("CAIRN_EMAIL_LINK_SECRET", LINK_SECRET),
+        ("CAIRN_EMAIL_QUIET_HOURS", "off"),
     ];
     pairs.extend_from_slice(transport);
     let context = TestHost::context(
@@ -622,5 +623,60 @@ async fn a_profile_gets_no_more_emails_a_day_than_the_cap() {
             .unwrap()
             .state,
         State::Capped
+    );
+}
+
+/// An email due in the profile's quiet hours is held: a message schedule brings the
+/// request back when they end, and nothing leaves now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_due_in_quiet_hours_is_held_until_they_end() {
+    use chrono::Timelike as _;
+    let now = chrono::Utc::now();
+    let hhmm = |at: chrono::DateTime<chrono::Utc>| format!("{:02}:{:02}", at.hour(), at.minute());
+    let end = now + chrono::Duration::minutes(90);
+    let window = format!(
+        "{}-{}",
+        hhmm(now - chrono::Duration::minutes(30)),
+        hhmm(end)
+    );
+    let mesh = mesh(&[("CAIRN_EMAIL_QUIET_HOURS", window.as_str())]).await;
+
+    let ann = action("p-ann", "k-night");
+    mesh.request(&ann, "first").await;
+    let held = mesh.wait_for("k-night", State::Held).await;
+    assert!(held.reason.contains("quiet hours"), "{held:?}");
+    mesh.request(&ann, "again").await;
+    mesh.idle().await;
+    assert_eq!(mesh.outcomes("k-night").await, vec![Outcome::Held]);
+
+    // One schedule (a repeat replaces it), due when the window ends, for the sends.
+    let holds: Vec<_> = stream_messages(&mesh.bus, streams::CAMPAIGNS)
+        .await
+        .into_iter()
+        .filter(|message| message.subject.starts_with("campaign.hold."))
+        .collect();
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    let headers = &holds[0].headers;
+    assert_eq!(
+        headers.get("Nats-Schedule-Target").unwrap().to_string(),
+        subjects::campaign_sends(mesh.bus.partitions().of("p-ann"))
+    );
+    let due = headers.get("Nats-Schedule").unwrap().to_string();
+    assert!(
+        due.starts_with(&format!("@at {}", end.format("%Y-%m-%dT%H:%M"))),
+        "{due}"
+    );
+    assert_eq!(Action::decode(holds[0].payload.clone()).unwrap(), ann);
+    let outbox = mesh
+        .host
+        .context
+        .settings
+        .path(&cairn_runtime::host::DATA_DIR)
+        .join("outbox");
+    assert_eq!(
+        std::fs::read_dir(outbox)
+            .map(|dir| dir.count())
+            .unwrap_or(0),
+        0
     );
 }

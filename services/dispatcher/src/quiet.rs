@@ -1,0 +1,127 @@
+//! Quiet hours: a window of local time (`21:00-08:00`) in which no campaign email
+//! leaves. An email due inside it is held until the window ends in the profile's time
+//! zone (its `timezone`, else UTC).
+
+use chrono::{NaiveTime, TimeZone as _, Timelike as _};
+use chrono_tz::Tz;
+
+/// A daily window of local time; it may wrap past midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietHours {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+impl QuietHours {
+    /// `HH:MM-HH:MM`; `None` for `off` or nothing.
+    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+        let text = text.trim();
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let (start, end) = text
+            .split_once('-')
+            .ok_or_else(|| format!("{text:?} must read HH:MM-HH:MM (21:00-08:00) or off"))?;
+        let time = |part: &str| {
+            NaiveTime::parse_from_str(part.trim(), "%H:%M")
+                .map_err(|_| format!("{part:?} is not a time of day HH:MM"))
+        };
+        let window = Self {
+            start: time(start)?,
+            end: time(end)?,
+        };
+        if window.start == window.end {
+            return Err(format!("{text:?} is an empty window"));
+        }
+        Ok(Some(window))
+    }
+
+    fn contains(&self, time: NaiveTime) -> bool {
+        if self.start < self.end {
+            self.start <= time && time < self.end
+        } else {
+            time >= self.start || time < self.end
+        }
+    }
+
+    /// When an email due at `now_ms` may leave, for a profile in `timezone` (an IANA
+    /// name; unknown or none: UTC): `None` when it may leave now, else the instant the
+    /// window ends.
+    pub fn release_at(&self, now_ms: i64, timezone: Option<&str>) -> Option<i64> {
+        let tz: Tz = timezone
+            .and_then(|name| name.parse().ok())
+            .unwrap_or(chrono_tz::UTC);
+        let now = tz.timestamp_millis_opt(now_ms).single()?;
+        let local = now.time().with_nanosecond(0)?;
+        if !self.contains(local) {
+            return None;
+        }
+        // The window ends today or, past midnight, tomorrow.
+        let mut day = now.date_naive();
+        if self.start > self.end && local >= self.start {
+            day = day.succ_opt()?;
+        }
+        let end = day.and_time(self.end);
+        // A time that does not exist that day (a clock change) moves on an hour.
+        let end = tz.from_local_datetime(&end).earliest().or_else(|| {
+            tz.from_local_datetime(&(end + chrono::Duration::hours(1)))
+                .earliest()
+        })?;
+        Some(end.timestamp_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn emails_in_the_window_wait_for_its_end_in_local_time() {
+        let night = QuietHours::parse("21:00-08:00").unwrap().unwrap();
+        // 23:30 in London (winter, UTC+0): held until 08:00 the next morning.
+        assert_eq!(
+            night.release_at(at("2026-11-23T23:30:00Z"), Some("Europe/London")),
+            Some(at("2026-11-24T08:00:00Z"))
+        );
+        // 06:00 in New York: held until 08:00 New York time, the same day.
+        assert_eq!(
+            night.release_at(at("2026-11-23T11:00:00Z"), Some("America/New_York")),
+            Some(at("2026-11-23T13:00:00Z"))
+        );
+        // 14:00 in Tokyo: goes now.
+        assert_eq!(
+            night.release_at(at("2026-11-23T05:00:00Z"), Some("Asia/Tokyo")),
+            None
+        );
+        // Unknown zone: UTC.
+        assert_eq!(
+            night.release_at(at("2026-11-23T22:00:00Z"), Some("Mars/Olympus")),
+            Some(at("2026-11-24T08:00:00Z"))
+        );
+        let lunch = QuietHours::parse("12:00-13:30").unwrap().unwrap();
+        assert_eq!(
+            lunch.release_at(at("2026-11-23T12:10:00Z"), None),
+            Some(at("2026-11-23T13:30:00Z"))
+        );
+        assert_eq!(lunch.release_at(at("2026-11-23T13:30:00Z"), None), None);
+    }
+
+    #[test]
+    fn windows_are_read_strictly() {
+        assert_eq!(QuietHours::parse("off").unwrap(), None);
+        assert_eq!(QuietHours::parse("").unwrap(), None);
+        assert!(QuietHours::parse("21-8").unwrap_err().contains("HH:MM"));
+        assert!(QuietHours::parse("25:00-08:00").is_err());
+        assert!(
+            QuietHours::parse("08:00-08:00")
+                .unwrap_err()
+                .contains("empty")
+        );
+    }
+}
