@@ -1,9 +1,35 @@
-//! Quiet hours: a window of local time (`21:00-08:00`) in which no campaign email
-//! leaves. An email due inside it is held until the window ends in the profile's time
-//! zone (its `timezone`, else UTC).
+//! When an email may leave in the profile's time zone (its `timezone`, else UTC):
+//! outside the quiet hours (a window of local time, `21:00-08:00`), and, for a campaign
+//! that asks for it, in the profile's best send hour.
 
 use chrono::{NaiveTime, TimeZone as _, Timelike as _};
 use chrono_tz::Tz;
+
+fn zone(timezone: Option<&str>) -> Tz {
+    timezone
+        .and_then(|name| name.parse().ok())
+        .unwrap_or(chrono_tz::UTC)
+}
+
+/// When an email due at `now_ms` reaches local hour `hour` (0..23) in `timezone`:
+/// `None` when it is that hour now, else the next time the hour starts.
+pub fn next_hour(now_ms: i64, timezone: Option<&str>, hour: u32) -> Option<i64> {
+    let tz = zone(timezone);
+    let now = tz.timestamp_millis_opt(now_ms).single()?;
+    if now.hour() == hour {
+        return None;
+    }
+    let mut day = now.date_naive();
+    if now.hour() > hour {
+        day = day.succ_opt()?;
+    }
+    let start = day.and_time(NaiveTime::from_hms_opt(hour, 0, 0)?);
+    let start = tz.from_local_datetime(&start).earliest().or_else(|| {
+        tz.from_local_datetime(&(start + chrono::Duration::hours(1)))
+            .earliest()
+    })?;
+    Some(start.timestamp_millis())
+}
 
 /// A daily window of local time; it may wrap past midnight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +74,7 @@ impl QuietHours {
     /// name; unknown or none: UTC): `None` when it may leave now, else the instant the
     /// window ends.
     pub fn release_at(&self, now_ms: i64, timezone: Option<&str>) -> Option<i64> {
-        let tz: Tz = timezone
-            .and_then(|name| name.parse().ok())
-            .unwrap_or(chrono_tz::UTC);
+        let tz = zone(timezone);
         let now = tz.timestamp_millis_opt(now_ms).single()?;
         let local = now.time().with_nanosecond(0)?;
         if !self.contains(local) {
@@ -110,6 +134,25 @@ mod tests {
             Some(at("2026-11-23T13:30:00Z"))
         );
         assert_eq!(lunch.release_at(at("2026-11-23T13:30:00Z"), None), None);
+    }
+
+    #[test]
+    fn the_best_hour_is_waited_for_in_local_time() {
+        // 15:10 in Paris (UTC+1): the 19:00 hour starts at 18:00 UTC.
+        assert_eq!(
+            next_hour(at("2026-11-23T14:10:00Z"), Some("Europe/Paris"), 19),
+            Some(at("2026-11-23T18:00:00Z"))
+        );
+        // Past it: tomorrow.
+        assert_eq!(
+            next_hour(at("2026-11-23T21:10:00Z"), Some("Europe/Paris"), 19),
+            Some(at("2026-11-24T18:00:00Z"))
+        );
+        // In it: now.
+        assert_eq!(
+            next_hour(at("2026-11-23T18:59:00Z"), Some("Europe/Paris"), 19),
+            None
+        );
     }
 
     #[test]

@@ -128,6 +128,10 @@ pub async fn compose<S: Store>(
             to,
             rendered,
             timezone: profile["timezone"].as_str().map(str::to_string),
+            best_send_hour: profile["facts"]["activity"]["best_send_hour"]
+                .as_u64()
+                .and_then(|hour| u32::try_from(hour).ok())
+                .filter(|hour| *hour < 24),
         })
         .map_err(|err| err.to_string()))
 }
@@ -138,6 +142,8 @@ pub struct Composed {
     pub rendered: templates::Rendered,
     /// The profile's time zone, when known.
     pub timezone: Option<String>,
+    /// The local hour the profile reads email most, when known.
+    pub best_send_hour: Option<u32>,
 }
 
 /// The email's Message-ID: the same for every attempt at one idempotency key.
@@ -160,7 +166,8 @@ enum Prepared {
     Send {
         message: Box<Message>,
         to: String,
-        timezone: Option<String>,
+        /// When it may leave, if not now (quiet hours, the best send hour).
+        release_at: Option<i64>,
     },
     /// The address must not get campaign emails.
     Suppressed {
@@ -208,6 +215,7 @@ impl<S: Store> Dispatcher<S> {
             to,
             rendered,
             timezone,
+            best_send_hour,
         } = match compose(
             &self.store,
             &self.config,
@@ -252,7 +260,7 @@ impl<S: Store> Dispatcher<S> {
             Ok(message) => Ok(Prepared::Send {
                 message: Box::new(message),
                 to: to.email.to_string(),
-                timezone,
+                release_at: self.release_at(action, timezone.as_deref(), best_send_hour),
             }),
             Err(err) => Ok(Prepared::Fail(format!("the email cannot be built: {err}"))),
         }
@@ -308,6 +316,28 @@ impl<S: Store> Dispatcher<S> {
             ))),
             None => Ok(taken),
         }
+    }
+
+    /// When an email for `action` may leave, if not now: after the quiet hours in the
+    /// profile's zone, and in its best send hour when the action asks for it (then the
+    /// quiet hours again, should that hour fall in them: they win).
+    fn release_at(
+        &self,
+        action: &Action,
+        timezone: Option<&str>,
+        best_send_hour: Option<u32>,
+    ) -> Option<i64> {
+        let now = now_ms();
+        let best = match (action.send_at.as_str(), best_send_hour) {
+            ("best_hour", Some(hour)) => crate::quiet::next_hour(now, timezone, hour),
+            _ => None,
+        };
+        let from = best.unwrap_or(now);
+        let quiet = self
+            .config
+            .quiet_hours
+            .and_then(|quiet| quiet.release_at(from, timezone));
+        quiet.or(best)
     }
 
     /// Why `email` is suppressed, if it is.
@@ -401,12 +431,11 @@ impl<S: Store> Dispatcher<S> {
             None => None,
         };
         let (message_out, to) = match self.prepare(&action).await? {
-            Prepared::Send { to, timezone, .. }
-                if let Some(until) = self
-                    .config
-                    .quiet_hours
-                    .and_then(|quiet| quiet.release_at(now_ms(), timezone.as_deref())) =>
-            {
+            Prepared::Send {
+                to,
+                release_at: Some(until),
+                ..
+            } => {
                 let held = match &existing {
                     // Held before (a repeat): its schedule is published again, which
                     // replaces it, and its report is the same.

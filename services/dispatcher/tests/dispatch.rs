@@ -118,6 +118,7 @@ async fn mesh(transport: &[(&str, &str)]) -> Mesh {
     .unwrap();
     for (id, email) in [
         ("p-ann", "ann@example.com"),
+        ("p-evening", "eve@example.com"),
         ("p-defer", "defer-bob@example.com"),
         ("p-reject", "reject-cy@example.com"),
         ("p-bad", "not an address"),
@@ -128,6 +129,18 @@ async fn mesh(transport: &[(&str, &str)]) -> Mesh {
                 ("email".to_string(), stamped(email)),
                 ("name".to_string(), stamped("Ann")),
             ]),
+            // Eve reads email two hours from now (UTC: no zone known).
+            facts: if id == "p-evening" {
+                BTreeMap::from([(
+                    "activity".to_string(),
+                    Stamped {
+                        value: serde_json::json!({"best_send_hour": evening_hour()}),
+                        at: 1,
+                    },
+                )])
+            } else {
+                BTreeMap::new()
+            },
             ..Profile::default()
         };
         store
@@ -200,6 +213,7 @@ fn action(profile_id: &str, key: &str) -> Action {
             cairn_runtime::clock::now_ms(),
         )),
         idempotency_key: key.into(),
+        send_at: String::new(),
     }
 }
 
@@ -678,5 +692,37 @@ async fn an_email_due_in_quiet_hours_is_held_until_they_end() {
             .map(|dir| dir.count())
             .unwrap_or(0),
         0
+    );
+}
+
+/// Two hours from now, in UTC.
+fn evening_hour() -> u32 {
+    use chrono::Timelike as _;
+    (chrono::Utc::now().hour() + 2) % 24
+}
+
+/// A campaign that asks for the best send hour waits for it in the profile's zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_for_the_best_send_hour_waits_for_it() {
+    let mesh = mesh(&[]).await;
+    let eve = Action {
+        send_at: "best_hour".into(),
+        ..action("p-evening", "k-evening")
+    };
+    mesh.request(&eve, "first").await;
+    mesh.wait_for("k-evening", State::Held).await;
+    // Without the request, the same profile gets its email now.
+    mesh.request(&action("p-evening", "k-now"), "first").await;
+    mesh.wait_for("k-now", State::Sent).await;
+    mesh.idle().await;
+    let hold = stream_messages(&mesh.bus, streams::CAMPAIGNS)
+        .await
+        .into_iter()
+        .find(|message| message.subject.starts_with("campaign.hold."))
+        .unwrap();
+    let due = hold.headers.get("Nats-Schedule").unwrap().to_string();
+    assert!(
+        due.ends_with(&format!("T{:02}:00:00Z", evening_hour())),
+        "{due}"
     );
 }

@@ -26,7 +26,7 @@ transitions:
   - {from: carting, to: abandoned, after: 3s, without: add_to_cart}
 actions:
   abandoned:
-    - {channel: email, template: cart_reminder, params: {section: profile.traits.favourite}}
+    - {channel: email, template: cart_reminder, params: {section: profile.traits.favourite}, send_at: best_hour}
 "#;
 
 fn track(id: &str, event: &str) -> Value {
@@ -104,6 +104,7 @@ async fn an_abandoned_cart_sends_one_email_after_the_timeout() {
         ("cart_recovery", "abandoned", "email")
     );
     assert_eq!(send.target, "cart_reminder");
+    assert_eq!(send.send_at, "best_hour");
     assert_eq!(
         serde_json::from_str::<Value>(&send.params_json).unwrap(),
         json!({"section": "shoes"})

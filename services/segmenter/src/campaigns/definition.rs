@@ -13,6 +13,7 @@
 //! actions:
 //!   abandoned:
 //!     - {channel: email, template: cart_reminder, params: {section: event.properties.section}}
+//!     # send_at: best_hour  — wait for the profile's best send hour (activity enricher)
 //! ```
 //!
 //! Every profile starts in `start`. A transition fires on an event (optionally with a
@@ -87,6 +88,8 @@ struct ActionSpec {
     url: Option<String>,
     #[serde(default)]
     params: BTreeMap<String, String>,
+    #[serde(default)]
+    send_at: Option<String>,
 }
 
 /// Who may enter.
@@ -142,8 +145,9 @@ pub struct Transition {
 /// Where an action goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Channel {
-    /// A template sent by the email dispatcher.
-    Email { template: String },
+    /// A template sent by the email dispatcher; at the profile's best send hour (from
+    /// the activity enricher) when `best_hour`, else as soon as quiet hours allow.
+    Email { template: String, best_hour: bool },
     /// Content answered by the personalization API while the profile is on the site.
     Web { content: String },
     /// An HTTP POST, signed like segment webhooks.
@@ -480,6 +484,14 @@ fn check_action(at: &str, action: ActionSpec, problems: &mut Vec<String>) -> Opt
     let channel = match action.channel.as_str() {
         "email" => Channel::Email {
             template: required("template", action.template.clone(), problems)?,
+            best_hour: match action.send_at.as_deref().map(str::trim) {
+                None | Some("now") => false,
+                Some("best_hour") => true,
+                Some(other) => {
+                    problems.push(format!("{at}.send_at: {other:?} must be now or best_hour"));
+                    false
+                }
+            },
         },
         "web" => {
             let content = required("content", action.content.clone(), problems)?;
@@ -590,7 +602,8 @@ actions:
         assert_eq!(
             campaign.actions["abandoned"][0].channel,
             Channel::Email {
-                template: "cart_reminder".into()
+                template: "cart_reminder".into(),
+                best_hour: false,
             }
         );
         // JSON is YAML too.
@@ -671,6 +684,10 @@ actions:
             (
                 "name: x\ntransitions: [{from: start, to: a, event: e}]\nactions: {a: [{channel: web, content: '1+1 on {section}'}]}",
                 "actions.a[0].content: {section} is not one of the action's params",
+            ),
+            (
+                "name: x\ntransitions: [{from: start, to: a, event: e}]\nactions: {a: [{channel: email, template: t, send_at: noon}]}",
+                "actions.a[0].send_at: \"noon\" must be now or best_hour",
             ),
             (
                 "name: 'bad name'\ntransitions: [{from: start, to: a, event: e}]",

@@ -75,6 +75,9 @@ struct SentAction {
     entry: u32,
     at_ms: i64,
     key: String,
+    /// For email: `best_hour` to send at the profile's best send hour.
+    #[serde(default)]
+    send_at: String,
 }
 
 fn journey_key(campaign: &str, profile_id: &str) -> Bytes {
@@ -414,6 +417,12 @@ impl<S: Store> CampaignHandler<S> {
                 .map(|(n, action)| {
                     let (channel, target) = channel_parts(&action.channel);
                     SentAction {
+                        send_at: match action.channel {
+                            Channel::Email {
+                                best_hour: true, ..
+                            } => "best_hour".to_string(),
+                            _ => String::new(),
+                        },
                         state: action.state.clone(),
                         channel: channel.to_string(),
                         target: target.to_string(),
@@ -581,7 +590,7 @@ impl<S: Store> CampaignHandler<S> {
 /// The channel's name and its target (template, content, URL).
 fn channel_parts(channel: &Channel) -> (&'static str, &str) {
     match channel {
-        Channel::Email { template } => ("email", template),
+        Channel::Email { template, .. } => ("email", template),
         Channel::Web { content } => ("web", content),
         Channel::Webhook { url } => ("webhook", url),
     }
@@ -609,6 +618,7 @@ fn action_message(
         entry: action.entry,
         at: Some(timestamp(action.at_ms)),
         idempotency_key: action.key.clone(),
+        send_at: action.send_at.clone(),
     };
     let mut headers = async_nats::HeaderMap::new();
     cairn_bus::trace::inject_current(&mut headers);

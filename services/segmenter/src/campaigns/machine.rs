@@ -406,7 +406,8 @@ actions:
         assert_eq!(
             abandoned.actions[0].channel,
             Channel::Email {
-                template: "cart_reminder".into()
+                template: "cart_reminder".into(),
+                best_hour: false,
             }
         );
         assert_eq!(abandoned.actions[0].params["plan"], "pro");
