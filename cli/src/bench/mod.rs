@@ -1,6 +1,7 @@
 //! `cairn bench ...`: the benchmarks, each printing its figures and a JSON line last.
 
 mod campaigns;
+mod dispatch;
 mod enrich;
 mod identity;
 mod ingest;
@@ -42,6 +43,26 @@ pub enum BenchCommand {
     /// Personalization: the latency of GET /v1/personalize through the collector at a
     /// steady rate, over a bucket of answers that keeps changing (NATS as for `ingest`).
     Personalize(PersonalizeArgs),
+    /// Dispatcher: emails/s from queued campaign sends to a local SMTP server over 8
+    /// connections (NATS as for `ingest`; the embedded store).
+    Dispatch(DispatchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DispatchArgs {
+    /// Emails to send.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) emails: usize,
+    /// Profiles they go to.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) profiles: usize,
+    /// SMTP connections.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) connections: usize,
+    /// Send to this SMTP server (smtp://host:port) instead of a local one that accepts
+    /// everything.
+    #[arg(long)]
+    pub(crate) smtp: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -170,6 +191,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Segments(args) => segments::run(args).await,
         BenchCommand::Campaigns(args) => campaigns::run(args).await,
         BenchCommand::Personalize(args) => personalize::run(args).await,
+        BenchCommand::Dispatch(args) => dispatch::run(args).await,
     }
 }
 
