@@ -191,6 +191,26 @@ impl Bus {
             })
     }
 
+    /// The key-value bucket `name` (one value per key, in files, replicated like the
+    /// streams), created or updated to that.
+    pub async fn key_value(
+        &self,
+        name: &str,
+        description: &str,
+    ) -> Result<jetstream::kv::Store, BusError> {
+        self.jetstream
+            .create_or_update_key_value(jetstream::kv::Config {
+                bucket: name.to_string(),
+                description: description.to_string(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| BusError::Unavailable(format!("bucket {name}: {err}")))
+    }
+
     /// Creates the durable pull consumer, or updates it to `config` when it exists.
     pub async fn ensure_consumer(
         &self,

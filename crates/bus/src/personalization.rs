@@ -6,7 +6,6 @@
 use async_nats::jetstream::kv;
 use sha2::{Digest as _, Sha256};
 
-use crate::config::BusConfig;
 use crate::{Bus, BusError, subjects};
 
 pub const BUCKET: &str = "PERSONALIZATION";
@@ -14,24 +13,10 @@ pub const BUCKET: &str = "PERSONALIZATION";
 /// The identifier types a visitor is looked up by.
 pub const LOOKUP_TYPES: [&str; 2] = ["user_id", "anonymous_id"];
 
-/// One value per key (no history), in files, replicated like the streams.
-pub fn bucket(config: &BusConfig) -> kv::Config {
-    kv::Config {
-        bucket: BUCKET.to_string(),
-        description: "What the personalization API answers, per profile".to_string(),
-        history: 1,
-        storage: async_nats::jetstream::stream::StorageType::File,
-        num_replicas: config.replicas,
-        ..Default::default()
-    }
-}
-
-/// The bucket, created or updated to [`bucket`].
+/// The bucket, created when missing.
 pub async fn open(bus: &Bus) -> Result<kv::Store, BusError> {
-    bus.jetstream()
-        .create_or_update_key_value(bucket(bus.config()))
+    bus.key_value(BUCKET, "What the personalization API answers, per profile")
         .await
-        .map_err(|err| BusError::Unavailable(format!("bucket {BUCKET}: {err}")))
 }
 
 /// The key of a profile's answer; `None` for an id that cannot be part of a key.
@@ -47,11 +32,10 @@ pub fn identifier_key(kind: &str, value: &str) -> Option<String> {
         return None;
     }
     let digest = Sha256::digest(value.as_bytes());
-    let hex: String = digest[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    Some(format!("i.{kind}.{hex}"))
+    Some(format!(
+        "i.{kind}.{}",
+        cairn_runtime::encoding::hex(&digest[..16])
+    ))
 }
 
 #[cfg(test)]

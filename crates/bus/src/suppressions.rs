@@ -13,7 +13,6 @@ use subtle::ConstantTimeEq as _;
 
 use cairn_runtime::config::{ConfigError, Settings, Var};
 
-use crate::config::BusConfig;
 use crate::{Bus, BusError};
 
 pub const BUCKET: &str = "SUPPRESSIONS";
@@ -41,24 +40,10 @@ pub fn link_secret(settings: &Settings) -> Result<Option<String>, ConfigError> {
     }
 }
 
-/// One value per key, in files, replicated like the streams.
-pub fn bucket(config: &BusConfig) -> kv::Config {
-    kv::Config {
-        bucket: BUCKET.to_string(),
-        description: "Addresses campaign emails must not go to".to_string(),
-        history: 1,
-        storage: async_nats::jetstream::stream::StorageType::File,
-        num_replicas: config.replicas,
-        ..Default::default()
-    }
-}
-
-/// The bucket, created or updated to [`bucket`].
+/// The bucket, created when missing.
 pub async fn open(bus: &Bus) -> Result<kv::Store, BusError> {
-    bus.jetstream()
-        .create_or_update_key_value(bucket(bus.config()))
+    bus.key_value(BUCKET, "Addresses campaign emails must not go to")
         .await
-        .map_err(|err| BusError::Unavailable(format!("bucket {BUCKET}: {err}")))
 }
 
 /// The key of `email`'s suppression.

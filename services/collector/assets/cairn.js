@@ -23,6 +23,8 @@
   var FLUSH_AT = 20;
   var FLUSH_EVERY_MS = 1000;
   var MAX_BATCH = 100;
+  // keepalive requests and beacons carry at most 64 KB.
+  var MAX_BATCH_BYTES = 60000;
   var MAX_QUEUED = 1000;
   var MAX_PAUSE_MS = 30000;
 
@@ -100,7 +102,7 @@
     };
   }
 
-  var sending = false;
+  var sending = null;
   var pause = 0;
   var timer = null;
 
@@ -116,13 +118,27 @@
     return JSON.stringify({ batch: batch, writeKey: writeKey, sentAt: new Date().toISOString() });
   }
 
+  // The first events of the queue that fit in one request.
+  function nextBatch() {
+    var batch = [];
+    var bytes = 0;
+    for (var i = 0; i < queue.length && batch.length < MAX_BATCH; i++) {
+      var size = JSON.stringify(queue[i]).length;
+      if (batch.length && bytes + size > MAX_BATCH_BYTES) break;
+      batch.push(queue[i]);
+      bytes += size;
+    }
+    return batch;
+  }
+
   // Sends what is queued, a batch at a time; resolves once the queue is empty or a
-  // batch failed (it is kept, and tried again after a pause).
+  // batch failed (it is kept, and tried again after a pause). While a batch is on its
+  // way, resolves when that flush does.
   function flush() {
-    if (sending || !queue.length) return Promise.resolve();
-    sending = true;
-    var batch = queue.slice(0, MAX_BATCH);
-    return fetch(host + "/v1/batch", {
+    if (sending) return sending;
+    if (!queue.length) return Promise.resolve();
+    var batch = nextBatch();
+    sending = fetch(host + "/v1/batch", {
       method: "POST",
       body: body(batch),
       // text/plain needs no CORS preflight; the collector reads the JSON all the same.
@@ -140,7 +156,7 @@
     }).catch(function () {
       pause = Math.min(pause ? pause * 2 : 1000, MAX_PAUSE_MS);
     }).then(function () {
-      sending = false;
+      sending = null;
       store();
       if (!queue.length) return undefined;
       if (pause) {
@@ -149,6 +165,7 @@
       }
       return flush();
     });
+    return sending;
   }
 
   function enqueue(message) {
@@ -159,8 +176,8 @@
     message.context = context();
     queue.push(message);
     store();
-    if (queue.length >= FLUSH_AT) flush();
-    else later(FLUSH_EVERY_MS);
+    if (queue.length >= FLUSH_AT && !pause) flush();
+    else later(pause || FLUSH_EVERY_MS);
   }
 
   function assign(target, source) {
@@ -249,8 +266,8 @@
     // to `render`) and resolves with the answer.
     personalize: function (render) {
       return flush().then(function () {
-        var query = "writeKey=" + encodeURIComponent(writeKey) + "&anonymousId=" + encodeURIComponent(anonymousId) +
-          (userId ? "&userId=" + encodeURIComponent(userId) : "");
+        // By the anonymous id: a write key may not look people up by user id.
+        var query = "writeKey=" + encodeURIComponent(writeKey) + "&anonymousId=" + encodeURIComponent(anonymousId);
         return fetch(host + "/v1/personalize?" + query, { credentials: "omit" });
       }).then(function (response) {
         if (!response.ok) throw new Error("cairn: personalize answered " + response.status);
@@ -272,8 +289,9 @@
 
   // Leaving the page: what is queued goes with sendBeacon, which outlives the page.
   document.addEventListener("visibilitychange", function () {
-    if (document.visibilityState !== "hidden" || !queue.length || !navigator.sendBeacon) return;
-    var batch = queue.slice(0, MAX_BATCH);
+    // A batch on its way is not sent twice: it finishes with keepalive.
+    if (document.visibilityState !== "hidden" || sending || !queue.length || !navigator.sendBeacon) return;
+    var batch = nextBatch();
     if (navigator.sendBeacon(host + "/v1/batch", new Blob([body(batch)], { type: "text/plain" }))) {
       queue.splice(0, batch.length);
       store();

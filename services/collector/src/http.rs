@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use cairn_runtime::Credentials;
-use cairn_runtime::auth::{AuthError, Presented, Principal, authenticate_headers};
+use cairn_runtime::auth::{AuthError, Presented, Principal, Role, authenticate_headers};
 use http::{HeaderMap, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -175,16 +175,28 @@ async fn personalize(
     Query(query): Query<PersonalizeQuery>,
 ) -> Response {
     let answer = async {
-        match authenticate_headers(&headers, &state.credentials)? {
-            Some(principal) => source_of(principal)?,
+        let principal = match authenticate_headers(&headers, &state.credentials)? {
+            Some(principal) => principal,
             None => {
                 let key = query
                     .write_key
                     .as_deref()
                     .ok_or(AuthError::MissingWriteKey)?;
-                source_of(state.credentials.authenticate(Presented::WriteKey(key))?)?
+                state.credentials.authenticate(Presented::WriteKey(key))?
             }
         };
+        // A write key is public (it is in every page): with it, a visitor is looked up
+        // by their own anonymous id only. Looking people up by user id is for servers
+        // holding a token with the read role.
+        let by_user_id = query
+            .user_id
+            .as_deref()
+            .is_some_and(|user_id| !user_id.trim().is_empty());
+        if by_user_id && !matches!(principal, Principal::Operator(role) if role >= Role::Read) {
+            return Err(CollectorError::BadQuery(
+                "userId: with a write key, visitors are looked up by anonymousId only (anyone can read a write key); a user id needs a bearer token with the read role".to_string(),
+            ));
+        }
         state
             .personalizer
             .answer(&query, cairn_runtime::clock::now_ms())

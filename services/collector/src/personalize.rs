@@ -1,7 +1,9 @@
-//! `GET /v1/personalize?anonymousId=...&userId=...`: what a visitor on the site now is
-//! shown, answered from the PERSONALIZATION bucket the segmenter keeps warm (see
-//! [`cairn_bus::personalization`]): two key reads, the user id's (or else the anonymous
-//! id's) key leading to the profile's answer. Nothing is evaluated on the request.
+//! `GET /v1/personalize?anonymousId=...`: what a visitor on the site now is shown,
+//! answered from the PERSONALIZATION bucket the segmenter keeps warm (see
+//! [`cairn_bus::personalization`]): two key reads, the id's key leading to the
+//! profile's answer. Nothing is evaluated on the request. Browsers send their write key
+//! and anonymous id; servers holding a read token may look people up by `userId`
+//! (tried first) too.
 //!
 //! The answer names the profile, the segments it is in, and the web content of each
 //! campaign that has some for it, entered less than `CAIRN_WEB_CONTENT_TTL` ago. A

@@ -23,12 +23,19 @@ pub fn next_hour(now_ms: i64, timezone: Option<&str>, hour: u32) -> Option<i64> 
     if now.hour() > hour {
         day = day.succ_opt()?;
     }
-    let start = day.and_time(NaiveTime::from_hms_opt(hour, 0, 0)?);
-    let start = tz.from_local_datetime(&start).earliest().or_else(|| {
-        tz.from_local_datetime(&(start + chrono::Duration::hours(1)))
-            .earliest()
-    })?;
-    Some(start.timestamp_millis())
+    local_instant(tz, day.and_time(NaiveTime::from_hms_opt(hour, 0, 0)?))
+}
+
+/// The instant of local time `local` in `tz` (ms); a time that does not exist that
+/// day (the clock jumps over it) moves on an hour.
+fn local_instant(tz: Tz, local: chrono::NaiveDateTime) -> Option<i64> {
+    tz.from_local_datetime(&local)
+        .earliest()
+        .or_else(|| {
+            tz.from_local_datetime(&(local + chrono::Duration::hours(1)))
+                .earliest()
+        })
+        .map(|instant| instant.timestamp_millis())
 }
 
 /// A daily window of local time; it may wrap past midnight.
@@ -85,13 +92,7 @@ impl QuietHours {
         if self.start > self.end && local >= self.start {
             day = day.succ_opt()?;
         }
-        let end = day.and_time(self.end);
-        // A time that does not exist that day (a clock change) moves on an hour.
-        let end = tz.from_local_datetime(&end).earliest().or_else(|| {
-            tz.from_local_datetime(&(end + chrono::Duration::hours(1)))
-                .earliest()
-        })?;
-        Some(end.timestamp_millis())
+        local_instant(tz, day.and_time(self.end))
     }
 }
 

@@ -17,6 +17,7 @@ use cairn_bus::{Bus, Outgoing, Partitions, subjects};
 use cairn_proto::campaign::v1::Action;
 use cairn_proto::dispatch::v1::{DeliveryEvent, delivery_event::Outcome as Reported};
 use cairn_runtime::clock::{now_ms, timestamp};
+use cairn_runtime::error::{Classify as _, ErrorKind};
 use cairn_store::{Expect, Outcome, Store, Write};
 use lettre::Message;
 use lettre::message::{Mailbox, MultiPart, header};
@@ -91,12 +92,17 @@ pub async fn compose<S: Store>(
 ) -> Result<Result<Composed, String>, DispatchError> {
     let Some(stored) = cairn_profile_store::store::read(store, profile_id)
         .await
-        .map_err(|err| DispatchError::Bus(cairn_bus::BusError::Unavailable(err.to_string())))?
+        .map_err(|err| match err.kind() {
+            ErrorKind::Unavailable => {
+                DispatchError::Bus(cairn_bus::BusError::Unavailable(err.to_string()))
+            }
+            _ => DispatchError::Corrupt(format!("profile {profile_id}: {err}")),
+        })?
     else {
         return Ok(Err(format!("no profile {profile_id}")));
     };
-    let profile: serde_json::Value =
-        serde_json::from_str(&stored.profile.view_json(now_ms())).unwrap_or_default();
+    let profile = serde_json::to_value(stored.profile.view(now_ms()))
+        .map_err(|err| DispatchError::Corrupt(format!("profile {profile_id}: {err}")))?;
     let Some(email) = profile["traits"]["email"].as_str() else {
         return Ok(Err("the profile has no traits.email".to_string()));
     };
@@ -146,10 +152,14 @@ pub struct Composed {
     pub best_send_hour: Option<u32>,
 }
 
+/// A fixed id for an idempotency key (of any text), for the Message-ID and the hold.
+fn key_digest(key: &str) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes())
+}
+
 /// The email's Message-ID: the same for every attempt at one idempotency key.
 pub fn message_id(key: &str) -> String {
-    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes());
-    format!("<{id}@cairn>")
+    format!("<{}@cairn>", key_digest(key))
 }
 
 #[derive(Clone)]
@@ -208,7 +218,8 @@ impl<S: Store> Dispatcher<S> {
     }
 
     /// The email for `action`, or why there can never be one.
-    async fn prepare(&self, action: &Action) -> Result<Prepared, DispatchError> {
+    /// `held_before`: it waited for its hour already (it is sent once quiet hours allow).
+    async fn prepare(&self, action: &Action, held_before: bool) -> Result<Prepared, DispatchError> {
         let params: serde_json::Value =
             serde_json::from_str(&action.params_json).unwrap_or(serde_json::Value::Null);
         let Composed {
@@ -260,7 +271,11 @@ impl<S: Store> Dispatcher<S> {
             Ok(message) => Ok(Prepared::Send {
                 message: Box::new(message),
                 to: to.email.to_string(),
-                release_at: self.release_at(action, timezone.as_deref(), best_send_hour),
+                release_at: self.release_at(
+                    action,
+                    timezone.as_deref(),
+                    best_send_hour.filter(|_| !held_before),
+                ),
             }),
             Err(err) => Ok(Prepared::Fail(format!("the email cannot be built: {err}"))),
         }
@@ -404,8 +419,9 @@ impl<S: Store> Dispatcher<S> {
             {
                 return Ok(Handled::Publish(Vec::new()));
             }
-            Some((record, version)) if record.state == State::Sending && message.attempt == 1 => {
-                // Stopped mid-send: maybe sent, so never again.
+            Some((record, version)) if record.state == State::Sending => {
+                // Stopped mid-send (or the record of its outcome could not be
+                // written): maybe sent, so never again.
                 let uncertain = SendRecord {
                     state: State::Uncertain,
                     at_ms: now_ms(),
@@ -430,7 +446,8 @@ impl<S: Store> Dispatcher<S> {
             Some((_, version)) => Some(*version),
             None => None,
         };
-        let (message_out, to) = match self.prepare(&action).await? {
+        let held_before = matches!(&existing, Some((record, _)) if record.state == State::Held);
+        let (message_out, to) = match self.prepare(&action, held_before).await? {
             Prepared::Send {
                 to,
                 release_at: Some(until),
@@ -460,9 +477,7 @@ impl<S: Store> Dispatcher<S> {
                     }
                 };
                 let partition = self.partitions().of(&action.profile_id);
-                let digest = cairn_runtime::encoding::hex(
-                    &uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes()).into_bytes(),
-                );
+                let digest = key_digest(&key).simple().to_string();
                 let comes_back = Outgoing::schedule(
                     format!("campaign.hold.{partition}.{digest}"),
                     &subjects::campaign_sends(partition),
@@ -624,7 +639,6 @@ impl<S: Store> Dispatcher<S> {
 
 impl<S: Store> Handler for Dispatcher<S> {
     async fn handle(&self, message: &Delivered) -> Handled {
-        use cairn_runtime::error::{Classify as _, ErrorKind};
         match self.on_message(message).await {
             Ok(handled) => handled,
             Err(err) if err.kind() == ErrorKind::Unavailable => Handled::Retry {

@@ -134,13 +134,17 @@ impl Template {
     }
 
     /// The email for `context` (`profile`, `params`, `campaign`, `email`); what the
-    /// context lacks renders empty.
+    /// context lacks renders empty. In the HTML body every value is escaped (traits and
+    /// event properties come from browsers); `| safe` marks what a template trusts.
     pub fn render(&self, context: &serde_json::Value) -> Result<Rendered, DispatchError> {
-        let env = environment(UndefinedBehavior::Chainable);
-        let render = |part: &str, source: &str| {
+        let plain = environment(UndefinedBehavior::Chainable);
+        let mut html_env = environment(UndefinedBehavior::Chainable);
+        html_env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+        let render_in = |env: &Environment<'static>, part: &str, source: &str| {
             env.render_str(source, minijinja::value::Serde(context))
                 .map_err(|err| invalid(&self.name, format!("{part}: {}", describe(&err))))
         };
+        let render = |part: &str, source: &str| render_in(&plain, part, source);
         Ok(Rendered {
             // A subject is one line.
             subject: render("subject", &self.subject)?
@@ -150,7 +154,7 @@ impl Template {
                 .join(" "),
             text: render("text", &self.text)?,
             html: match &self.html {
-                Some(html) => Some(render("html", html)?),
+                Some(html) => Some(render_in(&html_env, "html", html)?),
                 None => None,
             },
         })
@@ -326,15 +330,19 @@ mod tests {
         welcome.check().unwrap();
         let rendered = welcome
             .render(&json!({
-                "profile": {"traits": {"name": "Ann"}},
+                "profile": {"traits": {"name": "Ann <b>"}},
                 "params": {"section": "shoes"},
                 "campaign": "cart_recovery",
                 "email": "ann@example.com",
             }))
             .unwrap();
-        assert_eq!(rendered.subject, "Your shoes cart, Ann");
-        assert_eq!(rendered.text, "Hi Ann, cart_recovery for ann@example.com. ");
-        assert_eq!(rendered.html.as_deref(), Some("<p>Hi Ann</p>"));
+        assert_eq!(rendered.subject, "Your shoes cart, Ann <b>");
+        assert_eq!(
+            rendered.text,
+            "Hi Ann <b>, cart_recovery for ann@example.com. "
+        );
+        // What browsers sent never becomes markup in the HTML body.
+        assert_eq!(rendered.html.as_deref(), Some("<p>Hi Ann &lt;b&gt;</p>"));
     }
 
     #[test]

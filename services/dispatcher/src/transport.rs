@@ -21,7 +21,8 @@ pub enum Mailer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     Temporary(String),
-    /// `bounced`: the server says the mailbox does not exist (550, 551, 553).
+    /// `bounced`: the server says the mailbox does not exist (550, 551 or 553 with an
+    /// enhanced status 5.1.x).
     Permanent {
         reason: String,
         bounced: bool,
@@ -63,10 +64,12 @@ impl Mailer {
                         .status()
                         .map(|code| code.to_string())
                         .unwrap_or_default();
-                    Failure::Permanent {
-                        reason: err.to_string(),
-                        bounced: ["550", "551", "553"].contains(&code.as_str()),
-                    }
+                    let reason = err.to_string();
+                    // A bad mailbox says so with an enhanced status 5.1.x (RFC 3463);
+                    // the same codes also refuse relaying or the sender.
+                    let bounced =
+                        ["550", "551", "553"].contains(&code.as_str()) && reason.contains("5.1.");
+                    Failure::Permanent { reason, bounced }
                 } else {
                     Failure::Temporary(err.to_string())
                 }

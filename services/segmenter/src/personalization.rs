@@ -32,6 +32,7 @@ use cairn_proto::personalize::v1::{Answer, Membership, WebContent};
 use cairn_proto::profile::v1::{ProfileChanged, ProfileDeleted};
 use cairn_proto::segment::v1::SegmentChanged;
 use cairn_runtime::clock::timestamp_ms;
+use cairn_runtime::error::{Classify as _, ErrorKind};
 use cairn_store::Store;
 use prost::Message as _;
 
@@ -263,7 +264,10 @@ impl<S: Store> AnswerWriter<S> {
     async fn identifiers(&self, profile_id: &str) -> Result<Vec<Identifier>, SegmentError> {
         let stored = cairn_profile_store::store::read(&self.store, profile_id)
             .await
-            .map_err(|err| SegmentError::Bus(BusError::Unavailable(err.to_string())))?;
+            .map_err(|err| match err.kind() {
+                ErrorKind::Unavailable => SegmentError::Bus(BusError::Unavailable(err.to_string())),
+                _ => SegmentError::Corrupt(format!("profile {profile_id}: {err}")),
+            })?;
         Ok(stored
             .filter(|stored| stored.profile.id == profile_id)
             .map(|stored| {
@@ -295,7 +299,7 @@ impl<S: Store> AnswerWriter<S> {
             );
             return Ok(());
         };
-        for _ in 0..ATTEMPTS {
+        for attempt in 1..=ATTEMPTS {
             let (mut answer, revision) = match self.read(&key).await? {
                 Some((answer, revision)) => (answer, Some(revision)),
                 None if create => (
@@ -324,6 +328,9 @@ impl<S: Store> AnswerWriter<S> {
             if written {
                 return Ok(());
             }
+            // Another replica came first, or the bucket is not answering: a pause
+            // before reading it again.
+            tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt))).await;
         }
         Err(SegmentError::Busy(format!(
             "personalization answer {key} kept changing, or the bucket refuses writes"

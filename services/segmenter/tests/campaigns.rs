@@ -381,7 +381,8 @@ actions:
         vec![json!({"section": "shoes"}), json!({"section": "bags"})]
     );
     // The latest offer, rendered, whichever id the site knows the visitor by.
-    assert_eq!(mesh.shown("userId=u1").await, vec!["1+1 on bags"]);
+    let (_, by_user) = mesh.personalize_server_side("userId=u1").await;
+    assert_eq!(by_user["content"][0]["content"], "1+1 on bags", "{by_user}");
     assert_eq!(mesh.shown("anonymousId=known-1").await, vec!["1+1 on bags"]);
     assert!(mesh.shown("anonymousId=stranger-1").await.is_empty());
 }

@@ -59,9 +59,19 @@ async fn a_visitor_is_answered_with_their_segments_and_web_content() {
     assert_eq!(content[0]["content"], "Welcome to the club, Ann");
     assert_eq!(content[0]["params"], json!({"name": "Ann"}));
 
-    // A user id that leads nowhere falls back to the anonymous id.
-    let (_, again) = mesh.personalize("userId=nobody&anonymousId=buyer-1").await;
+    // Server side, with a token: a user id that leads nowhere falls back to the
+    // anonymous id.
+    let (_, again) = mesh
+        .personalize_server_side("userId=nobody&anonymousId=buyer-1")
+        .await;
     assert_eq!(again, answer);
+    // With the public write key, nobody is looked up by user id.
+    let (status, refused) = mesh.personalize("userId=nobody&anonymousId=buyer-1").await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().starts_with("userId:"),
+        "{refused}"
+    );
 
     let (status, stranger) = mesh.personalize("anonymousId=stranger-1").await;
     assert_eq!(status, 200);
@@ -101,7 +111,7 @@ async fn ids_a_member_gains_lead_to_its_answer_until_it_is_forgotten() {
     // Identified: the user id leads to the answer too.
     mesh.send(json!([identify("i2", "buyer-1", Some("u7"))]))
         .await;
-    let (_, by_user) = mesh.personalize("userId=u7").await;
+    let (_, by_user) = mesh.personalize_server_side("userId=u7").await;
     assert_eq!(by_user["segments"], json!(["vip"]), "{by_user}");
 
     // The same person on a phone: the phone's cookie leads to the merged profile.
@@ -132,7 +142,7 @@ async fn ids_a_member_gains_lead_to_its_answer_until_it_is_forgotten() {
         .unwrap();
     mesh.answers_idle().await;
     for query in ["anonymousId=buyer-1", "anonymousId=phone-1", "userId=u7"] {
-        let (_, gone) = mesh.personalize(query).await;
+        let (_, gone) = mesh.personalize_server_side(query).await;
         assert_eq!(gone["profile_id"], Value::Null, "{query}: {gone}");
     }
 }

@@ -541,15 +541,31 @@ pub fn placeholders(content: &str) -> impl Iterator<Item = &str> {
 /// Web content with each placeholder replaced by its parameter (text as it is, other
 /// values as JSON, nothing for a parameter the profile or event did not have).
 pub fn render(content: &str, params: &serde_json::Value) -> String {
-    let mut rendered = content.to_string();
-    for name in placeholders(content) {
-        let value = match &params[name] {
-            serde_json::Value::String(text) => text.clone(),
-            serde_json::Value::Null => String::new(),
-            other => other.to_string(),
-        };
-        rendered = rendered.replace(&format!("{{{name}}}"), &value);
+    // One pass over the content: a value holding `{other}` stays as it is.
+    let mut rendered = String::with_capacity(content.len());
+    let mut rest = content;
+    while let Some(open) = rest.find('{') {
+        rendered.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let name = after.split_once('}').map(|(name, _)| name).filter(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        match name {
+            Some(name) => {
+                match &params[name] {
+                    serde_json::Value::String(text) => rendered.push_str(text),
+                    serde_json::Value::Null => {}
+                    other => rendered.push_str(&other.to_string()),
+                }
+                rest = &after[name.len() + 1..];
+            }
+            None => {
+                rendered.push('{');
+                rest = after;
+            }
+        }
     }
+    rendered.push_str(rest);
     rendered
 }
 
@@ -710,6 +726,8 @@ actions:
             ),
             "1+1 on shoes, 3 left {not a param} {}"
         );
+        let tricky = serde_json::json!({"a": "{b}", "b": "no"});
+        assert_eq!(render("{a} and {b}", &tricky), "{b} and no");
         assert_eq!(
             placeholders("{a}{b_2}{c d}{").collect::<Vec<_>>(),
             vec!["a", "b_2"]
