@@ -32,6 +32,8 @@ async fn smtp_sink(accepted: Arc<AtomicUsize>) -> anyhow::Result<String> {
         while let Ok((socket, _)) = listener.accept().await {
             let accepted = accepted.clone();
             tokio::spawn(async move {
+                // Replies are small: no waiting to fill packets.
+                let _ = socket.set_nodelay(true);
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
                 if write.write_all(b"220 bench ESMTP\r\n").await.is_err() {
@@ -49,7 +51,7 @@ async fn smtp_sink(accepted: Arc<AtomicUsize>) -> anyhow::Result<String> {
                     } else {
                         let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
                         match verb.as_str() {
-                            "EHLO" => b"250-bench\r\n250 PIPELINING\r\n",
+                            "EHLO" => b"250 bench\r\n",
                             "DATA" => {
                                 in_data = true;
                                 b"354 go on\r\n"
@@ -130,7 +132,10 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
             ("CAIRN_EMAIL_LINK_SECRET", "bench-link-secret-0123"),
         ],
     )?;
-    let bus = Bus::connect(&BusConfig::for_url(&nats_url), "cairn-bench").await?;
+    let bus_config = BusConfig::for_url(&nats_url);
+    let bus = Bus::connect(&bus_config, "cairn-bench").await?;
+    bus.ensure_stream(cairn_bus::streams::campaigns(&bus_config))
+        .await?;
     let sends: Vec<Outgoing> = (0..args.emails)
         .map(|n| {
             let profile_id = format!("p{:08}", n % args.profiles);
