@@ -137,6 +137,8 @@ impl Template {
     /// context lacks renders empty. In the HTML body every value is escaped (traits and
     /// event properties come from browsers); `| safe` marks what a template trusts.
     pub fn render(&self, context: &serde_json::Value) -> Result<Rendered, DispatchError> {
+        // A null (a parameter the event did not have) renders empty, like a missing one.
+        let context = &without_nulls(context);
         let plain = environment(UndefinedBehavior::Chainable);
         let mut html_env = environment(UndefinedBehavior::Chainable);
         html_env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
@@ -158,6 +160,23 @@ impl Template {
                 None => None,
             },
         })
+    }
+}
+
+/// `value` without the nulls in its objects.
+fn without_nulls(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(fields) => serde_json::Value::Object(
+            fields
+                .iter()
+                .filter(|(_, value)| !value.is_null())
+                .map(|(name, value)| (name.clone(), without_nulls(value)))
+                .collect(),
+        ),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(without_nulls).collect())
+        }
+        other => other.clone(),
     }
 }
 
@@ -324,14 +343,14 @@ mod tests {
             html: Some("<p>Hi {{ profile.traits.name }}</p>".into()),
             ..template(
                 "Your {{ params.section }} cart, {{ profile.traits.name }}",
-                "Hi {{ profile.traits.name | default('there') }}, {{ campaign }} for {{ email }}. {{ profile.traits.missing }}",
+                "Hi {{ profile.traits.name | default('there') }}, {{ campaign }} for {{ email }}. {{ profile.traits.missing }}{{ params.gone }}",
             )
         };
         welcome.check().unwrap();
         let rendered = welcome
             .render(&json!({
                 "profile": {"traits": {"name": "Ann <b>"}},
-                "params": {"section": "shoes"},
+                "params": {"section": "shoes", "gone": null},
                 "campaign": "cart_recovery",
                 "email": "ann@example.com",
             }))
