@@ -247,3 +247,13 @@ impl TestHost {
         self.task.await.expect("host task")
     }
 }
+
+/// A gRPC request carrying `token` as its bearer token.
+pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a token is ASCII"),
+    );
+    request
+}

@@ -439,14 +439,6 @@ async fn without_smtp_emails_are_written_to_the_outbox() {
     );
 }
 
-fn with<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 /// Templates over gRPC: checked when saved (naming the part and the variable),
 /// versioned, listed, and previewed for a profile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,7 +455,7 @@ async fn templates_are_checked_versioned_listed_and_previewed() {
         ..Default::default()
     };
     let refused = client
-        .put(with(
+        .put(cairn_testkit::bearer(
             pb::PutRequest {
                 template: Some(template("Hi {{ profile.emial }}")),
             },
@@ -479,7 +471,7 @@ async fn templates_are_checked_versioned_listed_and_previewed() {
         "{refused:?}"
     );
     let reader = client
-        .put(with(
+        .put(cairn_testkit::bearer(
             pb::PutRequest {
                 template: Some(template("Hi")),
             },
@@ -491,7 +483,7 @@ async fn templates_are_checked_versioned_listed_and_previewed() {
 
     for subject in ["Hi", "Welcome, {{ profile.traits.name }}"] {
         client
-            .put(with(
+            .put(cairn_testkit::bearer(
                 pb::PutRequest {
                     template: Some(template(subject)),
                 },
@@ -501,7 +493,7 @@ async fn templates_are_checked_versioned_listed_and_previewed() {
             .unwrap();
     }
     let listed = client
-        .list(with(pb::ListRequest {}, "tk_read"))
+        .list(cairn_testkit::bearer(pb::ListRequest {}, "tk_read"))
         .await
         .unwrap()
         .into_inner()
@@ -512,7 +504,7 @@ async fn templates_are_checked_versioned_listed_and_previewed() {
         vec![(CART.to_string(), 1), ("welcome".to_string(), 2)]
     );
     let preview = client
-        .preview(with(
+        .preview(cairn_testkit::bearer(
             pb::PreviewRequest {
                 name: "welcome".into(),
                 profile_id: "p-ann".into(),
@@ -527,7 +519,7 @@ async fn templates_are_checked_versioned_listed_and_previewed() {
     assert_eq!(preview.subject, "Welcome, Ann");
     assert_eq!(preview.text, "Hello Ann");
     let missing = client
-        .get(with(
+        .get(cairn_testkit::bearer(
             pb::GetRequest {
                 name: "nope".into(),
             },

@@ -80,14 +80,6 @@ impl Mesh {
     }
 }
 
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 fn email(value: &str) -> Option<pb::Identifier> {
     Some(pb::Identifier {
         r#type: "email".into(),
@@ -143,7 +135,7 @@ async fn events_get_their_profile_and_linking_events_merge_devices() {
     // The API agrees.
     let mut client = mesh.client().await;
     let resolved = client
-        .resolve(with_token(
+        .resolve(cairn_testkit::bearer(
             pb::ResolveRequest {
                 identifier: email(" Tom@Example.com"),
             },
@@ -155,7 +147,7 @@ async fn events_get_their_profile_and_linking_events_merge_devices() {
     assert_eq!(resolved.profile_id, laptop);
     assert_eq!(resolved.identifiers.len(), 3);
     let explained = client
-        .explain(with_token(
+        .explain(cairn_testkit::bearer(
             pb::ExplainRequest {
                 profile_id: phone.clone(),
             },
@@ -239,17 +231,17 @@ async fn the_api_needs_tokens_and_split_restores_a_merge() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let err = client
-        .resolve(with_token(request.clone(), "tk_wrong"))
+        .resolve(cairn_testkit::bearer(request.clone(), "tk_wrong"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let err = client
-        .resolve(with_token(request, "tk_read"))
+        .resolve(cairn_testkit::bearer(request, "tk_read"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = client
-        .resolve(with_token(
+        .resolve(cairn_testkit::bearer(
             pb::ResolveRequest {
                 identifier: Some(pb::Identifier {
                     r#type: "shoe_size".into(),
@@ -282,12 +274,12 @@ async fn the_api_needs_tokens_and_split_restores_a_merge() {
         ],
     };
     let err = client
-        .split(with_token(split.clone(), "tk_read"))
+        .split(cairn_testkit::bearer(split.clone(), "tk_read"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let done = client
-        .split(with_token(split, "tk_write"))
+        .split(cairn_testkit::bearer(split, "tk_write"))
         .await
         .unwrap()
         .into_inner();

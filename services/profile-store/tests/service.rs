@@ -65,14 +65,6 @@ async fn mesh() -> Mesh {
     }
 }
 
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 fn by(kind: &str, value: &str) -> Option<pb::get_request::Key> {
     Some(pb::get_request::Key::Identifier(Identifier {
         r#type: kind.into(),
@@ -121,7 +113,7 @@ impl Mesh {
         let response = self
             .profiles()
             .await
-            .get(with_token(pb::GetRequest { key }, "tk_read"))
+            .get(cairn_testkit::bearer(pb::GetRequest { key }, "tk_read"))
             .await?;
         Ok(serde_json::from_str(&response.into_inner().profile_json).unwrap())
     }
@@ -182,7 +174,7 @@ async fn events_make_profiles_with_sessions_and_aggregates() {
     // The timeline, newest first, in pages.
     let mut client = mesh.profiles().await;
     let page = client
-        .timeline(with_token(
+        .timeline(cairn_testkit::bearer(
             pb::TimelineRequest {
                 profile_id: profile["id"].as_str().unwrap().into(),
                 page_token: String::new(),
@@ -200,7 +192,7 @@ async fn events_make_profiles_with_sessions_and_aggregates() {
         .collect();
     assert_eq!(ids, vec!["e5", "e4", "e3"]);
     let rest = client
-        .timeline(with_token(
+        .timeline(cairn_testkit::bearer(
             pb::TimelineRequest {
                 profile_id: profile["id"].as_str().unwrap().into(),
                 page_token: page.next_page_token,
@@ -358,7 +350,7 @@ async fn a_split_gives_each_profile_its_own_events_once_even_when_redelivered() 
             .unwrap(),
     );
     let split = identity
-        .split(with_token(
+        .split(cairn_testkit::bearer(
             cairn_proto::identity::v1::SplitRequest {
                 profile_id: tom_id.clone(),
                 identifiers: ["anonymous_id:kiosk", "device_id:kiosk-7"]
@@ -471,12 +463,12 @@ async fn deleting_a_profile_leaves_nothing_findable() {
         profile_id: profile["id"].as_str().unwrap().into(),
     };
     let err = client
-        .delete(with_token(request.clone(), "tk_read"))
+        .delete(cairn_testkit::bearer(request.clone(), "tk_read"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let deleted = client
-        .delete(with_token(request, "tk_admin"))
+        .delete(cairn_testkit::bearer(request, "tk_admin"))
         .await
         .unwrap()
         .into_inner();
@@ -513,7 +505,10 @@ async fn deleting_a_profile_leaves_nothing_findable() {
                 value: "gone@example.com".into(),
             }),
         };
-        match identity.resolve(with_token(request, "tk_read")).await {
+        match identity
+            .resolve(cairn_testkit::bearer(request, "tk_read"))
+            .await
+        {
             Err(err) if err.code() == Code::NotFound => break,
             _ => {
                 if tokio::time::Instant::now() > deadline {

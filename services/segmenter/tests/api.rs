@@ -41,14 +41,6 @@ impl Api {
     }
 }
 
-fn with<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 fn webhook(url: &str, secret: &str) -> pb::PutRequest {
     pb::PutRequest {
         webhook_url: url.into(),
@@ -70,7 +62,7 @@ async fn segments_are_saved_checked_listed_and_deleted() {
     let api = api().await;
     let mut client = api.client().await;
     let saved = client
-        .put(with(
+        .put(cairn_testkit::bearer(
             put("", "filter visit_count>3 alias frequent"),
             "tk_write",
         ))
@@ -82,7 +74,7 @@ async fn segments_are_saved_checked_listed_and_deleted() {
     assert_eq!(saved.name, "frequent");
     assert_eq!(saved.filter, "FILTER visit_count > 3\nALIAS frequent");
     client
-        .put(with(
+        .put(cairn_testkit::bearer(
             put(
                 "frequent_pros",
                 "FILTER AND (INCLUDE frequent, plan == \"pro\")",
@@ -93,7 +85,7 @@ async fn segments_are_saved_checked_listed_and_deleted() {
         .unwrap();
 
     let listed = client
-        .list(with(pb::ListRequest {}, "tk_read"))
+        .list(cairn_testkit::bearer(pb::ListRequest {}, "tk_read"))
         .await
         .unwrap()
         .into_inner()
@@ -103,7 +95,7 @@ async fn segments_are_saved_checked_listed_and_deleted() {
 
     // A webhook's URL is shown; its secret never is.
     let hooked = client
-        .put(with(
+        .put(cairn_testkit::bearer(
             webhook("https://example.com/hook", "a-secret-of-16-chars"),
             "tk_write",
         ))
@@ -115,7 +107,7 @@ async fn segments_are_saved_checked_listed_and_deleted() {
     assert_eq!(hooked.webhook_url, "https://example.com/hook");
     assert!(!format!("{hooked:?}").contains("a-secret-of-16-chars"));
     client
-        .delete(with(
+        .delete(cairn_testkit::bearer(
             pb::DeleteRequest {
                 name: "hooked".into(),
             },
@@ -165,12 +157,15 @@ async fn segments_are_saved_checked_listed_and_deleted() {
         ),
     ];
     for (request, expected) in refusals {
-        let status = client.put(with(request, "tk_write")).await.unwrap_err();
+        let status = client
+            .put(cairn_testkit::bearer(request, "tk_write"))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains(expected), "{}", status.message());
     }
     let status = client
-        .delete(with(
+        .delete(cairn_testkit::bearer(
             pb::DeleteRequest {
                 name: "frequent".into(),
             },
@@ -187,14 +182,17 @@ async fn segments_are_saved_checked_listed_and_deleted() {
 
     // Readers read; only writers write.
     let status = client
-        .put(with(put("z", "FILTER EXISTS email"), "tk_read"))
+        .put(cairn_testkit::bearer(
+            put("z", "FILTER EXISTS email"),
+            "tk_read",
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 
     // Check says what is wrong without saving.
     let checked = client
-        .check(with(
+        .check(cairn_testkit::bearer(
             pb::CheckRequest {
                 filter: "FILTER AND (\n  visit_count > \"many\"\n  city ~ 1)".into(),
                 name: String::new(),
@@ -209,7 +207,7 @@ async fn segments_are_saved_checked_listed_and_deleted() {
         (3, 8)
     );
     let checked = client
-        .check(with(
+        .check(cairn_testkit::bearer(
             pb::CheckRequest {
                 filter: "filter visit_count > \"many\"".into(),
                 name: String::new(),
@@ -226,7 +224,7 @@ async fn segments_are_saved_checked_listed_and_deleted() {
     );
 
     client
-        .delete(with(
+        .delete(cairn_testkit::bearer(
             pb::DeleteRequest {
                 name: "frequent_pros".into(),
             },
@@ -235,7 +233,7 @@ async fn segments_are_saved_checked_listed_and_deleted() {
         .await
         .unwrap();
     client
-        .delete(with(
+        .delete(cairn_testkit::bearer(
             pb::DeleteRequest {
                 name: "frequent".into(),
             },
@@ -244,7 +242,7 @@ async fn segments_are_saved_checked_listed_and_deleted() {
         .await
         .unwrap();
     let status = client
-        .get(with(
+        .get(cairn_testkit::bearer(
             pb::GetRequest {
                 name: "frequent".into(),
             },

@@ -102,11 +102,7 @@ pub async fn serve(nats: &TestNats, store: &EmbeddedStore) -> TestHost {
 }
 
 pub fn with<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", "Bearer tk_admin".parse().unwrap());
-    request
+    cairn_testkit::bearer(message, "tk_admin")
 }
 
 impl Mesh {
