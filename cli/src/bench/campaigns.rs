@@ -8,7 +8,6 @@ use cairn_proto::campaign::v1::Action;
 use cairn_proto::event::v1::{Envelope, EventType, IdentifiedEvent};
 use cairn_proto::profile::v1::ProfileChanged;
 use cairn_runtime::Settings;
-use futures::StreamExt as _;
 use prost::Message as _;
 use serde_json::json;
 
@@ -60,22 +59,13 @@ pub async fn run(args: CampaignsArgs) -> anyhow::Result<()> {
         .collect();
 
     let run = super::LatencyRun::default();
-    let mut actions = bus.client().subscribe("campaign.web.>").await?;
-    let collector = {
-        let run = run.clone();
-        tokio::spawn(async move {
-            while let Some(message) = actions.next().await {
-                let received = std::time::Instant::now();
-                if let Ok(action) = Action::decode(message.payload)
-                    && let Ok(params) =
-                        serde_json::from_str::<serde_json::Value>(&action.params_json)
-                    && let Some(item) = params["item"].as_str()
-                {
-                    run.answered(item, received);
-                }
-            }
+    let collector = run
+        .listen(&bus, "campaign.web.>", |payload| {
+            let action = Action::decode(payload).ok()?;
+            let params: serde_json::Value = serde_json::from_str(&action.params_json).ok()?;
+            params["item"].as_str().map(str::to_string)
         })
-    };
+        .await?;
     let change = |n: usize| {
         let (id, profile_json) = &profiles[n % profiles.len()];
         let item = format!("item-{n}");

@@ -268,6 +268,26 @@ struct LatencyRun {
 }
 
 impl LatencyRun {
+    /// Listens on `subject` until aborted: each message `key_of` names is an answer.
+    async fn listen(
+        &self,
+        bus: &cairn_bus::Bus,
+        subject: &str,
+        key_of: impl Fn(bytes::Bytes) -> Option<String> + Send + 'static,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        use futures::StreamExt as _;
+        let mut messages = bus.client().subscribe(subject.to_string()).await?;
+        let run = self.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(message) = messages.next().await {
+                let received = std::time::Instant::now();
+                if let Some(key) = key_of(message.payload) {
+                    run.answered(&key, received);
+                }
+            }
+        }))
+    }
+
     /// The answer for `key` arrived at `at`; only the first one per key counts.
     fn answered(&self, key: &str, at: std::time::Instant) {
         let sent = self

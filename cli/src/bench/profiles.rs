@@ -10,7 +10,6 @@ use cairn_proto::event::v1::{Envelope, EventType, IdentifiedEvent};
 use cairn_proto::identity::v1::Identifier;
 use cairn_proto::profile::v1::ProfileChanged;
 use cairn_runtime::Settings;
-use futures::StreamExt as _;
 use prost::Message as _;
 use serde_json::json;
 
@@ -39,18 +38,13 @@ pub async fn run(args: ProfilesArgs) -> anyhow::Result<()> {
 
     // Latency at a steady rate: publish time to announcement received.
     let run = super::LatencyRun::default();
-    let mut changes = bus.client().subscribe("profiles.changed.>").await?;
-    let collector = {
-        let run = run.clone();
-        tokio::spawn(async move {
-            while let Some(message) = changes.next().await {
-                let received = Instant::now();
-                if let Ok(changed) = ProfileChanged::decode(message.payload) {
-                    run.answered(&changed.message_id, received);
-                }
-            }
+    let collector = run
+        .listen(&bus, "profiles.changed.>", |payload| {
+            ProfileChanged::decode(payload)
+                .ok()
+                .map(|changed| changed.message_id)
         })
-    };
+        .await?;
     let total = args.rate * args.seconds;
     let profiles = args.profiles.max(1);
     run.publish(&bus, args.rate, total, |n| {

@@ -13,7 +13,6 @@ use cairn_proto::profile::v1::ProfileChanged;
 use cairn_proto::segment::v1::SegmentChanged;
 use cairn_runtime::Settings;
 use cairn_segmenter::SegmentSet;
-use futures::StreamExt as _;
 use prost::Message as _;
 use serde_json::json;
 
@@ -199,19 +198,15 @@ async fn latency(
         .collect();
 
     let run = super::LatencyRun::default();
-    let mut announced = bus.client().subscribe("segments.changed.>").await?;
-    let collector = {
-        let run = run.clone();
-        tokio::spawn(async move {
-            while let Some(message) = announced.next().await {
-                let received = Instant::now();
-                if let Ok(changed) = SegmentChanged::decode(message.payload) {
-                    let key = format!("{}:{}", changed.profile_id, changed.profile_version);
-                    run.answered(&key, received);
-                }
-            }
+    let collector = run
+        .listen(&bus, "segments.changed.>", |payload| {
+            let changed = SegmentChanged::decode(payload).ok()?;
+            Some(format!(
+                "{}:{}",
+                changed.profile_id, changed.profile_version
+            ))
         })
-    };
+        .await?;
     let change = |n: usize| {
         let (id, full, quiet) = &states[n % states.len()];
         let version = (n / states.len() + 1) as u64;
