@@ -643,3 +643,230 @@ async fn rebuild_applies_changed_rules_and_keeps_deleted_people_deleted() {
     let (code, stderr) = exit_of(&mut mesh).await;
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// Waits until the consumer `consumer` of `stream` has nothing pending or unacknowledged
+/// (messages a killed process had come back after the ack wait).
+async fn wait_consumed(bus: &cairn_bus::Bus, stream: &str, consumer: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(mut found) = bus
+            .jetstream()
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                consumer, stream,
+            )
+            .await
+            && let Ok(info) = found.info().await
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{consumer} still busy after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_dispatcher_mid_send_sends_no_email_twice() {
+    use bytes::Bytes;
+    use cairn_dispatcher::send::{self, State};
+    use cairn_store::{Expect, Store as _, Write};
+    use prost::Message as _;
+
+    const EMAILS: usize = 10_000;
+    const PROFILES: usize = 1_000;
+    const KILLS: usize = 3;
+    let Some(smtp) = cairn_testkit::smtp::SmtpServer::start().await else {
+        return;
+    };
+    let nats = TestNats::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let open_store = || {
+        cairn_store::EmbeddedStore::open(
+            &data.path().join("store"),
+            cairn_store::Fsync::Buffer,
+            8 << 20,
+            cairn_store::Clock::system(),
+        )
+        .unwrap()
+    };
+    {
+        let store = open_store();
+        cairn_dispatcher::templates::put(
+            &store,
+            cairn_dispatcher::templates::Template {
+                name: "reminder".into(),
+                subject: "{{ profile.traits.name }}, your cart is waiting".into(),
+                text: "Hi {{ profile.traits.name }}, your {{ params.item }} are waiting.".into(),
+                html: None,
+                version: 0,
+                updated_ms: 0,
+            },
+        )
+        .await
+        .unwrap();
+        for n in 0..PROFILES {
+            let profile = cairn_profile_store::profile::Profile {
+                id: format!("p{n}"),
+                traits: [
+                    ("email", format!("person{n}@example.com")),
+                    ("name", format!("Person {n}")),
+                ]
+                .into_iter()
+                .map(|(name, value)| {
+                    (
+                        name.to_string(),
+                        cairn_profile_store::profile::Stamped {
+                            value: serde_json::json!(value),
+                            at: 1,
+                        },
+                    )
+                })
+                .collect(),
+                ..Default::default()
+            };
+            store
+                .write(
+                    &cairn_profile_store::store::PROFILES,
+                    Write::new(Bytes::from(profile.id.clone())).record(
+                        Expect::Any,
+                        cairn_profile_store::store::encode(&profile).unwrap(),
+                    ),
+                )
+                .await
+                .unwrap();
+        }
+        store.sync().unwrap();
+    }
+    // Every send asked for, and a tenth of them asked for twice (as a campaign engine
+    // repeating itself would), all waiting before the dispatcher starts.
+    let bus = nats.bus().await;
+    bus.ensure_stream(cairn_bus::streams::campaigns(&nats.bus_config()))
+        .await
+        .unwrap();
+    let key = |n: usize| format!("chaos:{n}");
+    let requests: Vec<cairn_bus::Outgoing> = (0..EMAILS)
+        .chain((0..EMAILS).step_by(10))
+        .enumerate()
+        .map(|(copy, n)| {
+            let profile_id = format!("p{}", n % PROFILES);
+            let action = cairn_proto::campaign::v1::Action {
+                campaign: "chaos".into(),
+                profile_id: profile_id.clone(),
+                state: "abandoned".into(),
+                channel: "email".into(),
+                target: "reminder".into(),
+                params_json: r#"{"item":"shoes"}"#.into(),
+                entry: 1,
+                at: Some(cairn_runtime::clock::timestamp(1)),
+                idempotency_key: key(n),
+                send_at: String::new(),
+            };
+            cairn_bus::Outgoing {
+                subject: cairn_bus::subjects::campaign_sends(bus.partitions().of(&profile_id)),
+                message_id: Some(format!("request-{copy}")),
+                headers: async_nats::HeaderMap::new(),
+                payload: Bytes::from(action.encode_to_vec()),
+            }
+        })
+        .collect();
+    for chunk in requests.chunks(2_000) {
+        bus.publish_all(chunk.to_vec()).await.unwrap();
+    }
+
+    let env = [
+        ("CAIRN_NATS_URL", nats.url()),
+        ("CAIRN_GRPC_ADDR", free_addr().to_string()),
+        ("CAIRN_ADMIN_ADDR", free_addr().to_string()),
+        ("CAIRN_DATA_DIR", data.path().display().to_string()),
+        ("CAIRN_EMAIL_TRANSPORT", "smtp".to_string()),
+        ("CAIRN_SMTP_URL", smtp.url()),
+        ("CAIRN_EMAIL_QUIET_HOURS", "off".to_string()),
+        ("CAIRN_EMAIL_DAILY_CAP", "0".to_string()),
+        (
+            "CAIRN_EMAIL_LINK_SECRET",
+            "chaos-link-secret-0123".to_string(),
+        ),
+    ];
+    let start = || {
+        let mut serve = cairn();
+        serve.args(["serve", "dispatcher"]);
+        for (name, value) in &env {
+            serve.env(name, value);
+        }
+        serve.spawn().unwrap()
+    };
+    // Killed (no chance to finish anything) each time another share of the emails is in.
+    for kill in 1..=KILLS {
+        let mut child = start();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while smtp.received_count() < kill * EMAILS / (KILLS + 1) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} emails after 120 s",
+                smtp.received_count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        child.wait().await.unwrap();
+    }
+    let mut child = start();
+    wait_consumed(
+        &bus,
+        cairn_bus::streams::CAMPAIGNS,
+        send::SERVICE,
+        Duration::from_secs(180),
+    )
+    .await;
+    sigterm(&child);
+    let (code, stderr) = exit_of(&mut child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // The server got no email twice; each it got is recorded sent, or uncertain when
+    // a kill came between its acceptance and the record; each recorded sent arrived.
+    let mut received: std::collections::HashMap<String, usize> = Default::default();
+    for email in smtp.received() {
+        let message_id = email
+            .lines()
+            .find_map(|line| line.strip_prefix("Message-ID: "))
+            .expect("a Message-ID")
+            .trim()
+            .to_string();
+        *received.entry(message_id).or_default() += 1;
+    }
+    let twice: Vec<_> = received.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(twice.is_empty(), "received more than once: {twice:?}");
+    let store = open_store();
+    let (mut sent, mut uncertain) = (0, 0);
+    for n in 0..EMAILS {
+        let record = send::record(&store, &key(n))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{} has no record", key(n)));
+        let arrived = received.contains_key(&send::message_id(&key(n)));
+        match record.state {
+            State::Sent => {
+                assert!(arrived, "{} recorded sent, never arrived", key(n));
+                sent += 1;
+            }
+            State::Uncertain => uncertain += 1,
+            other => panic!("{}: {other:?} ({})", key(n), record.reason),
+        }
+    }
+    assert_eq!(sent + uncertain, EMAILS);
+    assert!(received.len() >= sent && received.len() <= EMAILS);
+    // At most the emails in the middle of an exchange at each kill: one per connection.
+    assert!(uncertain <= KILLS * 8, "{uncertain} uncertain");
+    eprintln!(
+        "{EMAILS} emails, {KILLS} kills: {sent} sent, {uncertain} uncertain ({} of those arrived), none twice",
+        received.len() - sent
+    );
+}

@@ -1,5 +1,6 @@
 //! The loop every consuming service runs: pull messages from a durable consumer, handle
-//! them (one partition's messages in order, partitions in parallel), publish what the
+//! them (one partition's messages in order, or all at once when order does not matter;
+//! partitions in parallel), publish what the
 //! handler produced, and only then acknowledge.
 //!
 //! - A message the handler can never process goes to `deadletter.<service>` with the
@@ -77,7 +78,22 @@ pub struct WorkerOptions {
     pub batch: usize,
     /// Attempts at a message that keeps failing before it is dead-lettered.
     pub max_attempts: u32,
+    pub handling: Handling,
 }
+
+/// How a round's messages of one partition are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// One after another, in order: what per-profile state needs.
+    InOrder,
+    /// All at once, each kept from redelivery (progress notices) however long it takes:
+    /// for independent messages that wait on something slow, such as an SMTP server.
+    AllAtOnce,
+}
+
+/// How often a message handled [`Handling::AllAtOnce`] tells NATS it is still being
+/// worked on: well within [`ACK_WAIT`].
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
 /// Attempts at a message that keeps failing, for services without a reason to differ.
 pub const MAX_ATTEMPTS: u32 = 10;
@@ -171,7 +187,7 @@ pub async fn run<H: Handler>(
             .map(|messages| {
                 let (handler, options, shutdown) =
                     (handler.clone(), options.clone(), shutdown.clone());
-                tokio::spawn(handle_in_order(handler, options, shutdown, messages))
+                tokio::spawn(handle_partition(handler, options, shutdown, messages))
             })
             .collect();
         // Every partition's task finishes (or stops at a message boundary) before the
@@ -362,68 +378,114 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Handles one partition's messages in order. `None` when shutdown came first (it stops
 /// at a message boundary; nothing of the round may be acknowledged then).
-async fn handle_in_order<H: Handler>(
+async fn handle_partition<H: Handler>(
     handler: H,
     options: WorkerOptions,
     shutdown: Shutdown,
     messages: Vec<Message>,
 ) -> Option<Vec<Done>> {
-    let mut done = Vec::with_capacity(messages.len());
-    for message in messages {
-        if shutdown.is_requested() {
-            return None;
+    if options.handling == Handling::InOrder {
+        let mut done = Vec::with_capacity(messages.len());
+        for message in messages {
+            done.push(handle_one(&handler, &options, &shutdown, message).await?);
         }
-        let (delivered, stream, stream_sequence) = match message.info() {
-            Ok(info) => (
-                info.delivered,
-                info.stream.to_string(),
-                info.stream_sequence,
-            ),
-            Err(_) => (1, String::new(), 0),
-        };
-        let mut view = Delivered {
-            subject: message.subject.to_string(),
-            headers: message.headers.clone().unwrap_or_default(),
-            payload: message.payload.clone(),
-            delivered,
-            stream,
-            stream_sequence,
-            attempt: 1,
-        };
-        let outgoing = loop {
-            match handler.handle(&view).await {
-                Handled::Publish(outgoing) => break outgoing,
-                Handled::DeadLetter { reason } => {
-                    break vec![dead_letter(&options, &view, &reason)];
-                }
-                Handled::Retry { reason, .. } if view.attempt >= options.max_attempts => {
-                    let reason = format!("gave up after {} attempts: {reason}", view.attempt);
-                    break vec![dead_letter(&options, &view, &reason)];
-                }
-                Handled::Retry { reason, delay } => {
-                    tracing::warn!(service = options.service, subject = %view.subject, attempt = view.attempt, %reason, "will retry");
-                    // Still working on it: keep it from being delivered elsewhere.
-                    let _ = message.ack_with(AckKind::Progress).await;
+        Some(done)
+    } else {
+        futures::future::join_all(
+            messages
+                .into_iter()
+                .map(|message| handle_one(&handler, &options, &shutdown, message)),
+        )
+        .await
+        .into_iter()
+        .collect()
+    }
+}
+
+/// The message handled (retried in place as the handler asks), or `None` if shutdown
+/// came first.
+async fn handle_one<H: Handler>(
+    handler: &H,
+    options: &WorkerOptions,
+    shutdown: &Shutdown,
+    message: Message,
+) -> Option<Done> {
+    if shutdown.is_requested() {
+        return None;
+    }
+    let (delivered, stream, stream_sequence) = match message.info() {
+        Ok(info) => (
+            info.delivered,
+            info.stream.to_string(),
+            info.stream_sequence,
+        ),
+        Err(_) => (1, String::new(), 0),
+    };
+    let mut view = Delivered {
+        subject: message.subject.to_string(),
+        headers: message.headers.clone().unwrap_or_default(),
+        payload: message.payload.clone(),
+        delivered,
+        stream,
+        stream_sequence,
+        attempt: 1,
+    };
+    let outgoing = loop {
+        let handled = match options.handling {
+            Handling::InOrder => handler.handle(&view).await,
+            Handling::AllAtOnce => {
+                let handling = handler.handle(&view);
+                tokio::pin!(handling);
+                loop {
                     tokio::select! {
-                        () = shutdown.requested() => return None,
-                        () = tokio::time::sleep(delay.max(backoff(view.attempt))) => {}
+                        handled = &mut handling => break handled,
+                        () = tokio::time::sleep(PROGRESS_EVERY) => {
+                            let _ = message.ack_with(AckKind::Progress).await;
+                        }
                     }
-                    view.attempt += 1;
                 }
             }
         };
-        done.push(Done {
-            message,
-            view,
-            outgoing,
-        });
-    }
-    Some(done)
+        match handled {
+            Handled::Publish(outgoing) => break outgoing,
+            Handled::DeadLetter { reason } => {
+                break vec![dead_letter(options, &view, &reason)];
+            }
+            Handled::Retry { reason, .. } if view.attempt >= options.max_attempts => {
+                let reason = format!("gave up after {} attempts: {reason}", view.attempt);
+                break vec![dead_letter(options, &view, &reason)];
+            }
+            Handled::Retry { reason, delay } => {
+                tracing::warn!(service = options.service, subject = %view.subject, attempt = view.attempt, %reason, "will retry");
+                // Still working on it: keep it from being delivered elsewhere.
+                let _ = message.ack_with(AckKind::Progress).await;
+                tokio::select! {
+                    () = shutdown.requested() => return None,
+                    () = tokio::time::sleep(delay.max(backoff(view.attempt))) => {}
+                }
+                view.attempt += 1;
+            }
+        }
+    };
+    Some(Done {
+        message,
+        view,
+        outgoing,
+    })
 }
 
 fn dead_letter(options: &WorkerOptions, message: &Delivered, reason: &str) -> Outgoing {
     tracing::warn!(service = options.service, subject = %message.subject, %reason, "dead letter");
-    let mut headers = message.headers.clone();
+    // The message's own headers, but not NATS's: those of a copy a schedule fired
+    // (`Nats-Scheduler`, `Nats-Schedule-Next`) would make JetStream refuse the letter.
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, values) in message.headers.iter() {
+        if !name.to_string().to_ascii_lowercase().starts_with("nats-") {
+            for value in values {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    }
     headers.insert(
         DEAD_LETTER_REASON,
         reason.replace(['\r', '\n'], " ").as_str(),

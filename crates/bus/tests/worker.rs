@@ -121,6 +121,7 @@ fn options() -> WorkerOptions {
         service: "test",
         batch: 16,
         max_attempts: 3,
+        handling: worker::Handling::InOrder,
     }
 }
 

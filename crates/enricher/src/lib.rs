@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use bytes::Bytes;
-use cairn_bus::worker::{Delivered, Handled, Handler, WorkerOptions};
+use cairn_bus::worker::{Delivered, Handled, Handler, Handling, WorkerOptions};
 use cairn_bus::{Bus, BusConfig, Outgoing, Partitions, streams, subjects};
 use cairn_event::Event;
 use cairn_proto::event::v1::IdentifiedEvent;
@@ -255,6 +255,7 @@ pub async fn start<E: Enrich>(
         service,
         batch,
         max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
+        handling: Handling::InOrder,
     };
     let worker = cairn_bus::worker::run(bus, consumer, handler, options, context.shutdown.clone());
     Ok(Module {

@@ -4,7 +4,8 @@
 //!   store, stopped and restarted on demand, killed when dropped;
 //! - [`TestHost`]: modules served in-process on free ports, exactly as `cairn serve` and
 //!   `cairn up` serve them, with a handle to shut them down;
-//! - [`events`]: Segment-spec event builders.
+//! - [`events`]: Segment-spec event builders;
+//! - [`smtp`]: a real SMTP server that keeps what it accepts.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,6 +19,7 @@ use cairn_runtime::host::{self, HostError, Listeners, Module, ModuleContext};
 use cairn_runtime::{Credentials, Metrics, Readiness, Settings, Shutdown, Var};
 
 pub mod events;
+pub mod smtp;
 
 /// A nats-server for one test.
 #[derive(Debug)]

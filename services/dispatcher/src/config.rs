@@ -13,7 +13,7 @@ pub const EMAIL_TRANSPORT: Var = Var {
 pub const SMTP_URL: Var = Var {
     name: "CAIRN_SMTP_URL",
     default: "",
-    doc: "The SMTP server for CAIRN_EMAIL_TRANSPORT=smtp: smtp://[user:password@]host[:port] (STARTTLS required with ?tls=required), smtps:// for TLS from the start.",
+    doc: "The SMTP server for CAIRN_EMAIL_TRANSPORT=smtp: smtp://[user:password@]host[:port] (STARTTLS with ?tls=required, or ?tls=opportunistic when offered), smtps:// for TLS from the start.",
 };
 pub const SMTP_CONNECTIONS: Var = Var {
     name: "CAIRN_SMTP_CONNECTIONS",
@@ -70,7 +70,7 @@ pub enum Transport {
     /// `.eml` files in this folder.
     File(PathBuf),
     Smtp {
-        url: String,
+        server: crate::transport::SmtpServer,
         connections: u32,
     },
 }
@@ -101,14 +101,15 @@ impl DispatchConfig {
             }
             "smtp" => {
                 let url = settings.string(&SMTP_URL);
-                if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                if url.trim().is_empty() {
                     return Err(settings.invalid(
                         &SMTP_URL,
                         "required with CAIRN_EMAIL_TRANSPORT=smtp: smtp://host[:port] or smtps://host[:port]",
                     ));
                 }
                 Transport::Smtp {
-                    url,
+                    server: crate::transport::SmtpServer::parse(&url)
+                        .map_err(|reason| settings.invalid(&SMTP_URL, reason))?,
                     connections: u32::try_from(settings.number(&SMTP_CONNECTIONS, 1)?)
                         .unwrap_or(u32::MAX),
                 }

@@ -18,10 +18,8 @@ pub mod send;
 pub mod templates;
 pub mod transport;
 
-use std::time::Duration;
-
 use async_nats::jetstream::consumer;
-use cairn_bus::worker::WorkerOptions;
+use cairn_bus::worker::{Handling, WorkerOptions};
 use cairn_bus::{Bus, BusConfig, streams};
 use cairn_runtime::{BoxError, Module, ModuleContext, Var};
 use cairn_store::Store;
@@ -43,15 +41,16 @@ pub fn vars() -> Vec<Var> {
 /// Sends handled per round.
 const BATCH: usize = 100;
 
-/// The durable consumer of campaign sends, shared by the replicas. A send is kept from
-/// redelivery longer than an SMTP exchange may take.
+/// The durable consumer of campaign sends, shared by the replicas. A send in hand is
+/// kept from redelivery by progress notices, however long its SMTP exchange takes; one
+/// a stopped replica had is delivered again after `ACK_WAIT`.
 pub fn consumer_config() -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(send::SERVICE.to_string()),
         description: Some("Dispatcher: campaign emails".to_string()),
         filter_subject: "campaign.sends.>".to_string(),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(120),
+        ack_wait: cairn_bus::worker::ACK_WAIT,
         max_ack_pending: (BATCH * 8) as i64,
         ..Default::default()
     }
@@ -91,13 +90,13 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         store: store.clone(),
         config: config.clone(),
     };
-    let dispatcher = send::Dispatcher {
-        suppressions: cairn_bus::suppressions::open(&bus).await?,
+    let dispatcher = send::Dispatcher::new(
         store,
-        bus: bus.clone(),
+        cairn_bus::suppressions::open(&bus).await?,
+        bus.clone(),
         mailer,
-        config: config.clone(),
-    };
+        config.clone(),
+    );
     let worker = cairn_bus::worker::run(
         bus,
         consumer,
@@ -106,6 +105,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
             service: send::SERVICE,
             batch: BATCH,
             max_attempts: config.attempts,
+            handling: Handling::AllAtOnce,
         },
         context.shutdown.clone(),
     );

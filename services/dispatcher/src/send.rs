@@ -3,13 +3,17 @@
 //! once per idempotency key.
 //!
 //! Each key has a record (`s:<key>`) written before the email leaves and after:
-//! `sending`, then `sent`, `deferred` (a temporary failure: tried again after a pause)
-//! or `failed` (permanent: dead-lettered). A request whose record says `sent` or
+//! `sending`, then `sent`, `deferred` (a temporary failure: a copy of the request comes
+//! back after a pause, by a NATS message schedule, so that nothing waits meanwhile) or
+//! `failed` (permanent: dead-lettered). A request whose record says `sent` or
 //! `failed` is not sent again, whatever redelivers it. A record still saying `sending`
 //! when a request comes in fresh means the dispatcher stopped in the middle of the
 //! SMTP exchange: the server may or may not have taken the email, and rather than
 //! risk sending twice it is not sent again and is reported `uncertain`. Every outcome
 //! is published on `delivery.events.<partition>`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use cairn_bus::worker::{Delivered, Handled, Handler};
@@ -57,6 +61,9 @@ pub struct SendRecord {
     pub at_ms: i64,
     #[serde(default)]
     pub reason: String,
+    /// Attempts the SMTP server deferred so far.
+    #[serde(default)]
+    pub deferrals: u32,
 }
 
 fn record_key(key: &str) -> Bytes {
@@ -169,6 +176,70 @@ pub struct Dispatcher<S> {
     pub bus: Bus,
     pub mailer: Mailer,
     pub config: DispatchConfig,
+    /// The copies of one request (by idempotency key) are handled one at a time here:
+    /// a second waits for the first rather than take its `sending` for a stop.
+    pub keys: KeyLocks,
+}
+
+impl<S: Store> Dispatcher<S> {
+    pub fn new(
+        store: S,
+        suppressions: async_nats::jetstream::kv::Store,
+        bus: Bus,
+        mailer: Mailer,
+        config: DispatchConfig,
+    ) -> Self {
+        Self {
+            store,
+            suppressions,
+            bus,
+            mailer,
+            config,
+            keys: KeyLocks::default(),
+        }
+    }
+}
+
+/// A lock per key, for as long as someone holds or waits for it.
+#[derive(Clone, Default)]
+pub struct KeyLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl KeyLocks {
+    /// Waits for `key` to be free, and holds it until the guard is dropped.
+    pub async fn lock(&self, key: &str) -> KeyGuard {
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        KeyGuard {
+            held: Some(lock.lock_owned().await),
+            locks: self.clone(),
+            key: key.to_string(),
+        }
+    }
+}
+
+pub struct KeyGuard {
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+    locks: KeyLocks,
+    key: String,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        self.held = None;
+        let mut locks = self.locks.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forgotten once no one holds it or waits for it (each of them has a clone).
+        if locks
+            .get(&self.key)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            locks.remove(&self.key);
+        }
+    }
 }
 
 /// What a request comes to before anything is sent.
@@ -401,6 +472,7 @@ impl<S: Store> Dispatcher<S> {
                 "the action has no idempotency_key".to_string(),
             ));
         }
+        let _key = self.keys.lock(&key).await;
         let existing = read(&self.store, &key).await?;
         let version = match &existing {
             Some((record, _)) if record.state == State::Sent => {
@@ -467,6 +539,7 @@ impl<S: Store> Dispatcher<S> {
                                 "quiet hours in the profile's time zone: held until {}",
                                 cairn_runtime::clock::text(until)
                             ),
+                            deferrals: 0,
                         };
                         if self.write(&key, &held, version).await?.is_none() {
                             return Err(DispatchError::Busy(format!(
@@ -476,19 +549,8 @@ impl<S: Store> Dispatcher<S> {
                         held
                     }
                 };
-                let partition = self.partitions().of(&action.profile_id);
-                let digest = key_digest(&key).simple().to_string();
-                let comes_back = Outgoing::schedule(
-                    format!("campaign.hold.{partition}.{digest}"),
-                    &subjects::campaign_sends(partition),
-                    until,
-                    message.payload.clone(),
-                )
-                .ok_or_else(|| {
-                    DispatchError::InvalidArgument(format!("cannot hold until {until}"))
-                })?;
                 return Ok(Handled::Publish(vec![
-                    comes_back,
+                    self.comes_back(&action, message, until)?,
                     self.event(&action, &held, Reported::Held),
                 ]));
             }
@@ -504,6 +566,7 @@ impl<S: Store> Dispatcher<S> {
                         "the profile had {} emails in the last 24 hours (CAIRN_EMAIL_DAILY_CAP)",
                         self.config.daily_cap
                     ),
+                    deferrals: 0,
                 };
                 drop(message);
                 if self.write(&key, &capped, version).await?.is_none() {
@@ -523,6 +586,7 @@ impl<S: Store> Dispatcher<S> {
                     to,
                     at_ms: now_ms(),
                     reason: format!("the address is suppressed: {reason}"),
+                    deferrals: 0,
                 };
                 if self.write(&key, &suppressed, version).await?.is_none() {
                     return Err(DispatchError::Busy(format!("send {key} changed meanwhile")));
@@ -535,19 +599,34 @@ impl<S: Store> Dispatcher<S> {
             }
             Prepared::Fail(reason) => return self.fail(&action, &key, version, reason, "").await,
         };
+        let deferrals = match &existing {
+            Some((record, _)) if record.state == State::Deferred => record.deferrals,
+            _ => 0,
+        };
+        // The record says `sending` only while a connection is ready for the email: a
+        // stop then leaves as few as possible uncertain.
+        let ready = match self.mailer.ready().await {
+            Ok(ready) => ready,
+            Err(failure) => {
+                return self
+                    .not_sent(&action, message, version, &to, deferrals, failure)
+                    .await;
+            }
+        };
         let sending = SendRecord {
             state: State::Sending,
             message_id: message_id(&key),
             to: to.clone(),
             at_ms: now_ms(),
             reason: String::new(),
+            deferrals,
         };
         let Some(sending_version) = self.write(&key, &sending, version).await? else {
             return Err(DispatchError::Busy(format!(
                 "send {key} is being handled elsewhere"
             )));
         };
-        match self.mailer.send(*message_out).await {
+        match ready.send(*message_out).await {
             Ok(()) => {
                 let sent = SendRecord {
                     state: State::Sent,
@@ -555,19 +634,47 @@ impl<S: Store> Dispatcher<S> {
                     ..sending
                 };
                 self.write(&key, &sent, Some(sending_version)).await?;
-                tracing::info!(key = %key, campaign = %action.campaign, template = %action.target, "email sent");
+                tracing::debug!(key = %key, campaign = %action.campaign, template = %action.target, "email sent");
                 Ok(Handled::Publish(vec![self.event(
                     &action,
                     &sent,
                     Reported::Sent,
                 )]))
             }
-            Err(Failure::Permanent { reason, bounced }) => {
+            Err(failure) => {
+                self.not_sent(
+                    &action,
+                    message,
+                    Some(sending_version),
+                    &to,
+                    deferrals,
+                    failure,
+                )
+                .await
+            }
+        }
+    }
+
+    /// After the email for `action` to `to` was not taken (`failure`), with its record
+    /// at `version` and deferred `deferrals` times before: deferred again (a copy of
+    /// `message` comes back later), or failed for good.
+    async fn not_sent(
+        &self,
+        action: &Action,
+        message: &Delivered,
+        version: Option<u64>,
+        to: &str,
+        deferrals: u32,
+        failure: Failure,
+    ) -> Result<Handled, DispatchError> {
+        let key = &action.idempotency_key;
+        match failure {
+            Failure::Permanent { reason, bounced } => {
                 if bounced {
                     // The mailbox does not exist: no campaign email goes there again.
                     self.suppressions
                         .put(
-                            cairn_bus::suppressions::key(&to),
+                            cairn_bus::suppressions::key(to),
                             Bytes::from_static(b"bounced"),
                         )
                         .await
@@ -575,39 +682,59 @@ impl<S: Store> Dispatcher<S> {
                             DispatchError::Bus(cairn_bus::BusError::Unavailable(err.to_string()))
                         })?;
                 }
-                self.fail(&action, &key, Some(sending_version), reason, &to)
-                    .await
+                self.fail(action, key, version, reason, to).await
             }
-            Err(Failure::Temporary(reason)) if message.attempt < self.config.attempts => {
+            Failure::Temporary(reason) if deferrals + 1 < self.config.attempts => {
                 let deferred = SendRecord {
                     state: State::Deferred,
+                    message_id: message_id(key),
+                    to: to.to_string(),
                     at_ms: now_ms(),
-                    reason: reason.clone(),
-                    ..sending
-                };
-                self.write(&key, &deferred, Some(sending_version)).await?;
-                self.bus
-                    .publish_all(vec![self.event(&action, &deferred, Reported::Deferred)])
-                    .await?;
-                Ok(Handled::Retry {
                     reason,
-                    delay: self.config.wait_after(message.attempt),
-                })
+                    deferrals: deferrals + 1,
+                };
+                if self.write(key, &deferred, version).await?.is_none() {
+                    return Err(DispatchError::Busy(format!("send {key} changed meanwhile")));
+                }
+                let again_at = now_ms()
+                    + i64::try_from(self.config.wait_after(deferred.deferrals).as_millis())
+                        .unwrap_or(i64::MAX / 2);
+                tracing::info!(key = %key, reason = %deferred.reason, deferrals = deferred.deferrals, "email deferred");
+                Ok(Handled::Publish(vec![
+                    self.comes_back(action, message, again_at)?,
+                    self.event(action, &deferred, Reported::Deferred),
+                ]))
             }
-            Err(Failure::Temporary(reason)) => {
+            Failure::Temporary(reason) => {
                 self.fail(
-                    &action,
-                    &key,
-                    Some(sending_version),
-                    format!(
-                        "still deferred after {} attempts: {reason}",
-                        message.attempt
-                    ),
-                    &to,
+                    action,
+                    key,
+                    version,
+                    format!("still deferred after {} attempts: {reason}", deferrals + 1),
+                    to,
                 )
                 .await
             }
         }
+    }
+
+    /// A copy of the request `message` (for `action`) that comes back at `at_ms`, by a
+    /// message schedule of its own (a later one replaces it).
+    fn comes_back(
+        &self,
+        action: &Action,
+        message: &Delivered,
+        at_ms: i64,
+    ) -> Result<Outgoing, DispatchError> {
+        let partition = self.partitions().of(&action.profile_id);
+        let digest = key_digest(&action.idempotency_key).simple().to_string();
+        Outgoing::schedule(
+            format!("campaign.hold.{partition}.{digest}"),
+            &subjects::campaign_sends(partition),
+            at_ms,
+            message.payload.clone(),
+        )
+        .ok_or_else(|| DispatchError::InvalidArgument(format!("cannot schedule at {at_ms}")))
     }
 
     /// Records `key` as failed for good, reports it, and dead-letters the request.
@@ -625,6 +752,7 @@ impl<S: Store> Dispatcher<S> {
             to: to.to_string(),
             at_ms: now_ms(),
             reason: reason.clone(),
+            deferrals: 0,
         };
         if self.write(key, &failed, version).await?.is_none() {
             return Err(DispatchError::Busy(format!("send {key} changed meanwhile")));
@@ -649,5 +777,32 @@ impl<S: Store> Handler for Dispatcher<S> {
                 reason: err.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn copies_of_one_key_take_turns_and_leave_nothing_behind() {
+        let locks = KeyLocks::default();
+        let first = locks.lock("k").await;
+        let second = tokio::spawn({
+            let locks = locks.clone();
+            async move {
+                let _held = locks.lock("k").await;
+            }
+        });
+        // Another key is free meanwhile.
+        let other = locks.lock("other").await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!second.is_finished());
+        drop(first);
+        second.await.unwrap();
+        drop(other);
+        assert!(locks.0.lock().unwrap().is_empty());
     }
 }

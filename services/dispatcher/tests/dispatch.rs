@@ -1,6 +1,5 @@
-//! The dispatcher against a real nats-server and a real SMTP server (aiosmtpd, from
-//! PyPI, which `./dev test` installs into `.cairn/tools/python`; `tests/smtp_server.py`
-//! scripts its answers by recipient): campaign sends arrive rendered, once, deferred
+//! The dispatcher against a real nats-server and a real SMTP server
+//! ([`SmtpServer`]: aiosmtpd, scripting its answers by recipient): campaign sends arrive rendered, once, deferred
 //! ones after a retry, refused ones in the dead letters, each outcome on
 //! `delivery.events`.
 
@@ -19,68 +18,9 @@ use cairn_proto::campaign::v1::Action;
 use cairn_proto::dispatch::v1::DeliveryEvent;
 use cairn_proto::dispatch::v1::delivery_event::Outcome;
 use cairn_store::{EmbeddedStore, Expect, Store as _, Write};
+use cairn_testkit::smtp::SmtpServer;
 use cairn_testkit::{TestHost, TestNats, stream_messages};
 use prost::Message as _;
-
-/// aiosmtpd on a free port, writing what it accepts into a folder.
-struct SmtpServer {
-    port: u16,
-    inbox: tempfile::TempDir,
-    _process: tokio::process::Child,
-}
-
-impl SmtpServer {
-    /// `None` when aiosmtpd is not installed (and this is not CI, where it must be).
-    async fn start() -> Option<Self> {
-        let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cairn/tools/python");
-        if !tools.join("aiosmtpd").exists() {
-            assert!(
-                std::env::var("CI").is_err(),
-                "no aiosmtpd under CI: ./dev test installs it into .cairn/tools/python"
-            );
-            eprintln!("SKIPPED: aiosmtpd is not installed (./dev test installs it)");
-            return None;
-        }
-        let port = cairn_testkit::free_addr().port();
-        let inbox = tempfile::tempdir().unwrap();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_server.py");
-        let mut process = tokio::process::Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(inbox.path())
-            .env("PYTHONPATH", &tools)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs");
-        let stdout = process.stdout.take().unwrap();
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("aiosmtpd started within 20 s")
-            .unwrap();
-        assert_eq!(ready.as_deref(), Some("ready"));
-        Some(Self {
-            port,
-            inbox,
-            _process: process,
-        })
-    }
-
-    /// The emails accepted so far, as text.
-    fn received(&self) -> Vec<String> {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(self.inbox.path())
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
-            .collect();
-        paths.sort();
-        paths
-            .into_iter()
-            .map(|path| std::fs::read_to_string(path).unwrap())
-            .collect()
-    }
-}
 
 struct Mesh {
     host: TestHost,
@@ -121,6 +61,7 @@ async fn mesh(transport: &[(&str, &str)]) -> Mesh {
         ("p-evening", "eve@example.com"),
         ("p-defer", "defer-bob@example.com"),
         ("p-reject", "reject-cy@example.com"),
+        ("p-busy", "busy-dan@example.com"),
         ("p-bad", "not an address"),
     ] {
         let profile = Profile {
@@ -280,10 +221,7 @@ impl Mesh {
 fn smtp_pairs(server: &SmtpServer) -> Vec<(&'static str, String)> {
     vec![
         ("CAIRN_EMAIL_TRANSPORT", "smtp".to_string()),
-        (
-            "CAIRN_SMTP_URL",
-            format!("smtp://127.0.0.1:{}", server.port),
-        ),
+        ("CAIRN_SMTP_URL", server.url()),
     ]
 }
 
@@ -347,9 +285,23 @@ async fn a_deferred_send_is_tried_again_and_a_refused_one_is_dead_lettered() {
         target: "nope".into(),
         ..action("p-ann", "k-no-template")
     };
-    for request in [&deferred, &refused, &no_address, &no_template] {
+    let busy = action("p-busy", "k-busy");
+    for request in [&busy, &deferred, &refused, &no_address, &no_template] {
         mesh.request(request, "first").await;
     }
+    // A deferred email waits off the line: one asked for after it goes out meanwhile.
+    mesh.wait_for("k-busy", State::Deferred).await;
+    let later = action("p-ann", "k-later");
+    mesh.request(&later, "first").await;
+    mesh.wait_for("k-later", State::Sent).await;
+    assert_ne!(
+        send::record(&mesh.store, "k-busy")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        State::Failed
+    );
     mesh.wait_for("k-defer", State::Sent).await;
     let failed = mesh.wait_for("k-reject", State::Failed).await;
     assert!(failed.reason.contains("550"), "{failed:?}");
@@ -357,16 +309,36 @@ async fn a_deferred_send_is_tried_again_and_a_refused_one_is_dead_lettered() {
     mesh.wait_for("k-no-template", State::Failed).await;
     mesh.idle().await;
 
+    // The server that always defers is given up after CAIRN_EMAIL_ATTEMPTS (4).
+    let given_up = mesh.wait_for("k-busy", State::Failed).await;
+    assert!(
+        given_up.reason.contains("still deferred after 4 attempts"),
+        "{given_up:?}"
+    );
+    mesh.idle().await;
     let received = server.received();
-    assert_eq!(received.len(), 1, "{received:?}");
-    assert!(received[0].contains("To: defer-bob@example.com"));
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert!(
+        received
+            .iter()
+            .any(|email| email.contains("To: defer-bob@example.com"))
+    );
     assert_eq!(
         mesh.outcomes("k-defer").await,
         vec![Outcome::Deferred, Outcome::Sent]
     );
     assert_eq!(mesh.outcomes("k-reject").await, vec![Outcome::Failed]);
+    assert_eq!(
+        mesh.outcomes("k-busy").await,
+        vec![
+            Outcome::Deferred,
+            Outcome::Deferred,
+            Outcome::Deferred,
+            Outcome::Failed
+        ]
+    );
     let dead = mesh.dead_letters().await;
-    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert_eq!(dead.len(), 4, "{dead:?}");
     assert!(dead.iter().any(|reason| reason.contains("550")), "{dead:?}");
     assert!(
         dead.iter()
@@ -396,6 +368,7 @@ async fn a_send_interrupted_mid_exchange_is_not_sent_again() {
         to: "ann@example.com".into(),
         at_ms: 1,
         reason: String::new(),
+        deferrals: 0,
     };
     mesh.store
         .write(

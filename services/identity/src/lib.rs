@@ -29,7 +29,7 @@ pub mod rules;
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer;
-use cairn_bus::worker::WorkerOptions;
+use cairn_bus::worker::{Handling, WorkerOptions};
 use cairn_bus::{Bus, BusConfig, streams, subjects};
 use cairn_proto::identity::v1::identity_server::IdentityServer;
 use cairn_runtime::grpc::GrpcServices;
@@ -131,6 +131,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         service: "identity",
         batch: config.batch,
         max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
+        handling: Handling::InOrder,
     };
     let worker = cairn_bus::worker::run(
         bus.clone(),

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use cairn_bus::ownership::Ownership;
-use cairn_bus::worker::WorkerOptions;
+use cairn_bus::worker::{Handling, WorkerOptions};
 use cairn_bus::{Bus, BusConfig, BusError, streams, subjects};
 use cairn_proto::profile::v1::profiles_server::ProfilesServer;
 use cairn_runtime::grpc::GrpcServices;
@@ -167,6 +167,7 @@ impl<S: Store> PartitionWorkers<S> {
                 service: "profile-store",
                 batch: self.batch,
                 max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
+                handling: Handling::InOrder,
             };
             workers.push(tokio::spawn(cairn_bus::worker::run(
                 self.bus.clone(),

@@ -24,7 +24,7 @@ pub mod record;
 pub mod segments;
 
 use async_nats::jetstream::consumer;
-use cairn_bus::worker::WorkerOptions;
+use cairn_bus::worker::{Handling, WorkerOptions};
 use cairn_bus::{Bus, BusConfig, streams, subjects};
 use cairn_proto::campaign::v1::campaigns_server::CampaignsServer;
 use cairn_proto::profile::v1::{ProfileChanged, ProfileDeleted};
@@ -248,6 +248,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         service: "segmenter",
         batch: BATCH,
         max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
+        handling: Handling::InOrder,
     };
     // Each profile change, due segment timer and deletion once, for the memberships
     // and then the campaigns.
@@ -296,6 +297,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
             service: campaigns::webhooks::SERVICE,
             batch: BATCH,
             max_attempts: webhook_config.attempts,
+            handling: Handling::InOrder,
         },
         context.shutdown.clone(),
     );
@@ -315,6 +317,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
                 service: personalization::SERVICE,
                 batch: BATCH,
                 max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
+                handling: Handling::InOrder,
             },
             context.shutdown.clone(),
         ));

@@ -4,7 +4,7 @@
 
 Every email it accepts is written to <folder> as <n>.eml. Recipients choose answers:
 defer-...@ gets 451 on the first attempt at each Message-ID and is accepted after;
-reject-...@ always gets 550. It runs until killed.
+busy-...@ always gets 451; reject-...@ always gets 550. It runs until killed.
 """
 
 import os
@@ -30,6 +30,8 @@ class Scripted:
                 break
         if recipient.startswith("reject-"):
             return "550 5.1.1 mailbox unavailable"
+        if recipient.startswith("busy-"):
+            return "451 4.3.2 system busy"
         if recipient.startswith("defer-") and message_id not in self.deferred:
             self.deferred.add(message_id)
             return "451 4.3.0 try again later"
