@@ -764,6 +764,7 @@ async fn killing_the_dispatcher_mid_send_sends_no_email_twice() {
                 at: Some(cairn_runtime::clock::timestamp(1)),
                 idempotency_key: key(n),
                 send_at: String::new(),
+                untracked: false,
             };
             cairn_bus::Outgoing {
                 subject: cairn_bus::subjects::campaign_sends(bus.partitions().of(&profile_id)),

@@ -150,6 +150,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
                 at: Some(std::time::SystemTime::now().into()),
                 idempotency_key: format!("bench:{n}"),
                 send_at: String::new(),
+                untracked: false,
             };
             Outgoing {
                 subject: subjects::campaign_sends(bus.partitions().of(&profile_id)),

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod links;
 pub mod ownership;
 pub mod personalization;
 pub mod server;

@@ -20,7 +20,7 @@ pub const BUCKET: &str = "SUPPRESSIONS";
 pub const LINK_SECRET: Var = Var {
     name: "CAIRN_EMAIL_LINK_SECRET",
     default: "",
-    doc: "Signs the unsubscribe links in emails (at least 16 characters; the collector checks them). Unset: emails carry no unsubscribe link (`cairn up` makes a development one).",
+    doc: "Signs the unsubscribe links in emails and seals their tracked links (at least 16 characters; the collector checks them). Unset: emails carry neither (`cairn up` makes a development one).",
 };
 
 /// The variables of the unsubscribe links, read by the collector and the dispatcher.

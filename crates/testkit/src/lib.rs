@@ -167,6 +167,15 @@ pub async fn stored_events(bus: &Bus) -> Vec<StoredEvent> {
         .collect()
 }
 
+/// Every event in the EVENTS stream as its sender wrote it (the Segment call), in order.
+pub async fn stored_calls(bus: &Bus) -> Vec<serde_json::Value> {
+    stored_events(bus)
+        .await
+        .into_iter()
+        .map(|stored| serde_json::from_slice(&stored.envelope.raw).expect("a JSON call"))
+        .collect()
+}
+
 /// A free TCP address on 127.0.0.1.
 pub fn free_addr() -> SocketAddr {
     cairn_bus::server::free_local_addr().expect("a free port on 127.0.0.1")

@@ -8,7 +8,8 @@
  * Events are batched (every second, or 20 at a time) to /v1/batch, kept in localStorage
  * until the collector accepts them, retried with a doubling pause, and sent with
  * sendBeacon when the page is hidden; each has a message id, so a retry is stored once.
- * Calls made before the tag loads can be queued: window.cairn = window.cairn || [];
+ * A landing page reached by a tracked link in a campaign email (?cairn_t=...) ties the
+ * visitor to the person who clicked (POST /v1/link). Calls made before the tag loads can be queued: window.cairn = window.cairn || [];
  * cairn.push(["track", "Viewed Pricing"]).
  */
 (function (window, document) {
@@ -283,6 +284,23 @@
   };
 
   window.cairn = cairn;
+  // Arrived by a link in a campaign email: the collector ties this browser to the
+  // person (cairn_t, good for ten minutes), and the token leaves the address bar before
+  // the page event reads it.
+  var params = new URLSearchParams(location.search);
+  var visit = params.get("cairn_t");
+  if (visit) {
+    params.delete("cairn_t");
+    var rest = params.toString();
+    if (history.replaceState) history.replaceState(history.state, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+    fetch(host + "/v1/link", {
+      method: "POST",
+      body: JSON.stringify({ t: visit, anonymousId: anonymousId }),
+      headers: { "Content-Type": "text/plain" },
+      keepalive: true,
+      credentials: "omit"
+    }).catch(function () {});
+  }
   if (attribute("data-auto-page") !== "false") cairn.page();
   if (Array.isArray(previous)) previous.forEach(cairn.push);
   if (queue.length) later(FLUSH_EVERY_MS);

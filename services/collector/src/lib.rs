@@ -10,11 +10,13 @@
 //! - [`event`]: validation of Segment calls (pure);
 //! - [`ingest`]: envelopes and acknowledged publishing;
 //! - [`http`] and [`grpc`]: the two front doors;
+//! - [`unsubscribe`] and [`email_links`]: where the links in campaign emails lead;
 //! - [`start`]: the module for `cairn serve collector` and `cairn up`.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod email_links;
 pub mod error;
 pub mod event;
 pub mod grpc;
@@ -74,6 +76,11 @@ pub async fn start(context: &ModuleContext) -> Result<Module, CollectorError> {
         secret: cairn_bus::suppressions::link_secret(&context.settings)?,
     };
     let ingest = Ingest::new(bus, &context.metrics.meter("cairn.collector"));
+    let email_links = email_links::EmailLinks {
+        ingest: ingest.clone(),
+        secret: unsubscribe.secret.clone(),
+        trust_forwarded_for: config.trust_forwarded_for,
+    };
     Ok(Module {
         name: "collector",
         grpc: GrpcServices::default().with(CollectorServer::new(grpc::CollectorService::new(
@@ -82,7 +89,8 @@ pub async fn start(context: &ModuleContext) -> Result<Module, CollectorError> {
         ))),
         http: Some(
             http::router(ingest, personalizer, context.credentials.clone(), config)
-                .merge(unsubscribe::routes(unsubscribe)),
+                .merge(unsubscribe::routes(unsubscribe))
+                .merge(email_links::routes(email_links)),
         ),
         tasks: Vec::new(),
     })

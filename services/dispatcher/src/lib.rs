@@ -6,7 +6,8 @@
 //!   served by `cairn.dispatch.v1.Templates` ([`grpc`]);
 //! - [`transport`]: SMTP with a connection pool, or the file outbox;
 //! - [`send`]: the consumer: the send records that make each email leave once, retries
-//!   with backoff, dead letters, and `delivery.events`.
+//!   with backoff, dead letters, and `delivery.events`;
+//! - [`tracking`]: click and open tracking in the HTML.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod grpc;
 pub mod quiet;
 pub mod send;
 pub mod templates;
+pub mod tracking;
 pub mod transport;
 
 use async_nats::jetstream::consumer;

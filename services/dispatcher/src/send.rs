@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use cairn_bus::worker::{Delivered, Handled, Handler};
-use cairn_bus::{Bus, Outgoing, Partitions, subjects};
+use cairn_bus::{Bus, Outgoing, Partitions, links, subjects};
 use cairn_proto::campaign::v1::Action;
 use cairn_proto::dispatch::v1::{DeliveryEvent, delivery_event::Outcome as Reported};
 use cairn_runtime::clock::{now_ms, timestamp};
@@ -135,9 +135,24 @@ pub async fn compose<S: Store>(
         "email": to.email.to_string(),
         "unsubscribe_url": config.unsubscribe_url(to.email.as_ref()),
     });
+    let identifiers = profile["identifiers"].as_array();
+    let last_of = |kind: &str| {
+        identifiers?
+            .iter()
+            .rev()
+            .find(|identifier| identifier["type"] == kind)
+            .and_then(|identifier| identifier["value"].as_str())
+            .map(str::to_string)
+    };
+    let (user_id, anonymous_id) = (last_of("user_id"), last_of("anonymous_id"));
     Ok(template
         .render(&context)
         .map(|rendered| Composed {
+            person: links::Person {
+                anonymous_id: anonymous_id.filter(|_| user_id.is_none()),
+                user_id,
+                email: to.email.to_string(),
+            },
             to,
             rendered,
             timezone: profile["timezone"].as_str().map(str::to_string),
@@ -152,6 +167,8 @@ pub async fn compose<S: Store>(
 /// An email rendered for one profile.
 pub struct Composed {
     pub to: Mailbox,
+    /// Who it goes to, as the identity service knows them (for tracked links).
+    pub person: links::Person,
     pub rendered: templates::Rendered,
     /// The profile's time zone, when known.
     pub timezone: Option<String>,
@@ -295,6 +312,7 @@ impl<S: Store> Dispatcher<S> {
             serde_json::from_str(&action.params_json).unwrap_or(serde_json::Value::Null);
         let Composed {
             to,
+            person,
             rendered,
             timezone,
             best_send_hour,
@@ -332,7 +350,28 @@ impl<S: Store> Dispatcher<S> {
                     "List-Unsubscribe=One-Click".to_string(),
                 ));
         }
-        let built = match rendered.html {
+        let unsubscribe_url = self.config.unsubscribe_url(&email);
+        let html = match (&self.config.link_secret, rendered.html) {
+            (Some(secret), Some(html))
+                if !action.untracked
+                    && (person.user_id.is_some() || person.anonymous_id.is_some()) =>
+            {
+                let tracked = links::Email {
+                    send: action.idempotency_key.clone(),
+                    campaign: action.campaign.clone(),
+                    person,
+                };
+                Some(crate::tracking::track(
+                    &html,
+                    &tracked,
+                    secret,
+                    &self.config.public_url,
+                    unsubscribe_url.as_deref(),
+                ))
+            }
+            (_, html) => html,
+        };
+        let built = match html {
             Some(html) => builder.multipart(MultiPart::alternative_plain_html(rendered.text, html)),
             None => builder
                 .header(header::ContentType::TEXT_PLAIN)

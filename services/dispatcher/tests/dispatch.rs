@@ -49,7 +49,12 @@ async fn mesh(transport: &[(&str, &str)]) -> Mesh {
             name: CART.into(),
             subject: "{{ profile.traits.name }}, your {{ params.section }} are waiting".into(),
             text: "Hi {{ profile.traits.name }}, finish your order on {{ params.section }}.".into(),
-            html: Some("<p>Hi {{ profile.traits.name }}</p>".into()),
+            html: Some(
+                "<html><body><p>Hi {{ profile.traits.name }}</p>\
+                 <p><a href=\"https://shop.example.com/cart?section={{ params.section }}\">Back to your cart</a></p>\
+                 </body></html>"
+                    .into(),
+            ),
             version: 0,
             updated_ms: 0,
         },
@@ -70,6 +75,15 @@ async fn mesh(transport: &[(&str, &str)]) -> Mesh {
                 ("email".to_string(), stamped(email)),
                 ("name".to_string(), stamped("Ann")),
             ]),
+            // Ann visited the site before (the anonymous id her events carried).
+            identifiers: if id == "p-ann" {
+                vec![cairn_profile_store::profile::Identifier {
+                    kind: "anonymous_id".into(),
+                    value: "a-ann".into(),
+                }]
+            } else {
+                Vec::new()
+            },
             // Eve reads email two hours from now (UTC: no zone known).
             facts: if id == "p-evening" {
                 BTreeMap::from([(
@@ -155,6 +169,7 @@ fn action(profile_id: &str, key: &str) -> Action {
         )),
         idempotency_key: key.into(),
         send_at: String::new(),
+        untracked: false,
     }
 }
 
@@ -672,6 +687,7 @@ async fn an_email_for_the_best_send_hour_waits_for_it() {
     let mesh = mesh(&[]).await;
     let eve = Action {
         send_at: "best_hour".into(),
+        untracked: false,
         ..action("p-evening", "k-evening")
     };
     mesh.request(&eve, "first").await;
@@ -690,4 +706,183 @@ async fn an_email_for_the_best_send_hour_waits_for_it() {
         due.ends_with(&format!("T{:02}:00:00Z", evening_hour())),
         "{due}"
     );
+}
+
+/// The HTML part of `email` (an .eml), decoded.
+fn html_part(email: &str) -> String {
+    let start = email.find("Content-Type: text/html").expect("an HTML part");
+    let part = &email[start..];
+    let (headers, body) = part.split_once("\r\n\r\n").unwrap();
+    let body = &body[..body.find("\r\n--").unwrap_or(body.len())];
+    if headers.contains("Content-Transfer-Encoding: base64") {
+        use base64::Engine as _;
+        let joined: String = body.split_whitespace().collect();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(joined)
+                .unwrap(),
+        )
+        .unwrap()
+    } else if headers.contains("Content-Transfer-Encoding: quoted-printable") {
+        let joined = body.replace("=\r\n", "");
+        let mut decoded = Vec::new();
+        let bytes = joined.as_bytes();
+        let mut at = 0;
+        while at < bytes.len() {
+            if bytes[at] == b'=' && at + 2 < bytes.len() {
+                let hex = std::str::from_utf8(&bytes[at + 1..at + 3]).unwrap();
+                decoded.push(u8::from_str_radix(hex, 16).unwrap());
+                at += 3;
+            } else {
+                decoded.push(bytes[at]);
+                at += 1;
+            }
+        }
+        String::from_utf8(decoded).unwrap()
+    } else {
+        body.to_string()
+    }
+}
+
+/// The value of the first `attribute="…"` in `html` that starts with `prefix`.
+fn attribute_starting(html: &str, attribute: &str, prefix: &str) -> String {
+    let needle = format!("{attribute}=\"{prefix}");
+    let start = html
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no {needle} in {html}"))
+        + attribute.len()
+        + 2;
+    html[start..start + html[start..].find('"').unwrap()].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_in_emails_record_clicks_and_opens_and_tie_the_browser_to_the_person() {
+    let Some(server) = SmtpServer::start().await else {
+        return;
+    };
+    let pairs = smtp_pairs(&server);
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mesh = mesh(&pairs).await;
+    let ann = action("p-ann", "k-tracked");
+    // A campaign with tracking off.
+    let untracked = Action {
+        untracked: true,
+        ..action("p-ann", "k-untracked")
+    };
+    mesh.request(&ann, "first").await;
+    mesh.request(&untracked, "first").await;
+    mesh.wait_for("k-tracked", State::Sent).await;
+    mesh.wait_for("k-untracked", State::Sent).await;
+    let received = server.received();
+    let email_of = |key: &str| {
+        received
+            .iter()
+            .find(|email| email.contains(&send::message_id(key)))
+            .map(|email| html_part(email))
+            .unwrap()
+    };
+    let plain = email_of("k-untracked");
+    assert!(
+        plain.contains("href=\"https://shop.example.com/cart?section=shoes\""),
+        "{plain}"
+    );
+    assert!(!plain.contains("/v1/open"), "{plain}");
+    let tracked = email_of("k-tracked");
+    assert!(!tracked.contains("shop.example.com"), "{tracked}");
+    // The links lead to CAIRN_PUBLIC_URL (by default CAIRN_HTTP_ADDR, which the test
+    // host does not use): here, to the collector where it listens.
+    let public = mesh.host.http_url();
+    let token_of = |link: String, path: &str| {
+        let (_, token) = link
+            .split_once(&format!("{path}?t="))
+            .unwrap_or_else(|| panic!("{link}"));
+        token.to_string()
+    };
+    let click = format!(
+        "{public}/v1/click?t={}",
+        token_of(attribute_starting(&tracked, "href", "http"), "/v1/click")
+    );
+    let open = format!(
+        "{public}/v1/open?t={}",
+        token_of(attribute_starting(&tracked, "src", "http"), "/v1/open")
+    );
+
+    // The click leads to the page, carrying the visit token.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client.get(&click).send().await.unwrap();
+    assert_eq!(response.status(), 302);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let visit = location
+        .strip_prefix("https://shop.example.com/cart?section=shoes&cairn_t=")
+        .unwrap_or_else(|| panic!("{location}"))
+        .to_string();
+    let pixel = client.get(&open).send().await.unwrap();
+    assert_eq!(pixel.status(), 200);
+    assert_eq!(pixel.headers()["content-type"], "image/gif");
+    // The landing page's tag hands the token over with its own anonymous id.
+    let linked = client
+        .post(format!("{public}/v1/link"))
+        .header("content-type", "text/plain")
+        .body(serde_json::json!({"t": visit, "anonymousId": "browser-7"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(linked.status(), 200);
+
+    let events: Vec<serde_json::Value> = cairn_testkit::stored_calls(&mesh.bus).await;
+    let named = |name: &str| {
+        events
+            .iter()
+            .find(|event| event["event"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {events:?}"))
+    };
+    let clicked = named("Email Link Clicked");
+    assert_eq!(clicked["anonymousId"], "a-ann");
+    assert_eq!(clicked["context"]["traits"]["email"], "ann@example.com");
+    assert_eq!(clicked["properties"]["campaign"], "cart_recovery");
+    assert_eq!(clicked["properties"]["email_id"], "k-tracked");
+    assert_eq!(
+        clicked["properties"]["link_url"],
+        "https://shop.example.com/cart?section=shoes"
+    );
+    let opened = named("Email Opened");
+    assert_eq!(opened["properties"]["email_id"], "k-tracked");
+    assert_eq!(opened["anonymousId"], "a-ann");
+    let identify = events
+        .iter()
+        .find(|event| event["type"] == "identify")
+        .unwrap_or_else(|| panic!("no identify in {events:?}"));
+    assert_eq!(identify["anonymousId"], "browser-7");
+    assert_eq!(identify["context"]["traits"]["email"], "ann@example.com");
+
+    // Forged, swapped or incomplete tokens do nothing but say so.
+    let forged = client
+        .get(format!("{public}/v1/click?t=AAAA{}", &visit[4..]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    let open_token = open.split("t=").nth(1).unwrap();
+    for (body, says) in [
+        (
+            serde_json::json!({"t": open_token, "anonymousId": "b"}),
+            "t: not a visit token",
+        ),
+        (serde_json::json!({"t": visit}), "anonymousId: required"),
+        (serde_json::json!({"anonymousId": "b"}), "t: required"),
+    ] {
+        let refused = client
+            .post(format!("{public}/v1/link"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400);
+        let text = refused.text().await.unwrap();
+        assert!(text.contains(says), "{text}");
+    }
+    assert_eq!(cairn_testkit::stored_calls(&mesh.bus).await, events);
 }

@@ -13,6 +13,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cairn_bus::links;
 use common::mesh_with;
 use serde_json::Value;
 
@@ -139,11 +140,7 @@ async fn the_tag_sends_events_keeps_its_cookie_and_shows_campaign_content() {
     assert_eq!(anonymous_id.len(), 36, "a UUID: {anonymous_id}");
     mesh.settle().await;
 
-    let events: Vec<Value> = cairn_testkit::stored_events(&mesh.bus)
-        .await
-        .into_iter()
-        .map(|stored| serde_json::from_slice(&stored.envelope.raw).unwrap())
-        .collect();
+    let events: Vec<Value> = cairn_testkit::stored_calls(&mesh.bus).await;
     let page = events
         .iter()
         .find(|event| event["type"] == "page")
@@ -172,4 +169,44 @@ async fn the_tag_sends_events_keeps_its_cookie_and_shows_campaign_content() {
     );
     assert_eq!(text_of(&second, "offer"), "Register and win $5", "{second}");
     assert!(!second.contains("id=\"offer\" data-cairn-campaign=\"welcome\" hidden"));
+
+    // Third visit, by a tracked link in a campaign email: the tag hands the visit token
+    // to the collector, which ties this browser to the person who clicked, and the
+    // token is gone from the address before the page event reads it.
+    let token = links::seal(
+        common::LINK_SECRET,
+        links::Purpose::Visit,
+        &links::Visit {
+            person: links::Person {
+                user_id: Some("u-reader".into()),
+                anonymous_id: None,
+                email: "reader@example.com".into(),
+            },
+            expires_ms: cairn_runtime::clock::now_ms() + 60_000,
+        },
+    );
+    visit(
+        &chromium,
+        profile_dir.path(),
+        &format!("{url}?utm_source=email&cairn_t={token}"),
+    )
+    .await;
+    mesh.settle().await;
+    let events: Vec<Value> = cairn_testkit::stored_calls(&mesh.bus).await;
+    let identify = events
+        .iter()
+        .find(|event| event["type"] == "identify" && event["userId"] == "u-reader")
+        .unwrap_or_else(|| panic!("no identify in {events:?}"));
+    assert_eq!(identify["anonymousId"], anonymous_id.as_str());
+    assert_eq!(identify["context"]["traits"]["email"], "reader@example.com");
+    let landed = events
+        .iter()
+        .find(|event| {
+            event["type"] == "page" && event["properties"]["search"] == "?utm_source=email"
+        })
+        .unwrap_or_else(|| panic!("no page of the landing in {events:?}"));
+    assert_eq!(
+        landed["properties"]["url"],
+        format!("{url}?utm_source=email").as_str()
+    );
 }

@@ -14,6 +14,7 @@
 //!   abandoned:
 //!     - {channel: email, template: cart_reminder, params: {section: event.properties.section}}
 //!     # send_at: best_hour  — wait for the profile's best send hour (activity enricher)
+//! # email_tracking: false               # no click or open tracking in its emails
 //! ```
 //!
 //! Every profile starts in `start`. A transition fires on an event (optionally with a
@@ -52,6 +53,9 @@ struct CampaignSpec {
     reentry: Option<String>,
     #[serde(default)]
     cap: Option<String>,
+    /// Click and open tracking in the campaign's emails (on unless `false`).
+    #[serde(default)]
+    email_tracking: Option<bool>,
     transitions: Vec<TransitionSpec>,
     #[serde(default)]
     actions: BTreeMap<String, Vec<ActionSpec>>,
@@ -146,8 +150,13 @@ pub struct Transition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Channel {
     /// A template sent by the email dispatcher; at the profile's best send hour (from
-    /// the activity enricher) when `best_hour`, else as soon as quiet hours allow.
-    Email { template: String, best_hour: bool },
+    /// the activity enricher) when `best_hour`, else as soon as quiet hours allow;
+    /// its links and opens tracked when `tracked`.
+    Email {
+        template: String,
+        best_hour: bool,
+        tracked: bool,
+    },
     /// Content answered by the personalization API while the profile is on the site.
     Web { content: String },
     /// An HTTP POST, signed like segment webhooks.
@@ -369,6 +378,7 @@ fn check(spec: CampaignSpec, problems: &mut Vec<String>) -> Option<Campaign> {
         actions: BTreeMap::new(),
     };
     let states: BTreeSet<String> = campaign.states().into_iter().map(str::to_string).collect();
+    let tracked = spec.email_tracking.unwrap_or(true);
     for (state, actions) in spec.actions {
         if !states.contains(&state) {
             problems.push(format!(
@@ -379,7 +389,7 @@ fn check(spec: CampaignSpec, problems: &mut Vec<String>) -> Option<Campaign> {
         let mut checked = Vec::new();
         for (index, action) in actions.into_iter().enumerate() {
             let at = format!("actions.{state}[{index}]");
-            if let Some(action) = check_action(&at, action, problems) {
+            if let Some(action) = check_action(&at, action, tracked, problems) {
                 checked.push(action);
             }
         }
@@ -463,7 +473,12 @@ fn check_transition(
     }
 }
 
-fn check_action(at: &str, action: ActionSpec, problems: &mut Vec<String>) -> Option<ActionDef> {
+fn check_action(
+    at: &str,
+    action: ActionSpec,
+    tracked: bool,
+    problems: &mut Vec<String>,
+) -> Option<ActionDef> {
     for (param, source) in &action.params {
         if !(source.starts_with("event.") || source.starts_with("profile.")) {
             problems.push(format!(
@@ -484,6 +499,7 @@ fn check_action(at: &str, action: ActionSpec, problems: &mut Vec<String>) -> Opt
     let channel = match action.channel.as_str() {
         "email" => Channel::Email {
             template: required("template", action.template.clone(), problems)?,
+            tracked,
             best_hour: match action.send_at.as_deref().map(str::trim) {
                 None | Some("now") => false,
                 Some("best_hour") => true,
@@ -620,8 +636,15 @@ actions:
             Channel::Email {
                 template: "cart_reminder".into(),
                 best_hour: false,
+                tracked: true,
             }
         );
+        // A campaign may turn click and open tracking off for its emails.
+        let untracked = Campaign::parse(&format!("email_tracking: false\n{CART}")).unwrap();
+        assert!(matches!(
+            untracked.actions["abandoned"][0].channel,
+            Channel::Email { tracked: false, .. }
+        ));
         // JSON is YAML too.
         let json = r#"{"name": "vip", "audience": "vips",
             "transitions": [{"from": "start", "to": "welcomed", "entered": "vips"}]}"#;

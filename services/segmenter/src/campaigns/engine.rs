@@ -78,6 +78,9 @@ struct SentAction {
     /// For email: `best_hour` to send at the profile's best send hour.
     #[serde(default)]
     send_at: String,
+    /// For email: no click or open tracking.
+    #[serde(default)]
+    untracked: bool,
 }
 
 fn journey_key(campaign: &str, profile_id: &str) -> Bytes {
@@ -423,6 +426,7 @@ impl<S: Store> CampaignHandler<S> {
                             } => "best_hour".to_string(),
                             _ => String::new(),
                         },
+                        untracked: matches!(action.channel, Channel::Email { tracked: false, .. }),
                         state: action.state.clone(),
                         channel: channel.to_string(),
                         target: target.to_string(),
@@ -619,6 +623,7 @@ fn action_message(
         at: Some(timestamp(action.at_ms)),
         idempotency_key: action.key.clone(),
         send_at: action.send_at.clone(),
+        untracked: action.untracked,
     };
     let mut headers = async_nats::HeaderMap::new();
     cairn_bus::trace::inject_current(&mut headers);

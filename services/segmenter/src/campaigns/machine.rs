@@ -408,6 +408,7 @@ actions:
             Channel::Email {
                 template: "cart_reminder".into(),
                 best_hour: false,
+                tracked: true,
             }
         );
         assert_eq!(abandoned.actions[0].params["plan"], "pro");

@@ -56,6 +56,9 @@ pub async fn mesh_with(segments: &[(&str, &str)], campaigns: &[&str]) -> Mesh {
 /// A segment of people who ordered at least twice.
 pub const VIP: &str = "FILTER event_count.`Order Completed`.all >= 2";
 
+/// What the mesh seals email links with.
+pub const LINK_SECRET: &str = "link-secret-0123456789";
+
 /// What the mesh signs campaign webhook calls with.
 pub const CAMPAIGN_SECRET: &str = "campaign-secret-0123";
 
@@ -81,6 +84,7 @@ pub async fn serve(nats: &TestNats, store: &EmbeddedStore) -> TestHost {
             ("CAIRN_WEBHOOK_BACKOFF", "100ms"),
             ("CAIRN_WEBHOOK_ATTEMPTS", "3"),
             ("CAIRN_CAMPAIGN_WEBHOOK_SECRET", CAMPAIGN_SECRET),
+            ("CAIRN_EMAIL_LINK_SECRET", LINK_SECRET),
         ],
     );
     let modules = vec![
