@@ -201,7 +201,40 @@ impl Mesh {
     /// Waits until identity, the profile store, the segmenter and the personalization
     /// answers are done with what the collector accepted.
     pub async fn settle(&self) {
-        // Identity, the profile store and the segmenter, one after the other.
+        // Identity, the profile store and the segmenter, one after the other, until a
+        // whole pass finds every consumer idle and no stream grown meanwhile (one step
+        // may announce work for an earlier one: a merge, a member gaining ids).
+        for _ in 0..20 {
+            let before = self.stream_sizes().await;
+            self.settle_pass().await;
+            if self.stream_sizes().await == before {
+                return;
+            }
+        }
+        panic!("the mesh kept producing messages through 20 passes");
+    }
+
+    /// How many messages each stream the mesh writes holds now.
+    async fn stream_sizes(&self) -> Vec<u64> {
+        let mut sizes = Vec::new();
+        for name in [
+            streams::EVENTS,
+            streams::IDENTIFIED,
+            streams::PROFILES,
+            streams::SEGMENTS,
+            streams::CAMPAIGNS,
+        ] {
+            let size = match self.bus.jetstream().get_stream(name).await {
+                Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
+                Err(_) => 0,
+            };
+            sizes.push(size);
+        }
+        sizes
+    }
+
+    /// One pass over every consumer, in pipeline order.
+    async fn settle_pass(&self) {
         for _ in 0..3 {
             wait_consumer_idle(&self.bus, streams::EVENTS, "identity").await;
             wait_consumer_idle(&self.bus, streams::IDENTIFIED, "enrich_content").await;
