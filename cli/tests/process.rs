@@ -644,31 +644,6 @@ async fn rebuild_applies_changed_rules_and_keeps_deleted_people_deleted() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
-/// Waits until the consumer `consumer` of `stream` has nothing pending or unacknowledged
-/// (messages a killed process had come back after the ack wait).
-async fn wait_consumed(bus: &cairn_bus::Bus, stream: &str, consumer: &str, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Ok(mut found) = bus
-            .jetstream()
-            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-                consumer, stream,
-            )
-            .await
-            && let Ok(info) = found.info().await
-            && info.num_pending == 0
-            && info.num_ack_pending == 0
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{consumer} still busy after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_dispatcher_mid_send_sends_no_email_twice() {
     use bytes::Bytes;
@@ -820,7 +795,7 @@ async fn killing_the_dispatcher_mid_send_sends_no_email_twice() {
         child.wait().await.unwrap();
     }
     let mut child = start();
-    wait_consumed(
+    cairn_testkit::wait_consumer_idle_within(
         &bus,
         cairn_bus::streams::CAMPAIGNS,
         send::SERVICE,

@@ -122,7 +122,18 @@ pub async fn wait_for_messages(bus: &Bus, stream: &str, count: usize) -> Vec<Str
 /// Waits until `consumer` on `stream` has handled and acknowledged everything it was
 /// given (30 s at most).
 pub async fn wait_consumer_idle(bus: &Bus, stream: &str, consumer: &str) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    wait_consumer_idle_within(bus, stream, consumer, std::time::Duration::from_secs(30)).await
+}
+
+/// The same, waiting at most `within` (messages a killed process had come back only
+/// after the consumer's ack wait).
+pub async fn wait_consumer_idle_within(
+    bus: &Bus,
+    stream: &str,
+    consumer: &str,
+    within: std::time::Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Ok(mut found) = bus
             .jetstream()
@@ -138,7 +149,7 @@ pub async fn wait_consumer_idle(bus: &Bus, stream: &str, consumer: &str) {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{consumer} on {stream} still busy after 30s"
+            "{consumer} on {stream} still busy after {within:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
