@@ -3,6 +3,10 @@
 //! `facts`, `visit_count`, ...), `params` (the campaign action's parameters),
 //! `campaign`, `email` (the address it goes to) and `unsubscribe_url`.
 //!
+//! An HTML body that is an MJML document (it starts with `<mjml>`) is rendered by
+//! minijinja, then turned into the email's HTML by mrml (responsive tables, inlined
+//! layout), so marketers can write the layout language their tools export.
+//!
 //! Saved templates are checked strictly: a variable outside those, or a profile field
 //! the profile does not have (`profile.emial`), is refused when the template is saved,
 //! naming the part and the variable. Sending renders leniently: a trait this profile
@@ -126,6 +130,18 @@ impl Template {
                 }
             }
         }
+        if let Some(html) = self.html.as_deref().filter(|html| is_mjml(html))
+            && problems.is_empty()
+        {
+            // The document as minijinja leaves it (nothing known: loops and conditions
+            // render empty) must be MJML that mrml reads.
+            let plain = environment(UndefinedBehavior::Chainable);
+            if let Ok(document) = plain.render_str(html, minijinja::context! {})
+                && let Err(err) = mjml_to_html(&document)
+            {
+                problems.push(format!("html: {err}"));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -156,11 +172,29 @@ impl Template {
                 .join(" "),
             text: render("text", &self.text)?,
             html: match &self.html {
+                Some(html) if is_mjml(html) => Some(
+                    mjml_to_html(&render_in(&html_env, "html", html)?)
+                        .map_err(|err| invalid(&self.name, format!("html: {err}")))?,
+                ),
                 Some(html) => Some(render_in(&html_env, "html", html)?),
                 None => None,
             },
         })
     }
+}
+
+/// Whether an HTML body is written in MJML.
+pub fn is_mjml(html: &str) -> bool {
+    html.trim_start().starts_with("<mjml")
+}
+
+/// The HTML of the MJML `document`, or what mrml found wrong with it.
+fn mjml_to_html(document: &str) -> Result<String, String> {
+    let parsed = mrml::parse(document).map_err(|err| format!("MJML: {err}"))?;
+    parsed
+        .element
+        .render(&mrml::prelude::render::RenderOptions::default())
+        .map_err(|err| format!("MJML: {err}"))
 }
 
 /// `value` without the nulls in its objects.
@@ -391,5 +425,41 @@ mod tests {
             ..template("Hi", "x")
         };
         assert!(bad_name.check().is_err());
+    }
+
+    #[test]
+    fn an_mjml_body_becomes_html_and_a_broken_one_is_refused() {
+        let mjml = Template {
+            html: Some(
+                "<mjml><mj-body><mj-section><mj-column>\
+                 <mj-text>Hi {{ profile.traits.name }}</mj-text>\
+                 {% if params.section %}<mj-button href=\"https://shop.example.com/{{ params.section }}\">Back to {{ params.section }}</mj-button>{% endif %}\
+                 </mj-column></mj-section></mj-body></mjml>"
+                    .into(),
+            ),
+            ..template("Hi", "Hi")
+        };
+        mjml.check().unwrap();
+        let rendered = mjml
+            .render(&serde_json::json!({
+                "profile": {"traits": {"name": "Ann <3"}},
+                "params": {"section": "shoes"},
+            }))
+            .unwrap();
+        let html = rendered.html.unwrap();
+        assert!(html.starts_with("<!doctype html>"), "{html}");
+        assert!(html.contains("Hi Ann &lt;3"), "{html}");
+        assert!(
+            html.contains("href=\"https://shop.example.com/shoes\""),
+            "{html}"
+        );
+        assert!(!html.contains("<mj-"), "{html}");
+
+        let broken = Template {
+            html: Some("<mjml><mj-body><mj-section><mj-column></mj-body></mjml>".into()),
+            ..template("Hi", "Hi")
+        };
+        let err = broken.check().unwrap_err().to_string();
+        assert!(err.contains("html: MJML"), "{err}");
     }
 }
