@@ -16,6 +16,7 @@ mod profile;
 mod rebuild;
 mod segment;
 mod send;
+mod suppression;
 mod template;
 
 use std::process::ExitCode;
@@ -71,6 +72,9 @@ enum Command {
     /// Email templates the dispatcher renders.
     #[command(subcommand)]
     Template(template::TemplateCommand),
+    /// Addresses kept from campaign emails (complaints, requests by hand).
+    #[command(subcommand)]
+    Suppression(suppression::SuppressionCommand),
     /// Rebuild identities and profiles from the raw events (after a rule change), with
     /// Cairn stopped.
     Rebuild(rebuild::RebuildArgs),
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             Command::Segment(command) => segment::run(command).await,
             Command::Campaign(command) => campaign::run(command).await,
             Command::Template(command) => template::run(command).await,
+            Command::Suppression(command) => suppression::run(command).await,
             Command::Rebuild(args) => rebuild::run(args).await,
             Command::Modules => modules::print(),
             Command::Config => process::print_config(),

@@ -23,9 +23,13 @@ pub enum TemplateCommand {
         /// The file holding the text body.
         #[arg(long)]
         text: Option<PathBuf>,
-        /// The file holding the HTML body.
+        /// The file holding the HTML body (HTML, or MJML starting with <mjml>).
         #[arg(long)]
         html: Option<PathBuf>,
+        /// The list its emails belong to (e.g. promotions): its unsubscribe link stops
+        /// that list only.
+        #[arg(long)]
+        list: Option<String>,
     },
     /// The saved templates: name, version, when saved.
     List,
@@ -60,12 +64,14 @@ pub async fn run(command: TemplateCommand) -> anyhow::Result<()> {
             subject,
             text,
             html,
+            list,
         } => {
             let template = pb::Template {
                 name,
                 subject,
                 text: read(text.as_ref())?,
                 html: read(html.as_ref())?,
+                list: list.unwrap_or_default(),
                 ..Default::default()
             };
             let saved = client
@@ -98,6 +104,9 @@ pub async fn run(command: TemplateCommand) -> anyhow::Result<()> {
             if let Some(template) = found.template {
                 println!("subject: {}", template.subject);
                 println!("version: {}", template.version);
+                if !template.list.is_empty() {
+                    println!("list: {}", template.list);
+                }
                 println!("--- text\n{}", template.text);
                 if !template.html.is_empty() {
                     println!("--- html\n{}", template.html);

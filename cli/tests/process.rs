@@ -677,6 +677,7 @@ async fn killing_the_dispatcher_mid_send_sends_no_email_twice() {
                 subject: "{{ profile.traits.name }}, your cart is waiting".into(),
                 text: "Hi {{ profile.traits.name }}, your {{ params.item }} are waiting.".into(),
                 html: None,
+                list: None,
                 version: 0,
                 updated_ms: 0,
             },

@@ -90,6 +90,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
             subject: "{{ profile.traits.name }}, your {{ params.section }} are waiting".into(),
             text: "Hi {{ profile.traits.name }},\n\nyour cart is waiting: {{ params.section }}.\n".into(),
             html: Some("<p>Hi {{ profile.traits.name }},</p><p>your cart is waiting: <b>{{ params.section }}</b>.</p>".into()),
+            list: None,
             version: 0,
             updated_ms: 0,
         },

@@ -2,12 +2,12 @@
 //! `GET` shows a page asking to confirm (mail scanners follow links; they must not
 //! unsubscribe anyone); `POST`, from that page's button or a mail client's one-click
 //! unsubscribe (RFC 8058), adds the address to the SUPPRESSIONS bucket, after checking
-//! the token was signed with `CAIRN_EMAIL_LINK_SECRET`.
+//! the token was signed with `CAIRN_EMAIL_LINK_SECRET`. A link from an email of a list
+//! unsubscribes from that list; its page also offers every campaign email (`all=1`).
 
 use async_nats::jetstream::kv;
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
-use bytes::Bytes;
 use cairn_bus::suppressions;
 use http::StatusCode;
 use serde::Deserialize;
@@ -23,6 +23,9 @@ pub struct Unsubscribe {
 pub struct UnsubscribeQuery {
     #[serde(default)]
     t: String,
+    /// From every campaign email, whatever list the link is from.
+    #[serde(default)]
+    all: Option<String>,
 }
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
@@ -58,8 +61,18 @@ pub fn routes(unsubscribe: Unsubscribe) -> axum::Router {
 }
 
 impl Unsubscribe {
-    fn address(&self, token: &str) -> Option<String> {
-        suppressions::verify_unsubscribe(self.secret.as_deref()?, token)
+    /// The address and the list (none: every campaign email) the link is for.
+    fn address(&self, query: &UnsubscribeQuery) -> Option<(String, Option<String>)> {
+        let (email, list) = suppressions::verify_unsubscribe(self.secret.as_deref()?, &query.t)?;
+        Some((email, list.filter(|_| query.all.is_none())))
+    }
+}
+
+/// What a suppression from `list` covers, in words.
+fn scope(list: Option<&str>) -> String {
+    match list {
+        Some(list) => format!("<b>{}</b> emails", escape(list)),
+        None => "campaign emails".to_string(),
     }
 }
 
@@ -75,15 +88,23 @@ pub async fn confirm(
     State(unsubscribe): State<Unsubscribe>,
     Query(query): Query<UnsubscribeQuery>,
 ) -> Response {
-    let Some(email) = unsubscribe.address(&query.t) else {
+    let Some((email, list)) = unsubscribe.address(&query) else {
         return invalid();
+    };
+    let everything = match &list {
+        Some(_) => format!(
+            "<form method=\"post\" action=\"?t={}&amp;all=1\"><button type=\"submit\">Unsubscribe from all campaign emails</button></form>",
+            escape(&query.t)
+        ),
+        None => String::new(),
     };
     page(
         StatusCode::OK,
         "Unsubscribe",
         &format!(
-            "<p>Stop sending campaign emails to <b>{}</b>?</p>\
-             <form method=\"post\"><button type=\"submit\">Unsubscribe</button></form>",
+            "<p>Stop sending {} to <b>{}</b>?</p>\
+             <form method=\"post\"><button type=\"submit\">Unsubscribe</button></form>{everything}",
+            scope(list.as_deref()),
             escape(&email)
         ),
     )
@@ -93,24 +114,21 @@ pub async fn unsubscribe(
     State(unsubscribe): State<Unsubscribe>,
     Query(query): Query<UnsubscribeQuery>,
 ) -> Response {
-    let Some(email) = unsubscribe.address(&query.t) else {
+    let Some((email, list)) = unsubscribe.address(&query) else {
         return invalid();
     };
-    match unsubscribe
-        .bucket
-        .put(
-            suppressions::key(&email),
-            Bytes::from_static(b"unsubscribed"),
-        )
-        .await
-    {
-        Ok(_) => {
-            tracing::info!("an address unsubscribed");
+    match suppressions::add(&unsubscribe.bucket, &email, list.as_deref(), "unsubscribed").await {
+        Ok(()) => {
+            tracing::info!(
+                list = list.as_deref().unwrap_or("*"),
+                "an address unsubscribed"
+            );
             page(
                 StatusCode::OK,
                 "You are unsubscribed",
                 &format!(
-                    "<p>No more campaign emails will go to <b>{}</b>.</p>",
+                    "<p>No more {} will go to <b>{}</b>.</p>",
+                    scope(list.as_deref()),
                     escape(&email)
                 ),
             )

@@ -145,13 +145,14 @@ impl DispatchConfig {
         })
     }
 
-    /// The unsubscribe link for `email`, when links are signed.
-    pub fn unsubscribe_url(&self, email: &str) -> Option<String> {
+    /// The unsubscribe link for `email` (from `list`, or from every campaign email),
+    /// when links are signed.
+    pub fn unsubscribe_url(&self, email: &str, list: Option<&str>) -> Option<String> {
         let secret = self.link_secret.as_deref()?;
         Some(format!(
             "{}/v1/unsubscribe?t={}",
             self.public_url,
-            cairn_bus::suppressions::unsubscribe_token(secret, email)
+            cairn_bus::suppressions::unsubscribe_token(secret, email, list)
         ))
     }
 

@@ -1,7 +1,9 @@
 //! `cairn.dispatch.v1.Templates`: templates saved (checked strictly, versioned), read,
-//! listed, and previewed for a profile.
+//! listed, and previewed for a profile; `cairn.dispatch.v1.Suppressions`: addresses
+//! kept from campaign emails, by hand.
 
 use cairn_proto::dispatch::v1 as pb;
+use cairn_proto::dispatch::v1::suppressions_server::Suppressions;
 use cairn_proto::dispatch::v1::templates_server::Templates;
 use cairn_runtime::auth::{Principal, Role, require_role};
 use cairn_runtime::clock::timestamp;
@@ -30,6 +32,7 @@ fn to_proto(template: Template) -> pb::Template {
         subject: template.subject,
         text: template.text,
         html: template.html.unwrap_or_default(),
+        list: template.list.unwrap_or_default(),
         version: template.version,
         updated_at: Some(timestamp(template.updated_ms)),
     }
@@ -52,6 +55,7 @@ impl<S: Store> Templates for TemplatesService<S> {
                 subject: template.subject,
                 text: template.text,
                 html: Some(template.html).filter(|html| !html.trim().is_empty()),
+                list: Some(template.list.trim().to_string()).filter(|list| !list.is_empty()),
                 version: 0,
                 updated_ms: 0,
             },
@@ -118,6 +122,85 @@ impl<S: Store> Templates for TemplatesService<S> {
             subject: rendered.subject,
             text: rendered.text,
             html: rendered.html.unwrap_or_default(),
+        }))
+    }
+}
+
+#[derive(Clone)]
+pub struct SuppressionsService {
+    pub bucket: async_nats::jetstream::kv::Store,
+}
+
+/// The address and list of a request: a valid address, and a list name or nothing.
+fn address_and_list(email: &str, list: &str) -> Result<(String, Option<String>), Status> {
+    let email = email.trim();
+    let address: lettre::Address = email.parse().map_err(|err| {
+        Status::invalid_argument(format!("email: {email:?} is not an address: {err}"))
+    })?;
+    let list = list.trim();
+    if !list.is_empty() && !cairn_bus::suppressions::list_name_ok(list) {
+        return Err(Status::invalid_argument(format!(
+            "list: {list:?} must be 1 to 64 lower-case letters, digits, _ or -"
+        )));
+    }
+    Ok((
+        address.to_string(),
+        Some(list.to_string()).filter(|list| !list.is_empty()),
+    ))
+}
+
+#[tonic::async_trait]
+impl Suppressions for SuppressionsService {
+    async fn add(
+        &self,
+        request: Request<pb::SuppressionsAddRequest>,
+    ) -> Result<Response<pb::SuppressionsAddResponse>, Status> {
+        authorize(&request, Role::Write)?;
+        let request = request.into_inner();
+        let (email, list) = address_and_list(&request.email, &request.list)?;
+        let reason = request.reason.trim();
+        if reason.is_empty() || reason.len() > 200 {
+            return Err(Status::invalid_argument(
+                "reason: required, at most 200 characters (e.g. complained)",
+            ));
+        }
+        cairn_bus::suppressions::add(&self.bucket, &email, list.as_deref(), reason)
+            .await
+            .map_err(|err| Status::from(DispatchError::Bus(err)))?;
+        tracing::info!(
+            list = list.as_deref().unwrap_or("*"),
+            reason,
+            "an address suppressed by hand"
+        );
+        Ok(Response::new(pb::SuppressionsAddResponse {}))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::SuppressionsRemoveRequest>,
+    ) -> Result<Response<pb::SuppressionsRemoveResponse>, Status> {
+        authorize(&request, Role::Write)?;
+        let request = request.into_inner();
+        let (email, list) = address_and_list(&request.email, &request.list)?;
+        let removed = cairn_bus::suppressions::remove(&self.bucket, &email, list.as_deref())
+            .await
+            .map_err(|err| Status::from(DispatchError::Bus(err)))?;
+        Ok(Response::new(pb::SuppressionsRemoveResponse { removed }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::SuppressionsGetRequest>,
+    ) -> Result<Response<pb::SuppressionsGetResponse>, Status> {
+        authorize(&request, Role::Read)?;
+        let request = request.into_inner();
+        let (email, list) = address_and_list(&request.email, &request.list)?;
+        let reason = cairn_bus::suppressions::find(&self.bucket, &email, list.as_deref())
+            .await
+            .map_err(|err| Status::from(DispatchError::Bus(err)))?;
+        Ok(Response::new(pb::SuppressionsGetResponse {
+            suppressed: reason.is_some(),
+            reason: reason.unwrap_or_default(),
         }))
     }
 }

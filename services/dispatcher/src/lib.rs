@@ -92,13 +92,12 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         store: store.clone(),
         config: config.clone(),
     };
-    let dispatcher = send::Dispatcher::new(
-        store,
-        cairn_bus::suppressions::open(&bus).await?,
-        bus.clone(),
-        mailer,
-        config.clone(),
-    );
+    let suppressions = cairn_bus::suppressions::open(&bus).await?;
+    let suppressions_service = grpc::SuppressionsService {
+        bucket: suppressions.clone(),
+    };
+    let dispatcher =
+        send::Dispatcher::new(store, suppressions, bus.clone(), mailer, config.clone());
     let worker = cairn_bus::worker::run(
         bus,
         consumer,
@@ -113,9 +112,17 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     );
     Ok(Module {
         name: "dispatcher",
-        grpc: cairn_runtime::grpc::GrpcServices::default().with(
-            cairn_proto::dispatch::v1::templates_server::TemplatesServer::new(templates_service),
-        ),
+        grpc: cairn_runtime::grpc::GrpcServices::default()
+            .with(
+                cairn_proto::dispatch::v1::templates_server::TemplatesServer::new(
+                    templates_service,
+                ),
+            )
+            .with(
+                cairn_proto::dispatch::v1::suppressions_server::SuppressionsServer::new(
+                    suppressions_service,
+                ),
+            ),
         http: None,
         tasks: vec![Box::pin(async move {
             worker.await.map_err(|err| Box::new(err) as BoxError)

@@ -133,7 +133,7 @@ pub async fn compose<S: Store>(
         "params": params,
         "campaign": campaign,
         "email": to.email.to_string(),
-        "unsubscribe_url": config.unsubscribe_url(to.email.as_ref()),
+        "unsubscribe_url": config.unsubscribe_url(to.email.as_ref(), template.list.as_deref()),
     });
     let identifiers = profile["identifiers"].as_array();
     let last_of = |kind: &str| {
@@ -155,6 +155,7 @@ pub async fn compose<S: Store>(
             },
             to,
             rendered,
+            list: template.list.clone(),
             timezone: profile["timezone"].as_str().map(str::to_string),
             best_send_hour: profile["facts"]["activity"]["best_send_hour"]
                 .as_u64()
@@ -169,6 +170,8 @@ pub struct Composed {
     pub to: Mailbox,
     /// Who it goes to, as the identity service knows them (for tracked links).
     pub person: links::Person,
+    /// The template's list.
+    pub list: Option<String>,
     pub rendered: templates::Rendered,
     /// The profile's time zone, when known.
     pub timezone: Option<String>,
@@ -314,6 +317,7 @@ impl<S: Store> Dispatcher<S> {
             to,
             person,
             rendered,
+            list,
             timezone,
             best_send_hour,
         } = match compose(
@@ -330,7 +334,9 @@ impl<S: Store> Dispatcher<S> {
             Err(reason) => return Ok(Prepared::Fail(reason)),
         };
         let email = to.email.to_string();
-        if let Some(reason) = self.suppressed(&email).await? {
+        if let Some(reason) =
+            cairn_bus::suppressions::find(&self.suppressions, &email, list.as_deref()).await?
+        {
             return Ok(Prepared::Suppressed { to: email, reason });
         }
         let mut builder = Message::builder()
@@ -338,7 +344,8 @@ impl<S: Store> Dispatcher<S> {
             .to(to.clone())
             .subject(rendered.subject)
             .message_id(Some(message_id(&action.idempotency_key)));
-        if let Some(url) = self.config.unsubscribe_url(&email) {
+        let unsubscribe_url = self.config.unsubscribe_url(&email, list.as_deref());
+        if let Some(url) = &unsubscribe_url {
             // RFC 2369 and RFC 8058: mail clients offer (one-click) unsubscribe.
             builder = builder
                 .raw_header(header::HeaderValue::new(
@@ -350,7 +357,6 @@ impl<S: Store> Dispatcher<S> {
                     "List-Unsubscribe=One-Click".to_string(),
                 ));
         }
-        let unsubscribe_url = self.config.unsubscribe_url(&email);
         let html = match (&self.config.link_secret, rendered.html) {
             (Some(secret), Some(html))
                 if !action.untracked
@@ -463,21 +469,6 @@ impl<S: Store> Dispatcher<S> {
             .quiet_hours
             .and_then(|quiet| quiet.release_at(from, timezone));
         quiet.or(best)
-    }
-
-    /// Why `email` is suppressed, if it is.
-    async fn suppressed(&self, email: &str) -> Result<Option<String>, DispatchError> {
-        let value = self
-            .suppressions
-            .get(cairn_bus::suppressions::key(email))
-            .await
-            .map_err(|err| {
-                DispatchError::Bus(cairn_bus::BusError::Unavailable(format!(
-                    "{}: {err}",
-                    cairn_bus::suppressions::BUCKET
-                )))
-            })?;
-        Ok(value.map(|reason| String::from_utf8_lossy(&reason).into_owned()))
     }
 
     /// Writes `record` for `key` if it is still at `version` (`None`: absent); whether
@@ -711,15 +702,7 @@ impl<S: Store> Dispatcher<S> {
             Failure::Permanent { reason, bounced } => {
                 if bounced {
                     // The mailbox does not exist: no campaign email goes there again.
-                    self.suppressions
-                        .put(
-                            cairn_bus::suppressions::key(to),
-                            Bytes::from_static(b"bounced"),
-                        )
-                        .await
-                        .map_err(|err| {
-                            DispatchError::Bus(cairn_bus::BusError::Unavailable(err.to_string()))
-                        })?;
+                    cairn_bus::suppressions::add(&self.suppressions, to, None, "bounced").await?;
                 }
                 self.fail(action, key, version, reason, to).await
             }

@@ -45,6 +45,10 @@ pub struct Template {
     pub text: String,
     #[serde(default)]
     pub html: Option<String>,
+    /// The list its emails belong to (`promotions`): one can unsubscribe from a list
+    /// and keep the others. None: unsubscribing stops every campaign email.
+    #[serde(default)]
+    pub list: Option<String>,
     /// 1 for the first save.
     #[serde(default)]
     pub version: u64,
@@ -108,6 +112,13 @@ impl Template {
                 .is_none_or(|html| html.trim().is_empty())
         {
             problems.push("text: a template needs a text or an HTML body".to_string());
+        }
+        if let Some(list) = &self.list
+            && !cairn_bus::suppressions::list_name_ok(list)
+        {
+            problems.push(format!(
+                "list: {list:?} must be 1 to 64 lower-case letters, digits, _ or -"
+            ));
         }
         let env = environment(UndefinedBehavior::Strict);
         for (part, source) in self.parts() {
@@ -366,6 +377,7 @@ mod tests {
             subject: subject.into(),
             text: text.into(),
             html: None,
+            list: None,
             version: 0,
             updated_ms: 0,
         }

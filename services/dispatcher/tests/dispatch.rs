@@ -55,6 +55,7 @@ async fn mesh(transport: &[(&str, &str)]) -> Mesh {
                  </body></html>"
                     .into(),
             ),
+            list: None,
             version: 0,
             updated_ms: 0,
         },
@@ -233,21 +234,22 @@ impl Mesh {
     }
 }
 
-fn smtp_pairs(server: &SmtpServer) -> Vec<(&'static str, String)> {
-    vec![
-        ("CAIRN_EMAIL_TRANSPORT", "smtp".to_string()),
-        ("CAIRN_SMTP_URL", server.url()),
-    ]
+/// aiosmtpd and the mesh sending to it; `None` when aiosmtpd is not installed.
+async fn smtp_mesh() -> Option<(SmtpServer, Mesh)> {
+    let server = SmtpServer::start().await?;
+    let url = server.url();
+    let mesh = mesh(&[
+        ("CAIRN_EMAIL_TRANSPORT", "smtp"),
+        ("CAIRN_SMTP_URL", url.as_str()),
+    ])
+    .await;
+    Some((server, mesh))
 }
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_arrives_rendered_and_once_however_often_it_is_asked_for() {
-    let Some(server) = SmtpServer::start().await else {
+    let Some((server, mesh)) = smtp_mesh().await else {
         return;
     };
-    let pairs = smtp_pairs(&server);
-    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mesh = mesh(&pairs).await;
 
     let ann = action("p-ann", "cart_recovery:p-ann:1:abandoned");
     mesh.request(&ann, "first").await;
@@ -286,12 +288,9 @@ async fn a_send_arrives_rendered_and_once_however_often_it_is_asked_for() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deferred_send_is_tried_again_and_a_refused_one_is_dead_lettered() {
-    let Some(server) = SmtpServer::start().await else {
+    let Some((server, mesh)) = smtp_mesh().await else {
         return;
     };
-    let pairs = smtp_pairs(&server);
-    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mesh = mesh(&pairs).await;
 
     let deferred = action("p-defer", "k-defer");
     let refused = action("p-reject", "k-reject");
@@ -369,12 +368,9 @@ async fn a_deferred_send_is_tried_again_and_a_refused_one_is_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_interrupted_mid_exchange_is_not_sent_again() {
-    let Some(server) = SmtpServer::start().await else {
+    let Some((server, mesh)) = smtp_mesh().await else {
         return;
     };
-    let pairs = smtp_pairs(&server);
-    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mesh = mesh(&pairs).await;
     // What a dispatcher killed during the SMTP exchange leaves behind.
     let interrupted = action("p-ann", "k-interrupted");
     let record = send::SendRecord {
@@ -535,12 +531,9 @@ fn unsubscribe_token(email: &str) -> String {
 /// an address whose mailbox the server said does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribed_and_bounced_addresses_get_no_more_emails() {
-    let Some(server) = SmtpServer::start().await else {
+    let Some((server, mesh)) = smtp_mesh().await else {
         return;
     };
-    let pairs = smtp_pairs(&server);
-    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mesh = mesh(&pairs).await;
 
     mesh.request(&action("p-ann", "k-1"), "first").await;
     mesh.wait_for("k-1", State::Sent).await;
@@ -584,6 +577,146 @@ async fn unsubscribed_and_bounced_addresses_get_no_more_emails() {
     assert!(bounced.reason.contains("bounced"), "{bounced:?}");
     mesh.idle().await;
     assert_eq!(server.received().len(), 2);
+}
+
+/// Unsubscribing from a list's email stops that list only (its page offers every
+/// campaign email too); an address an operator suppresses (a complaint) gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_unsubscribe_stops_that_list_and_a_complaint_stops_all() {
+    use cairn_proto::dispatch::v1 as pb;
+    use cairn_proto::dispatch::v1::suppressions_client::SuppressionsClient;
+
+    let Some((server, mesh)) = smtp_mesh().await else {
+        return;
+    };
+    templates::put(
+        &mesh.store,
+        Template {
+            name: "promo".into(),
+            subject: "Deals for {{ profile.traits.name }}".into(),
+            text: "Deals. Unsubscribe: {{ unsubscribe_url }}".into(),
+            html: None,
+            list: Some("promotions".into()),
+            version: 0,
+            updated_ms: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let promo = |key: &str| Action {
+        target: "promo".into(),
+        ..action("p-ann", key)
+    };
+    mesh.request(&promo("promo-1"), "first").await;
+    mesh.wait_for("promo-1", State::Sent).await;
+    let email = server.received().remove(0);
+    let token = unsubscribe_token(&email);
+    let link = format!("{}/v1/unsubscribe?t={token}", mesh.host.http_url());
+    let client = reqwest::Client::new();
+    let page = client
+        .get(&link)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<b>promotions</b> emails"), "{page}");
+    assert!(page.contains("all=1"), "{page}");
+    let done = client
+        .post(&link)
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    // No more promotions; the cart reminder (no list) still goes.
+    mesh.request(&promo("promo-2"), "first").await;
+    let suppressed = mesh.wait_for("promo-2", State::Suppressed).await;
+    assert!(suppressed.reason.contains("unsubscribed"), "{suppressed:?}");
+    mesh.request(&action("p-ann", "cart-1"), "first").await;
+    mesh.wait_for("cart-1", State::Sent).await;
+
+    // A complaint recorded by an operator: nothing more, of any list.
+    let channel = tonic::transport::Channel::from_shared(mesh.host.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut suppressions = SuppressionsClient::new(channel);
+    let refused = suppressions
+        .add(cairn_testkit::bearer(
+            pb::SuppressionsAddRequest {
+                email: "not an address".into(),
+                list: String::new(),
+                reason: "complained".into(),
+            },
+            "tk_admin",
+        ))
+        .await
+        .unwrap_err();
+    assert!(refused.message().starts_with("email:"), "{refused:?}");
+    let read_only = suppressions
+        .add(cairn_testkit::bearer(
+            pb::SuppressionsAddRequest {
+                email: "ann@example.com".into(),
+                list: String::new(),
+                reason: "complained".into(),
+            },
+            "tk_read",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(read_only.code(), tonic::Code::PermissionDenied);
+    suppressions
+        .add(cairn_testkit::bearer(
+            pb::SuppressionsAddRequest {
+                email: "Ann@Example.com".into(),
+                list: String::new(),
+                reason: "complained".into(),
+            },
+            "tk_admin",
+        ))
+        .await
+        .unwrap();
+    let state = suppressions
+        .get(cairn_testkit::bearer(
+            pb::SuppressionsGetRequest {
+                email: "ann@example.com".into(),
+                list: String::new(),
+            },
+            "tk_read",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        state.suppressed && state.reason == "complained",
+        "{state:?}"
+    );
+    mesh.request(&action("p-ann", "cart-2"), "first").await;
+    let complained = mesh.wait_for("cart-2", State::Suppressed).await;
+    assert!(complained.reason.contains("complained"), "{complained:?}");
+
+    // Lifted: emails of no list go again; the promotions stay unsubscribed.
+    let removed = suppressions
+        .remove(cairn_testkit::bearer(
+            pb::SuppressionsRemoveRequest {
+                email: "ann@example.com".into(),
+                list: String::new(),
+            },
+            "tk_admin",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(removed.removed);
+    mesh.request(&action("p-ann", "cart-3"), "first").await;
+    mesh.wait_for("cart-3", State::Sent).await;
+    mesh.request(&promo("promo-3"), "first").await;
+    mesh.wait_for("promo-3", State::Suppressed).await;
+    mesh.idle().await;
+    assert_eq!(server.received().len(), 3);
 }
 
 /// At most CAIRN_EMAIL_DAILY_CAP emails per profile in 24 hours, across campaigns; a
@@ -757,12 +890,9 @@ fn attribute_starting(html: &str, attribute: &str, prefix: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_in_emails_record_clicks_and_opens_and_tie_the_browser_to_the_person() {
-    let Some(server) = SmtpServer::start().await else {
+    let Some((server, mesh)) = smtp_mesh().await else {
         return;
     };
-    let pairs = smtp_pairs(&server);
-    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mesh = mesh(&pairs).await;
     let ann = action("p-ann", "k-tracked");
     // A campaign with tracking off.
     let untracked = Action {
