@@ -20,6 +20,31 @@ pub const SMTP_CONNECTIONS: Var = Var {
     default: "8",
     doc: "SMTP connections kept open per dispatcher replica.",
 };
+pub const SMTP_RATE: Var = Var {
+    name: "CAIRN_SMTP_RATE",
+    default: "0",
+    doc: "Most emails per second each dispatcher replica sends to one SMTP server (a provider's limit; 0: no limit). Emails over it wait their turn.",
+};
+pub const EMAIL_B2B_SMTP_URL: Var = Var {
+    name: "CAIRN_EMAIL_B2B_SMTP_URL",
+    default: "",
+    doc: "The SMTP server (as CAIRN_SMTP_URL) for emails to business addresses (the activity enricher's customer_type b2b); unset: the usual transport.",
+};
+pub const EMAIL_B2B_FROM: Var = Var {
+    name: "CAIRN_EMAIL_B2B_FROM",
+    default: "",
+    doc: "The From address of emails to business addresses; unset: CAIRN_EMAIL_FROM.",
+};
+pub const EMAIL_B2C_SMTP_URL: Var = Var {
+    name: "CAIRN_EMAIL_B2C_SMTP_URL",
+    default: "",
+    doc: "The SMTP server (as CAIRN_SMTP_URL) for emails to private addresses (customer_type b2c); unset: the usual transport.",
+};
+pub const EMAIL_B2C_FROM: Var = Var {
+    name: "CAIRN_EMAIL_B2C_FROM",
+    default: "",
+    doc: "The From address of emails to private addresses; unset: CAIRN_EMAIL_FROM.",
+};
 pub const EMAIL_FROM: Var = Var {
     name: "CAIRN_EMAIL_FROM",
     default: "Cairn <cairn@localhost>",
@@ -56,7 +81,12 @@ pub const VARS: &[Var] = &[
     EMAIL_TRANSPORT,
     SMTP_URL,
     SMTP_CONNECTIONS,
+    SMTP_RATE,
     EMAIL_FROM,
+    EMAIL_B2B_SMTP_URL,
+    EMAIL_B2B_FROM,
+    EMAIL_B2C_SMTP_URL,
+    EMAIL_B2C_FROM,
     PUBLIC_URL,
     EMAIL_DAILY_CAP,
     EMAIL_QUIET_HOURS,
@@ -72,13 +102,23 @@ pub enum Transport {
     Smtp {
         server: crate::transport::SmtpServer,
         connections: u32,
+        /// Most emails per second to the server; none, no limit.
+        per_second: Option<f64>,
     },
+}
+
+/// Where some emails go, and who they are from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sender {
+    pub transport: Transport,
+    pub from: lettre::message::Mailbox,
 }
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
-    pub transport: Transport,
-    pub from: lettre::message::Mailbox,
+    pub sender: Sender,
+    /// Senders for the profiles of a customer type (`b2b`, `b2c`), when configured.
+    pub pools: Vec<(String, Sender)>,
     pub attempts: u32,
     pub backoff: Duration,
     /// Most emails per profile in any 24 hours; 0, no cap.
@@ -95,6 +135,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 impl DispatchConfig {
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let connections = u32::try_from(settings.number(&SMTP_CONNECTIONS, 1)?).unwrap_or(u32::MAX);
+        let per_second = Some(settings.number(&SMTP_RATE, 0)? as f64).filter(|rate| *rate > 0.0);
+        let smtp = |var: &Var, url: &str| -> Result<Transport, ConfigError> {
+            Ok(Transport::Smtp {
+                server: crate::transport::SmtpServer::parse(url)
+                    .map_err(|reason| settings.invalid(var, reason))?,
+                connections,
+                per_second,
+            })
+        };
         let transport = match settings.string(&EMAIL_TRANSPORT).trim() {
             "file" | "" => {
                 Transport::File(settings.path(&cairn_runtime::host::DATA_DIR).join("outbox"))
@@ -107,19 +157,41 @@ impl DispatchConfig {
                         "required with CAIRN_EMAIL_TRANSPORT=smtp: smtp://host[:port] or smtps://host[:port]",
                     ));
                 }
-                Transport::Smtp {
-                    server: crate::transport::SmtpServer::parse(&url)
-                        .map_err(|reason| settings.invalid(&SMTP_URL, reason))?,
-                    connections: u32::try_from(settings.number(&SMTP_CONNECTIONS, 1)?)
-                        .unwrap_or(u32::MAX),
-                }
+                smtp(&SMTP_URL, &url)?
             }
             _ => return Err(settings.invalid(&EMAIL_TRANSPORT, "use file or smtp")),
         };
-        let from = settings
-            .string(&EMAIL_FROM)
-            .parse()
-            .map_err(|err| settings.invalid(&EMAIL_FROM, format!("not an address: {err}")))?;
+        let from_address = |var: &Var, text: &str| {
+            text.parse::<lettre::message::Mailbox>()
+                .map_err(|err| settings.invalid(var, format!("not an address: {err}")))
+        };
+        let sender = Sender {
+            transport,
+            from: from_address(&EMAIL_FROM, &settings.string(&EMAIL_FROM))?,
+        };
+        let mut pools = Vec::new();
+        for (customer_type, url_var, from_var) in [
+            ("b2b", &EMAIL_B2B_SMTP_URL, &EMAIL_B2B_FROM),
+            ("b2c", &EMAIL_B2C_SMTP_URL, &EMAIL_B2C_FROM),
+        ] {
+            let (url, from) = (settings.optional(url_var), settings.optional(from_var));
+            if url.is_none() && from.is_none() {
+                continue;
+            }
+            pools.push((
+                customer_type.to_string(),
+                Sender {
+                    transport: match url {
+                        Some(url) => smtp(url_var, &url)?,
+                        None => sender.transport.clone(),
+                    },
+                    from: match from {
+                        Some(from) => from_address(from_var, &from)?,
+                        None => sender.from.clone(),
+                    },
+                },
+            ));
+        }
         let public_url = match settings.optional(&PUBLIC_URL) {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                 url.trim_end_matches('/').to_string()
@@ -138,8 +210,8 @@ impl DispatchConfig {
             quiet_hours: crate::quiet::QuietHours::parse(&settings.string(&EMAIL_QUIET_HOURS))
                 .map_err(|reason| settings.invalid(&EMAIL_QUIET_HOURS, reason))?,
             public_url,
-            transport,
-            from,
+            sender,
+            pools,
             attempts: u32::try_from(settings.number(&EMAIL_ATTEMPTS, 1)?).unwrap_or(u32::MAX),
             backoff: settings.duration(&EMAIL_BACKOFF)?,
         })

@@ -81,8 +81,8 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
             Err("not connected".to_string())
         }
     });
-    let mailer = transport::Mailer::new(&config.transport)?;
-    tracing::info!(transport = ?config.transport, "dispatcher ready");
+    let senders = send::Senders::new(&config)?;
+    tracing::info!(sender = ?config.sender, pools = ?config.pools, "dispatcher ready");
     if config.link_secret.is_none() {
         tracing::warn!(
             "CAIRN_EMAIL_LINK_SECRET is not set: emails go out without an unsubscribe link"
@@ -97,7 +97,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         bucket: suppressions.clone(),
     };
     let dispatcher =
-        send::Dispatcher::new(store, suppressions, bus.clone(), mailer, config.clone());
+        send::Dispatcher::new(store, suppressions, bus.clone(), senders, config.clone());
     let worker = cairn_bus::worker::run(
         bus,
         consumer,

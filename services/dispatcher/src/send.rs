@@ -156,6 +156,9 @@ pub async fn compose<S: Store>(
             to,
             rendered,
             list: template.list.clone(),
+            customer_type: profile["facts"]["activity"]["customer_type"]
+                .as_str()
+                .map(str::to_string),
             timezone: profile["timezone"].as_str().map(str::to_string),
             best_send_hour: profile["facts"]["activity"]["best_send_hour"]
                 .as_u64()
@@ -172,6 +175,8 @@ pub struct Composed {
     pub person: links::Person,
     /// The template's list.
     pub list: Option<String>,
+    /// `b2b` or `b2c`, as the activity enricher tells from the profile's addresses.
+    pub customer_type: Option<String>,
     pub rendered: templates::Rendered,
     /// The profile's time zone, when known.
     pub timezone: Option<String>,
@@ -194,7 +199,7 @@ pub struct Dispatcher<S> {
     pub store: S,
     pub suppressions: async_nats::jetstream::kv::Store,
     pub bus: Bus,
-    pub mailer: Mailer,
+    pub senders: Senders,
     pub config: DispatchConfig,
     /// The copies of one request (by idempotency key) are handled one at a time here:
     /// a second waits for the first rather than take its `sending` for a stop.
@@ -206,17 +211,55 @@ impl<S: Store> Dispatcher<S> {
         store: S,
         suppressions: async_nats::jetstream::kv::Store,
         bus: Bus,
-        mailer: Mailer,
+        senders: Senders,
         config: DispatchConfig,
     ) -> Self {
         Self {
             store,
             suppressions,
             bus,
-            mailer,
+            senders,
             config,
             keys: KeyLocks::default(),
         }
+    }
+}
+
+/// The ways out: the usual one, and a pool per customer type when configured
+/// (`CAIRN_EMAIL_B2B_*`, `CAIRN_EMAIL_B2C_*`). A pool on the usual transport shares its
+/// connections.
+#[derive(Clone)]
+pub struct Senders {
+    usual: (Mailbox, Mailer),
+    pools: Vec<(String, Mailbox, Mailer)>,
+}
+
+impl Senders {
+    pub fn new(config: &DispatchConfig) -> Result<Self, DispatchError> {
+        let usual = Mailer::new(&config.sender.transport)?;
+        let mut pools = Vec::new();
+        for (customer_type, sender) in &config.pools {
+            let mailer = if sender.transport == config.sender.transport {
+                usual.clone()
+            } else {
+                Mailer::new(&sender.transport)?
+            };
+            pools.push((customer_type.clone(), sender.from.clone(), mailer));
+        }
+        Ok(Self {
+            usual: (config.sender.from.clone(), usual),
+            pools,
+        })
+    }
+
+    /// Who an email to a profile of `customer_type` is from, and how it leaves.
+    fn of(&self, customer_type: Option<&str>) -> (&Mailbox, &Mailer) {
+        self.pools
+            .iter()
+            .find(|(kind, _, _)| Some(kind.as_str()) == customer_type)
+            .map_or((&self.usual.0, &self.usual.1), |(_, from, mailer)| {
+                (from, mailer)
+            })
     }
 }
 
@@ -266,6 +309,8 @@ impl Drop for KeyGuard {
 enum Prepared {
     Send {
         message: Box<Message>,
+        /// How it leaves (its customer type's pool, or the usual way).
+        mailer: Mailer,
         to: String,
         /// When it may leave, if not now (quiet hours, the best send hour).
         release_at: Option<i64>,
@@ -318,6 +363,7 @@ impl<S: Store> Dispatcher<S> {
             person,
             rendered,
             list,
+            customer_type,
             timezone,
             best_send_hour,
         } = match compose(
@@ -339,8 +385,9 @@ impl<S: Store> Dispatcher<S> {
         {
             return Ok(Prepared::Suppressed { to: email, reason });
         }
+        let (from, mailer) = self.senders.of(customer_type.as_deref());
         let mut builder = Message::builder()
-            .from(self.config.from.clone())
+            .from(from.clone())
             .to(to.clone())
             .subject(rendered.subject)
             .message_id(Some(message_id(&action.idempotency_key)));
@@ -386,6 +433,7 @@ impl<S: Store> Dispatcher<S> {
         match built {
             Ok(message) => Ok(Prepared::Send {
                 message: Box::new(message),
+                mailer: mailer.clone(),
                 to: to.email.to_string(),
                 release_at: self.release_at(
                     action,
@@ -549,7 +597,7 @@ impl<S: Store> Dispatcher<S> {
             None => None,
         };
         let held_before = matches!(&existing, Some((record, _)) if record.state == State::Held);
-        let (message_out, to) = match self.prepare(&action, held_before).await? {
+        let (message_out, to, mailer) = match self.prepare(&action, held_before).await? {
             Prepared::Send {
                 to,
                 release_at: Some(until),
@@ -608,7 +656,12 @@ impl<S: Store> Dispatcher<S> {
                     Reported::Capped,
                 )]));
             }
-            Prepared::Send { message, to, .. } => (message, to),
+            Prepared::Send {
+                message,
+                to,
+                mailer,
+                ..
+            } => (message, to, mailer),
             Prepared::Suppressed { to, reason } => {
                 let suppressed = SendRecord {
                     state: State::Suppressed,
@@ -635,7 +688,7 @@ impl<S: Store> Dispatcher<S> {
         };
         // The record says `sending` only while a connection is ready for the email: a
         // stop then leaves as few as possible uncertain.
-        let ready = match self.mailer.ready().await {
+        let ready = match mailer.ready().await {
             Ok(ready) => ready,
             Err(failure) => {
                 return self

@@ -8,7 +8,8 @@
 //! waits for the server's delayed acknowledgement of the body, about 40 ms per email
 //! whatever the server's speed. Here every socket has `TCP_NODELAY`, at most
 //! `CAIRN_SMTP_CONNECTIONS` are open at once, and an idle connection is reused
-//! without a `NOOP` unless it has been idle for a while.
+//! without a `NOOP` unless it has been idle for a while. With `CAIRN_SMTP_RATE`, emails
+//! to the server are paced to that many per second (a provider's limit).
 
 use std::io;
 use std::pin::Pin;
@@ -154,9 +155,11 @@ impl Mailer {
             Transport::Smtp {
                 server,
                 connections,
+                per_second,
             } => Ok(Mailer::Smtp(Arc::new(SmtpPool::new(
                 server.clone(),
                 *connections,
+                *per_second,
             )?))),
         }
     }
@@ -166,6 +169,9 @@ impl Mailer {
     pub async fn ready(&self) -> Result<Ready<'_>, Failure> {
         match self {
             Mailer::Smtp(pool) => {
+                if let Some(pace) = &pool.pace {
+                    tokio::time::sleep_until(pace.take(tokio::time::Instant::now())).await;
+                }
                 let permit = pool
                     .permits
                     .acquire()
@@ -236,11 +242,16 @@ pub struct SmtpPool {
     hello: ClientId,
     /// One per connection that may be open.
     permits: Semaphore,
+    pace: Option<Pace>,
     idle: std::sync::Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
 }
 
 impl SmtpPool {
-    fn new(server: SmtpServer, connections: u32) -> Result<Self, DispatchError> {
+    fn new(
+        server: SmtpServer,
+        connections: u32,
+        per_second: Option<f64>,
+    ) -> Result<Self, DispatchError> {
         let tls = match server.security {
             Security::Plain => None,
             Security::StartTlsIfOffered | Security::StartTls | Security::Tls => {
@@ -254,6 +265,7 @@ impl SmtpPool {
             tls,
             hello: ClientId::default(),
             permits: Semaphore::new(connections.max(1) as usize),
+            pace: per_second.map(|rate| Pace::new(Duration::from_secs_f64(1.0 / rate))),
             idle: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -338,6 +350,32 @@ impl SmtpPool {
     }
 }
 
+/// Emails to one server, one every `interval` at most.
+struct Pace {
+    interval: Duration,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// When the next email may start, as of `now`; that turn is taken.
+    fn take(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        let mut next = self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let turn = (*next).max(now);
+        *next = turn + self.interval;
+        turn
+    }
+}
+
 /// What an SMTP error means for the email.
 fn classify(err: &lettre::transport::smtp::Error) -> Failure {
     if err.is_permanent() {
@@ -408,6 +446,19 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn paced_emails_take_turns_an_interval_apart() {
+        let pace = Pace::new(Duration::from_millis(100));
+        let now = tokio::time::Instant::now();
+        assert_eq!(pace.take(now), now);
+        assert_eq!(pace.take(now), now + Duration::from_millis(100));
+        assert_eq!(pace.take(now), now + Duration::from_millis(200));
+        // After a quiet spell no turns are owed: the next goes at once.
+        let later = now + Duration::from_secs(5);
+        assert_eq!(pace.take(later), later);
+        assert_eq!(pace.take(later), later + Duration::from_millis(100));
+    }
 
     #[test]
     fn smtp_urls_name_the_server_its_security_and_login() {

@@ -68,6 +68,7 @@ async fn mesh(transport: &[(&str, &str)]) -> Mesh {
         ("p-defer", "defer-bob@example.com"),
         ("p-reject", "reject-cy@example.com"),
         ("p-busy", "busy-dan@example.com"),
+        ("p-biz", "buyer@acme.example"),
         ("p-bad", "not an address"),
     ] {
         let profile = Profile {
@@ -86,7 +87,15 @@ async fn mesh(transport: &[(&str, &str)]) -> Mesh {
                 Vec::new()
             },
             // Eve reads email two hours from now (UTC: no zone known).
-            facts: if id == "p-evening" {
+            facts: if id == "p-biz" {
+                BTreeMap::from([(
+                    "activity".to_string(),
+                    Stamped {
+                        value: serde_json::json!({"customer_type": "b2b"}),
+                        at: 1,
+                    },
+                )])
+            } else if id == "p-evening" {
                 BTreeMap::from([(
                     "activity".to_string(),
                     Stamped {
@@ -717,6 +726,51 @@ async fn a_list_unsubscribe_stops_that_list_and_a_complaint_stops_all() {
     mesh.wait_for("promo-3", State::Suppressed).await;
     mesh.idle().await;
     assert_eq!(server.received().len(), 3);
+}
+
+/// With a B2B pool configured, emails to business addresses leave through its server
+/// and from its address; the others the usual way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_addresses_get_their_emails_from_the_b2b_pool() {
+    let (Some(usual), Some(business)) = (SmtpServer::start().await, SmtpServer::start().await)
+    else {
+        return;
+    };
+    let (usual_url, business_url) = (usual.url(), business.url());
+    let mesh = mesh(&[
+        ("CAIRN_EMAIL_TRANSPORT", "smtp"),
+        ("CAIRN_SMTP_URL", usual_url.as_str()),
+        ("CAIRN_SMTP_RATE", "50"),
+        ("CAIRN_EMAIL_B2B_SMTP_URL", business_url.as_str()),
+        ("CAIRN_EMAIL_B2B_FROM", "Acme Sales <sales@cairn.example>"),
+    ])
+    .await;
+    mesh.request(&action("p-biz", "k-biz"), "first").await;
+    mesh.request(&action("p-ann", "k-ann"), "first").await;
+    mesh.wait_for("k-biz", State::Sent).await;
+    mesh.wait_for("k-ann", State::Sent).await;
+    let (to_business, to_usual) = (business.received(), usual.received());
+    assert_eq!((to_business.len(), to_usual.len()), (1, 1));
+    assert!(
+        to_business[0].contains("To: buyer@acme.example"),
+        "{}",
+        to_business[0]
+    );
+    assert!(
+        to_business[0].contains("From: \"Acme Sales\" <sales@cairn.example>"),
+        "{}",
+        to_business[0]
+    );
+    assert!(
+        to_usual[0].contains("To: ann@example.com"),
+        "{}",
+        to_usual[0]
+    );
+    assert!(
+        to_usual[0].contains("From: Cairn <cairn@localhost>"),
+        "{}",
+        to_usual[0]
+    );
 }
 
 /// At most CAIRN_EMAIL_DAILY_CAP emails per profile in 24 hours, across campaigns; a
