@@ -96,8 +96,14 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     let suppressions_service = grpc::SuppressionsService {
         bucket: suppressions.clone(),
     };
-    let dispatcher =
-        send::Dispatcher::new(store, suppressions, bus.clone(), senders, config.clone());
+    let dispatcher = send::Dispatcher::new(
+        store,
+        suppressions,
+        bus.clone(),
+        senders,
+        config.clone(),
+        &context.metrics.meter("cairn.dispatcher"),
+    );
     let worker = cairn_bus::worker::run(
         bus,
         consumer,

@@ -25,6 +25,8 @@ use cairn_runtime::error::{Classify as _, ErrorKind};
 use cairn_store::{Expect, Outcome, Store, Write};
 use lettre::Message;
 use lettre::message::{Mailbox, MultiPart, header};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Counter;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +52,21 @@ pub enum State {
     Capped,
     /// Due in quiet hours: a copy comes back when they end.
     Held,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Sending => "sending",
+            State::Sent => "sent",
+            State::Deferred => "deferred",
+            State::Failed => "failed",
+            State::Uncertain => "uncertain",
+            State::Suppressed => "suppressed",
+            State::Capped => "capped",
+            State::Held => "held",
+        }
+    }
 }
 
 /// What happened to one idempotency key.
@@ -204,6 +221,8 @@ pub struct Dispatcher<S> {
     /// The copies of one request (by idempotency key) are handled one at a time here:
     /// a second waits for the first rather than take its `sending` for a stop.
     pub keys: KeyLocks,
+    /// Emails by what became of them (`cairn_dispatcher_emails_total{outcome}`).
+    pub emails: Counter<u64>,
 }
 
 impl<S: Store> Dispatcher<S> {
@@ -213,6 +232,7 @@ impl<S: Store> Dispatcher<S> {
         bus: Bus,
         senders: Senders,
         config: DispatchConfig,
+        meter: &opentelemetry::metrics::Meter,
     ) -> Self {
         Self {
             store,
@@ -221,6 +241,12 @@ impl<S: Store> Dispatcher<S> {
             senders,
             config,
             keys: KeyLocks::default(),
+            emails: meter
+                .u64_counter("cairn_dispatcher_emails")
+                .with_description(
+                    "Emails by outcome: sent, deferred, failed, uncertain, suppressed, capped, held",
+                )
+                .build(),
         }
     }
 }
@@ -520,7 +546,7 @@ impl<S: Store> Dispatcher<S> {
     }
 
     /// Writes `record` for `key` if it is still at `version` (`None`: absent); whether
-    /// it was.
+    /// it was. Each outcome written is counted.
     async fn write(
         &self,
         key: &str,
@@ -535,7 +561,13 @@ impl<S: Store> Dispatcher<S> {
             .write(&DISPATCH, Write::new(record_key(key)).record(expect, value))
             .await?
         {
-            Outcome::Applied { version } => Ok(Some(version.unwrap_or_default())),
+            Outcome::Applied { version } => {
+                if record.state != State::Sending {
+                    self.emails
+                        .add(1, &[KeyValue::new("outcome", record.state.name())]);
+                }
+                Ok(Some(version.unwrap_or_default()))
+            }
             Outcome::Conflict { .. } => Ok(None),
         }
     }

@@ -293,6 +293,17 @@ async fn a_send_arrives_rendered_and_once_however_often_it_is_asked_for() {
         mesh.outcomes(&ann.idempotency_key).await,
         vec![Outcome::Sent]
     );
+    // Counted once for operators, however often it was asked for.
+    let metrics = reqwest::get(format!("http://{}/metrics", mesh.host.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"cairn_dispatcher_emails_total{outcome="sent"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
