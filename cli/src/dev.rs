@@ -24,7 +24,7 @@ pub const DEV_ADMIN_TOKEN_FILE: &str = "dev-admin-token";
 /// The development secret of unsubscribe links, under the data directory.
 pub const DEV_LINK_SECRET_FILE: &str = "dev-email-link-secret";
 
-pub async fn up() -> anyhow::Result<()> {
+pub async fn up(demo: bool) -> anyhow::Result<()> {
     let mut settings = Settings::from_env(&modules::all_vars())?;
     let data_dir = settings.path(&DATA_DIR);
     std::fs::create_dir_all(&data_dir).with_context(|| {
@@ -56,6 +56,13 @@ pub async fn up() -> anyhow::Result<()> {
         settings.set(&cairn_bus::suppressions::LINK_SECRET, secret);
     }
 
+    if demo && !settings.is_set(&cairn_dispatcher::config::EMAIL_QUIET_HOURS) {
+        // Demo emails go out whatever the hour.
+        settings.set(
+            &cairn_dispatcher::config::EMAIL_QUIET_HOURS,
+            "off".to_string(),
+        );
+    }
     let http = settings.string(&HTTP_ADDR);
     println!("Cairn is starting: {}", modules::names().join(", "));
     println!("  HTTP   http://{http}   (Segment-spec API: POST /v1/track, /v1/batch, ...)");
@@ -81,6 +88,18 @@ pub async fn up() -> anyhow::Result<()> {
         "  development admin token: in {}",
         data_dir.join(DEV_ADMIN_TOKEN_FILE).display()
     );
+    if demo {
+        let key = settings
+            .string(&WRITE_KEYS)
+            .split(',')
+            .find_map(|pair| pair.split_once(':').map(|(_, key)| key.trim().to_string()))
+            .unwrap_or_default();
+        tokio::spawn(crate::demo::run(settings.clone(), key));
+        println!(
+            "  demo:  emails land in {} (quiet hours off)",
+            data_dir.join("outbox").display()
+        );
+    }
     let specs: Vec<_> = MODULES.iter().collect();
     let result = process::run(&specs, settings, "cairn").await;
     // NATS goes last, once every module has drained.

@@ -8,6 +8,7 @@
 mod admin;
 mod bench;
 mod campaign;
+mod demo;
 mod dev;
 mod enrich;
 mod modules;
@@ -49,7 +50,12 @@ enum Command {
         service: String,
     },
     /// Run every service in this process, with a local nats-server when none answers.
-    Up,
+    Up {
+        /// Also save demo templates, segments and campaigns and send a trickle of demo
+        /// shoppers, so there is something to see within a minute.
+        #[arg(long)]
+        demo: bool,
+    },
     /// Post one test event to the collector's HTTP API.
     Send(send::SendArgs),
     /// Benchmarks.
@@ -99,7 +105,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { service } => process::serve(&service).await,
-            Command::Up => dev::up().await,
+            Command::Up { demo } => dev::up(demo).await,
             Command::Send(args) => send::run(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Status => admin::status().await,

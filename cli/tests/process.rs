@@ -39,6 +39,19 @@ async fn exit_of(child: &mut Child) -> (Option<i32>, String) {
     (status.code(), stderr)
 }
 
+/// What the exited `child` printed on stdout.
+async fn stdout_of(child: &mut Child) -> String {
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .await
+        .unwrap();
+    stdout
+}
+
 async fn output(command: &mut Command) -> (i32, String, String) {
     let output = command.output().await.unwrap();
     (
@@ -267,14 +280,7 @@ async fn up_starts_nats_and_prints_a_write_key_that_send_uses() {
     sigterm(&child);
     let (code, stderr) = exit_of(&mut child).await;
     assert_eq!(code, Some(0), "{stderr}");
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .await
-        .unwrap();
+    let stdout = stdout_of(&mut child).await;
     let key = std::fs::read_to_string(data.path().join("dev-write-key")).unwrap();
     assert!(
         stdout.contains(&format!("development write key: {}", key.trim())),
@@ -846,4 +852,53 @@ async fn killing_the_dispatcher_mid_send_sends_no_email_twice() {
         "{EMAILS} emails, {KILLS} kills: {sent} sent, {uncertain} uncertain ({} of those arrived), none twice",
         received.len() - sent
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_demo_shows_campaign_emails_within_a_minute() {
+    let nats = TestNats::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let admin = free_addr();
+    let env = [
+        ("CAIRN_NATS_URL", nats.url()),
+        ("CAIRN_HTTP_ADDR", free_addr().to_string()),
+        ("CAIRN_GRPC_ADDR", free_addr().to_string()),
+        ("CAIRN_ADMIN_ADDR", admin.to_string()),
+        ("CAIRN_DATA_DIR", data.path().display().to_string()),
+    ];
+    let mut up = cairn();
+    up.args(["up", "--demo"]);
+    for (name, value) in &env {
+        up.env(name, value);
+    }
+    let mut child = up.spawn().unwrap();
+    wait_ready(admin, &mut child).await;
+    // Demo shoppers sign in, fill carts and leave them; 20 s later the reminder goes.
+    let outbox = data.path().join("outbox");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    let email = loop {
+        let found = std::fs::read_dir(&outbox).ok().and_then(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .find(|path| path.extension().is_some_and(|ext| ext == "eml"))
+        });
+        if let Some(path) = found {
+            break std::fs::read_to_string(path).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no demo email after 150 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(email.contains("are waiting"), "{email}");
+    assert!(email.contains("To: shopper"), "{email}");
+    assert!(email.contains("List-Unsubscribe: <"), "{email}");
+    assert!(email.contains("Content-Type: text/html"), "{email}");
+    sigterm(&child);
+    let (code, stderr) = exit_of(&mut child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let stdout = stdout_of(&mut child).await;
+    assert!(stdout.contains("demo: saved templates"), "{stdout}");
 }
