@@ -17,6 +17,7 @@ use cairn_runtime::host::{ADMIN_ADDR, HTTP_ADDR};
 use serde_json::{Value, json};
 
 use crate::admin::{AdminConnection, explain};
+use crate::traffic;
 
 /// The cart reminder, in MJML.
 const CART_REMINDER: &str = r#"<mjml>
@@ -72,21 +73,8 @@ actions:
 "#,
 ];
 
-const SECTIONS: &[&str] = &["shoes", "bags", "jackets", "sale"];
+/// Demo shoppers.
 const SHOPPERS: usize = 40;
-const FIRST_NAMES: &[&str] = &["Ann", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gus", "Hana"];
-/// Where shoppers browse from: IP (in the bundled test geo database), time zone, locale.
-const PLACES: &[(&str, &str, &str)] = &[
-    ("81.2.69.142", "Europe/London", "en-GB"),
-    ("89.160.20.112", "Europe/Stockholm", "sv-SE"),
-    ("216.160.83.56", "America/Los_Angeles", "en-US"),
-];
-const BROWSERS: &[&str] = &[
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15",
-];
-const CRAWLER: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
 /// Runs the demo until the process ends: waits for the mesh, saves the definitions,
 /// then sends traffic. A failure is reported and ends the demo, not the mesh.
@@ -133,7 +121,9 @@ async fn demo(settings: &Settings, write_key: &str) -> anyhow::Result<()> {
     );
     let mut sent = 0u64;
     loop {
-        let batch: Vec<Value> = (0..4).map(|_| next_event(&mut rand::rng())).collect();
+        let batch: Vec<Value> = (0..4)
+            .map(|_| traffic::next_event(&mut rand::rng(), SHOPPERS))
+            .collect();
         let response = http
             .post(&batch_url)
             .basic_auth(write_key, Some(""))
@@ -192,80 +182,6 @@ async fn save_definitions(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The next thing someone on the demo shop does: mostly page views; shoppers now and
-/// then sign in, fill a cart and (some of them) order.
-fn next_event(rng: &mut impl rand::Rng) -> Value {
-    if rng.random_ratio(1, 12) {
-        let section = SECTIONS[rng.random_range(0..SECTIONS.len())];
-        return json!({
-            "type": "page",
-            "anonymousId": "demo-crawler",
-            "properties": {"path": format!("/{section}"), "section": section},
-            "context": {"userAgent": CRAWLER, "ip": "66.249.66.1"},
-        });
-    }
-    let shopper = rng.random_range(0..SHOPPERS);
-    let (ip, timezone, locale) = PLACES[shopper % PLACES.len()];
-    let favourite = SECTIONS[shopper % SECTIONS.len()];
-    let context = json!({
-        "userAgent": BROWSERS[shopper % BROWSERS.len()],
-        "ip": ip,
-        "timezone": timezone,
-        "locale": locale,
-    });
-    let anonymous_id = format!("demo-visitor-{shopper}");
-    let user_id = format!("demo-user-{shopper}");
-    match rng.random_range(0..20) {
-        0..=11 => {
-            let (path, section) = if rng.random_ratio(1, 4) {
-                ("/".to_string(), Value::Null)
-            } else {
-                (format!("/{favourite}"), json!(favourite))
-            };
-            json!({
-                "type": "page",
-                "anonymousId": anonymous_id,
-                "properties": {"path": path, "section": section,
-                               "url": format!("https://shop.example.com{path}")},
-                "context": context,
-            })
-        }
-        12..=14 => {
-            // Some shoppers sign in with a work address (B2B), most with a free-mail one.
-            let domain = if shopper % 5 == 0 {
-                "acme.example"
-            } else {
-                "gmail.com"
-            };
-            json!({
-                "type": "identify",
-                "anonymousId": anonymous_id,
-                "userId": user_id,
-                "traits": {
-                    "email": format!("shopper{shopper}@{domain}"),
-                    "name": format!("{} {shopper}", FIRST_NAMES[shopper % FIRST_NAMES.len()]),
-                    "favourite_section": favourite,
-                },
-                "context": context,
-            })
-        }
-        15..=17 => json!({
-            "type": "track",
-            "event": "add_to_cart",
-            "anonymousId": anonymous_id,
-            "properties": {"section": favourite, "cart_items": rng.random_range(1..4)},
-            "context": context,
-        }),
-        _ => json!({
-            "type": "track",
-            "event": "order_completed",
-            "anonymousId": anonymous_id,
-            "properties": {"section": favourite, "total": 79.0},
-            "context": context,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,16 +209,5 @@ mod tests {
             updated_ms: 0,
         };
         template.check().unwrap_or_else(|err| panic!("{err}"));
-    }
-
-    #[test]
-    fn every_demo_event_is_a_valid_segment_call() {
-        let mut rng = rand::rng();
-        for _ in 0..500 {
-            let event = next_event(&mut rng);
-            let body = bytes::Bytes::from(json!({ "batch": [event] }).to_string());
-            cairn_collector::event::parse_batch(&body)
-                .unwrap_or_else(|err| panic!("{err:?}: {event}"));
-        }
     }
 }

@@ -89,11 +89,7 @@ pub async fn up(demo: bool) -> anyhow::Result<()> {
         data_dir.join(DEV_ADMIN_TOKEN_FILE).display()
     );
     if demo {
-        let key = settings
-            .string(&WRITE_KEYS)
-            .split(',')
-            .find_map(|pair| pair.split_once(':').map(|(_, key)| key.trim().to_string()))
-            .unwrap_or_default();
+        let key = crate::send::write_key(&settings)?;
         tokio::spawn(crate::demo::run(settings.clone(), key));
         println!(
             "  demo:  emails land in {} (quiet hours off)",

@@ -11,6 +11,7 @@ mod campaign;
 mod demo;
 mod dev;
 mod enrich;
+mod loadgen;
 mod modules;
 mod process;
 mod profile;
@@ -19,6 +20,7 @@ mod segment;
 mod send;
 mod suppression;
 mod template;
+mod traffic;
 
 use std::process::ExitCode;
 
@@ -58,6 +60,8 @@ enum Command {
     },
     /// Post one test event to the collector's HTTP API.
     Send(send::SendArgs),
+    /// Send synthetic shop traffic to the running collector at a target rate.
+    Loadgen(loadgen::LoadgenArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
             Command::Serve { service } => process::serve(&service).await,
             Command::Up { demo } => dev::up(demo).await,
             Command::Send(args) => send::run(args).await,
+            Command::Loadgen(args) => loadgen::run(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Status => admin::status().await,
             Command::Profile(command) => profile::run(command).await,

@@ -142,7 +142,7 @@ fn build(args: &SendArgs) -> anyhow::Result<(String, Value)> {
 }
 
 /// The first configured write key, else the development key `cairn up` created.
-fn write_key(settings: &Settings) -> anyhow::Result<String> {
+pub fn write_key(settings: &Settings) -> anyhow::Result<String> {
     if let Some(key) = Credentials::from_settings(settings)?.first_write_key() {
         return Ok(key);
     }

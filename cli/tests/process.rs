@@ -855,7 +855,7 @@ async fn killing_the_dispatcher_mid_send_sends_no_email_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_with_demo_shows_campaign_emails_within_a_minute() {
+async fn up_with_demo_shows_emails_within_a_minute_and_takes_generated_load() {
     let nats = TestNats::start().await;
     let data = tempfile::tempdir().unwrap();
     let admin = free_addr();
@@ -896,6 +896,28 @@ async fn up_with_demo_shows_campaign_emails_within_a_minute() {
     assert!(email.contains("To: shopper"), "{email}");
     assert!(email.contains("List-Unsubscribe: <"), "{email}");
     assert!(email.contains("Content-Type: text/html"), "{email}");
+
+    // The load generator sends the same kind of traffic, at a rate, all accepted.
+    let mut loadgen = cairn();
+    loadgen.args([
+        "loadgen",
+        "--rate",
+        "300",
+        "--duration",
+        "2s",
+        "--shape",
+        "burst",
+    ]);
+    for (name, value) in &env {
+        loadgen.env(name, value);
+    }
+    let (code, stdout, stderr) = output(&mut loadgen).await;
+    assert_eq!(code, 0, "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    // 300/s for 2 s, ten times that in the middle third.
+    assert_eq!(summary["sent"], 2_400, "{stdout}");
+    assert_eq!(summary["accepted"], 2_400, "{stdout}");
     sigterm(&child);
     let (code, stderr) = exit_of(&mut child).await;
     assert_eq!(code, Some(0), "{stderr}");
