@@ -37,7 +37,7 @@ const CART_REMINDER: &str = r#"<mjml>
 const SEGMENTS: &[(&str, &str)] = &[
     (
         "demo_engaged",
-        "FILTER AND (visit_count >= 2, EXISTS email)",
+        "FILTER AND (event_count.page.all >= 3, EXISTS email)",
     ),
     ("demo_buyers", "FILTER event_count.order_completed.all >= 1"),
     (
