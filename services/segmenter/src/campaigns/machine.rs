@@ -23,6 +23,10 @@ pub struct Journey {
     pub timers: BTreeMap<usize, i64>,
     /// When its recent actions went (for the cap), oldest first.
     pub sent_ms: Vec<i64>,
+    /// The last event that moved it or put off one of its timers (its name and
+    /// properties): what `event.*` parameters read when a timer or a segment moves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<Value>,
 }
 
 impl Default for Journey {
@@ -34,6 +38,7 @@ impl Default for Journey {
             last_entry_ms: None,
             timers: BTreeMap::new(),
             sent_ms: Vec::new(),
+            last_event: None,
         }
     }
 }
@@ -121,10 +126,11 @@ pub fn step(
         journey.state = START.to_string();
         journey.since_ms = at;
         journey.timers.clear();
+        journey.last_event = None;
         changed = true;
     }
     // Events put off the inactivity timers of the state they happen in.
-    if let Input::Event { name, at_ms, .. } = *input {
+    if let Input::Event { name, at_ms, event } = *input {
         for (index, transition) in campaign.transitions.iter().enumerate() {
             if transition.from != journey.state {
                 continue;
@@ -137,6 +143,7 @@ pub fn step(
                 if *current < due {
                     *current = due;
                 }
+                journey.last_event = Some(remembered(event));
                 changed = true;
             }
         }
@@ -182,10 +189,11 @@ pub fn step(
             _ => None,
         })
         .collect();
-    let event = match *input {
-        Input::Event { event, .. } => event,
-        _ => &Value::Null,
-    };
+    if let Input::Event { event, .. } = *input {
+        journey.last_event = Some(remembered(event));
+    }
+    let event = journey.last_event.clone().unwrap_or(Value::Null);
+    let event = &event;
     let (mut actions, mut suppressed) = (Vec::new(), 0);
     for action in campaign.actions.get(&journey.state).into_iter().flatten() {
         if let Some(cap) = campaign.cap {
@@ -267,6 +275,11 @@ fn takes(on: &On, index: usize, input: &Input<'_>, journey: &Journey) -> bool {
         }
         _ => false,
     }
+}
+
+/// What a journey keeps of an event: its name and properties.
+fn remembered(event: &Value) -> Value {
+    serde_json::json!({"event": event["event"], "properties": event["properties"]})
 }
 
 /// The value `source` (`event.properties.section`, `profile.traits.plan`) names.
@@ -375,11 +388,13 @@ actions:
         .unwrap();
         assert_eq!(first.entered.as_deref(), Some("carting"));
         assert_eq!(first.journey.timers, BTreeMap::from([(2, T0 + 4 * HOUR)]));
-        // Another add_to_cart an hour later puts the timer off.
+        // Another add_to_cart an hour later (in another section) puts the timer off.
+        let bags = json!({"event": "add_to_cart", "type": "track",
+                          "properties": {"cart_items": 3, "section": "bags"}});
         let later = step(
             &campaign,
             Some(&first.journey),
-            &on_event("add_to_cart", &add, T0 + HOUR),
+            &on_event("add_to_cart", &bags, T0 + HOUR),
             true,
             &profile,
         )
@@ -412,7 +427,8 @@ actions:
             }
         );
         assert_eq!(abandoned.actions[0].params["plan"], "pro");
-        assert_eq!(abandoned.actions[0].params["section"], Value::Null);
+        // A timer has no event of its own: `event.*` is the last one that put it off.
+        assert_eq!(abandoned.actions[0].params["section"], "bags");
         assert!(abandoned.journey.timers.is_empty());
         // The same timer again (a redelivery): the journey is over, nothing happens.
         assert_eq!(
