@@ -115,8 +115,7 @@ impl<S: Store> AnswerWriter<S> {
         } else if message.subject.starts_with("profiles.merged.") {
             let merge = MergeRecord::decode(payload).map_err(|err| unreadable("a merge", err))?;
             if merge.kind() == merge_record::Kind::Merged {
-                self.merged(&merge.from_profile_id, &merge.into_profile_id)
-                    .await?;
+                self.merged(&merge).await?;
             }
             Ok(())
         } else if message.subject == subjects::PROFILES_DELETED {
@@ -176,10 +175,24 @@ impl<S: Store> AnswerWriter<S> {
 
     /// `from` was merged into `into`: the ids that led to `from` lead to `into`, and its
     /// web content goes along (its memberships do not: the survivor's are decided anew).
-    async fn merged(&self, from: &str, into: &str) -> Result<(), SegmentError> {
+    async fn merged(&self, merge: &MergeRecord) -> Result<(), SegmentError> {
+        let (from, into) = (
+            merge.from_profile_id.as_str(),
+            merge.into_profile_id.as_str(),
+        );
         let (Some(from_key), Some(into_key)) = (profile_key(from), profile_key(into)) else {
             return Ok(());
         };
+        // The ids identity moved lead to `into` now, whether or not `from` had an
+        // answer (nothing else may announce them: the profile store can take them over
+        // before the event that linked them, which then changes no identifiers). Only
+        // keys missing or still leading to `from`: a repeat of an older merge must not
+        // take an id back from a later survivor.
+        for identifier in &merge.identifiers {
+            if LOOKUP_TYPES.contains(&identifier.r#type.as_str()) {
+                self.point_from(identifier, from, into).await?;
+            }
+        }
         let Some(loser) = self.read(&from_key).await? else {
             return Ok(());
         };
@@ -255,6 +268,36 @@ impl<S: Store> AnswerWriter<S> {
                 .put(&key, Bytes::from(profile_id.to_string()))
                 .await
                 .map_err(|err| unavailable(&key, err))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `identifier` lead to `into` if it leads nowhere yet or to `from`.
+    async fn point_from(
+        &self,
+        identifier: &Identifier,
+        from: &str,
+        into: &str,
+    ) -> Result<(), SegmentError> {
+        let Some(key) = identifier_key(&identifier.r#type, &identifier.value) else {
+            return Ok(());
+        };
+        let entry = self
+            .bucket
+            .entry(&key)
+            .await
+            .map_err(|err| unavailable(&key, err))?;
+        let value = Bytes::from(into.to_string());
+        // A conflict means someone pointed it meanwhile: theirs stands.
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                if entry.value.as_ref() == from.as_bytes() {
+                    let _ = self.bucket.update(&key, value, entry.revision).await;
+                }
+            }
+            _ => {
+                let _ = self.bucket.create(&key, value).await;
+            }
         }
         Ok(())
     }
