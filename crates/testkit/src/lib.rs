@@ -239,6 +239,16 @@ impl TestHost {
         }
     }
 
+    /// What the admin endpoint's `/metrics` shows now (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `http://<http addr>`.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.http.expect("this host serves no HTTP"))

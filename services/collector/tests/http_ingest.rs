@@ -549,12 +549,7 @@ async fn browsers_get_cors_and_operators_get_metrics() {
         .post("/v1/track", r#"{"event":"x","userId":"u"}"#)
         .await;
     fixture.post("/v1/track", r#"{"userId":"u"}"#).await;
-    let metrics = reqwest::get(format!("http://{}/metrics", fixture.host.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = fixture.host.metrics().await;
     assert!(
         metrics.contains(r#"cairn_collector_events_total{source="web"} 1"#),
         "{metrics}"

@@ -294,12 +294,7 @@ async fn a_send_arrives_rendered_and_once_however_often_it_is_asked_for() {
         vec![Outcome::Sent]
     );
     // Counted once for operators, however often it was asked for.
-    let metrics = reqwest::get(format!("http://{}/metrics", mesh.host.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = mesh.host.metrics().await;
     assert!(
         metrics.contains(r#"cairn_dispatcher_emails_total{outcome="sent"} 1"#),
         "{metrics}"
@@ -664,39 +659,28 @@ async fn a_list_unsubscribe_stops_that_list_and_a_complaint_stops_all() {
         .await
         .unwrap();
     let mut suppressions = SuppressionsClient::new(channel);
-    let refused = suppressions
-        .add(cairn_testkit::bearer(
+    let complaint = |email: &str, token: &str| {
+        cairn_testkit::bearer(
             pb::SuppressionsAddRequest {
-                email: "not an address".into(),
+                email: email.into(),
                 list: String::new(),
                 reason: "complained".into(),
             },
-            "tk_admin",
-        ))
+            token,
+        )
+    };
+    let refused = suppressions
+        .add(complaint("not an address", "tk_admin"))
         .await
         .unwrap_err();
     assert!(refused.message().starts_with("email:"), "{refused:?}");
     let read_only = suppressions
-        .add(cairn_testkit::bearer(
-            pb::SuppressionsAddRequest {
-                email: "ann@example.com".into(),
-                list: String::new(),
-                reason: "complained".into(),
-            },
-            "tk_read",
-        ))
+        .add(complaint("ann@example.com", "tk_read"))
         .await
         .unwrap_err();
     assert_eq!(read_only.code(), tonic::Code::PermissionDenied);
     suppressions
-        .add(cairn_testkit::bearer(
-            pb::SuppressionsAddRequest {
-                email: "Ann@Example.com".into(),
-                list: String::new(),
-                reason: "complained".into(),
-            },
-            "tk_admin",
-        ))
+        .add(complaint("Ann@Example.com", "tk_admin"))
         .await
         .unwrap();
     let state = suppressions
