@@ -46,10 +46,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve one service (what each Kubernetes Deployment runs).
+    /// Serve one service (what each Kubernetes Deployment runs), or several in one
+    /// process (what a single-replica install on the embedded store runs).
     Serve {
-        /// The service: one of `cairn modules`.
-        service: String,
+        /// The services: each one of `cairn modules`.
+        #[arg(required = true)]
+        services: Vec<String>,
     },
     /// Run every service in this process, with a local nats-server when none answers.
     Up {
@@ -108,7 +110,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { service } => process::serve(&service).await,
+            Command::Serve { services } => process::serve(&services).await,
             Command::Up { demo } => dev::up(demo).await,
             Command::Send(args) => send::run(args).await,
             Command::Loadgen(args) => loadgen::run(args).await,

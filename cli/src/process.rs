@@ -8,7 +8,7 @@ use cairn_runtime::{
     ConfigError, Credentials, ModuleContext, Readiness, Settings, Shutdown, Var, telemetry,
 };
 
-use crate::modules::{self, ModuleSpec, Resources};
+use crate::modules::{self, MODULES, ModuleSpec, Resources};
 
 /// Variables only the command-line tools read.
 pub const CLI_VARS: [Var; 2] = [crate::admin::TOKEN, cairn_bus::server::NATS_SERVER];
@@ -44,16 +44,26 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     if usage { 2 } else { 1 }
 }
 
-/// `cairn serve <service>`.
-pub async fn serve(name: &str) -> anyhow::Result<()> {
-    let spec = modules::find(name).ok_or_else(|| {
-        UsageError(format!(
-            "unknown service {name:?}; the services are: {}",
+/// `cairn serve <service>...`: the services in one process, in the module table's order
+/// (the order `cairn up` starts them in), each once.
+pub async fn serve(names: &[String]) -> anyhow::Result<()> {
+    if let Some(unknown) = names.iter().find(|name| modules::find(name).is_none()) {
+        return Err(UsageError(format!(
+            "unknown service {unknown:?}; the services are: {}",
             modules::names().join(", ")
         ))
-    })?;
+        .into());
+    }
+    let specs: Vec<&ModuleSpec> = MODULES
+        .iter()
+        .filter(|spec| names.iter().any(|name| name == spec.name))
+        .collect();
     let settings = Settings::from_env(&modules::all_vars())?;
-    run(&[spec], settings, &format!("cairn-{name}")).await
+    let service_name = match specs.as_slice() {
+        [only] => format!("cairn-{}", only.name),
+        _ => "cairn".to_string(),
+    };
+    run(&specs, settings, &service_name).await
 }
 
 /// Starts `specs` in order and serves them until SIGTERM/SIGINT, then drains.
