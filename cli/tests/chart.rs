@@ -299,6 +299,80 @@ async fn the_single_pod_on_the_embedded_store_serves_what_the_chart_probes() {
     assert_eq!(count, 1, "one StatefulSet with every service");
 }
 
+/// The variables `cairn config` lists, from the binary.
+fn binary_variables() -> Vec<String> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("config")
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|line| line.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every variable the binary reads is one the chart's values may set (`config`), a
+/// secret, or one the chart sets itself; and the schema allows no variable the binary
+/// does not read.
+#[test]
+fn the_values_schema_names_exactly_the_variables_the_binary_reads() {
+    let Some(objects) = rendered("defaults-values.yaml") else {
+        return;
+    };
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("charts/cairn/values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let names = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|name| name.as_str().unwrap().to_string())
+            .collect()
+    };
+    let settable = names(&schema["properties"]["config"]["propertyNames"]["anyOf"][0]["enum"]);
+    let secrets =
+        names(&schema["properties"]["secrets"]["properties"]["values"]["propertyNames"]["enum"]);
+    let mut set_by_chart: Vec<String> = of_kind(&objects, "ConfigMap")[0]["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    // Set per pod when their values are given, and read by the command line only.
+    set_by_chart.extend(
+        [
+            "CAIRN_NATS_CREDS_FILE",
+            "CAIRN_SCYLLA_TLS_CA",
+            "CAIRN_SCYLLA_DATACENTER",
+            "CAIRN_STORE_FSYNC",
+            "CAIRN_STORE_CACHE",
+            "CAIRN_TOKEN",
+            "CAIRN_NATS_SERVER",
+            "CAIRN_CONFIG_FILE",
+        ]
+        .map(str::to_string),
+    );
+    let binary = binary_variables();
+    for var in &binary {
+        assert!(
+            settable.contains(var) || secrets.contains(var) || set_by_chart.contains(var),
+            "{var}: the chart can neither set it nor take it in `config`; add it to \
+             config.propertyNames (and services' env) in charts/cairn/values.schema.json"
+        );
+    }
+    for var in settable.iter().chain(&secrets) {
+        assert!(
+            binary.contains(var),
+            "{var}: in the values schema, not read by cairn"
+        );
+    }
+}
+
 #[test]
 fn the_chart_knows_every_service_the_binary_serves() {
     let Some(objects) = rendered("defaults-values.yaml") else {

@@ -43,11 +43,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* The NATS chart's name for its objects (its fullname rule). */}}
+{{- define "cairn.natsName" -}}
+{{- if contains "nats" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-nats" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "cairn.natsUrl" -}}
 {{- if .Values.bus.url -}}
 {{- .Values.bus.url -}}
 {{- else if .Values.nats.enabled -}}
-{{- printf "nats://%s-nats.%s.svc:4222" .Release.Name .Release.Namespace -}}
+{{- printf "nats://%s.%s.svc:4222" (include "cairn.natsName" .) .Release.Namespace -}}
 {{- else -}}
 {{- fail "NATS: set bus.url to an external NATS, or nats.enabled=true" -}}
 {{- end -}}
@@ -62,14 +71,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- $host := (urlParse $first).host | splitList ":" | first -}}
 {{- printf "%s:8222" $host -}}
 {{- else -}}
-{{- printf "%s-nats-headless.%s.svc.cluster.local:8222" .Release.Name .Release.Namespace -}}
+{{- printf "%s-headless.%s.svc:8222" (include "cairn.natsName" .) .Release.Namespace -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "cairn.scyllaUri" -}}
 {{- if .Values.store.scylla.uri -}}
 {{- .Values.store.scylla.uri -}}
-{{- else -}}
+{{- else if .Values.store.scylla.cluster.enabled -}}
 {{- printf "scylla://%s-scylla-client.%s.svc:9042/cairn" (include "cairn.fullname" .) .Release.Namespace -}}
 {{- end -}}
 {{- end -}}
@@ -149,6 +158,7 @@ metadata:
     app.kubernetes.io/component: {{ .component }}
   annotations:
     checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+    checksum/secret: {{ include (print $root.Template.BasePath "/secret.yaml") $root | sha256sum }}
     {{- with $values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -286,6 +296,9 @@ spec:
           mountPath: /etc/cairn/scylla
           readOnly: true
         {{- end }}
+        {{- with $values.volumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
   volumes:
     {{- if ne .component "all" }}
     - name: data
@@ -302,6 +315,9 @@ spec:
     - name: scylla-ca
       secret:
         secretName: {{ $root.Values.store.scylla.tlsCaSecret }}
+    {{- end }}
+    {{- with $values.volumes }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
 {{- end -}}
 
