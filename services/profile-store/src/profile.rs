@@ -14,6 +14,8 @@ pub const MAX_SESSIONS_KEPT: usize = 50;
 pub const MAX_URLS: usize = 20;
 pub const MAX_REFERRERS: usize = 50;
 pub const MAX_DEVICES: usize = 20;
+/// Cities kept per profile, the most recently seen.
+pub const MAX_CITIES: usize = 20;
 /// Event names counted one by one; further names are counted together under
 /// [`OTHER_EVENTS`], so a client sending a new name with every event cannot grow a
 /// profile without bound.
@@ -105,6 +107,16 @@ pub struct Device {
     /// The device id, or the user agent when the event has none.
     pub key: String,
     pub user_agent: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+/// A city the person was seen in (by the event's location or enrich-geo's reading of
+/// their address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    pub city: String,
+    pub country: Option<String>,
     pub first_seen: i64,
     pub last_seen: i64,
 }
@@ -217,6 +229,8 @@ pub struct Profile {
     pub sessions_started: u64,
     pub referrer_domains: BTreeMap<String, u64>,
     pub devices: Vec<Device>,
+    /// Every city seen, the most recent first.
+    pub cities: Vec<Place>,
     pub city: Option<Stamped<String>>,
     pub country: Option<Stamped<String>>,
     pub timezone: Option<Stamped<String>>,
@@ -360,6 +374,15 @@ impl Profile {
         }
         if let Some(city) = &event.city {
             set_latest(&mut self.city, city.clone(), event.at, &mut changed, "city");
+            self.seen_in(
+                Place {
+                    city: city.clone(),
+                    country: event.country.clone(),
+                    first_seen: event.at,
+                    last_seen: event.at,
+                },
+                &mut changed,
+            );
         }
         if let Some(country) = &event.country {
             set_latest(
@@ -609,7 +632,16 @@ impl Profile {
         if source == "geo" {
             let text = |key: &str| facts.get(key).and_then(Value::as_str).map(str::to_string);
             if let Some(city) = text("city") {
-                set_latest(&mut self.city, city, at, &mut changed, "city");
+                set_latest(&mut self.city, city.clone(), at, &mut changed, "city");
+                self.seen_in(
+                    Place {
+                        city,
+                        country: text("country"),
+                        first_seen: at,
+                        last_seen: at,
+                    },
+                    &mut changed,
+                );
             }
             if let Some(country) = text("country") {
                 set_latest(&mut self.country, country, at, &mut changed, "country");
@@ -619,6 +651,24 @@ impl Profile {
             }
         }
         changed
+    }
+
+    /// Adds `place` to the cities seen, or widens the times of the same city.
+    fn seen_in(&mut self, place: Place, changed: &mut Vec<String>) {
+        let same = |known: &Place| known.city == place.city && known.country == place.country;
+        match self.cities.iter_mut().find(|known| same(known)) {
+            Some(known) => {
+                known.first_seen = known.first_seen.min(place.first_seen);
+                known.last_seen = known.last_seen.max(place.last_seen);
+            }
+            None => {
+                self.cities.push(place);
+                add_unique(changed, "cities");
+            }
+        }
+        self.cities
+            .sort_by_key(|place| std::cmp::Reverse(place.last_seen));
+        self.cities.truncate(MAX_CITIES);
     }
 
     /// Takes everything of `other` (merged into this profile) in: identifiers, counts,
@@ -662,6 +712,10 @@ impl Profile {
         self.devices
             .sort_by_key(|device| std::cmp::Reverse(device.last_seen));
         self.devices.truncate(MAX_DEVICES);
+        let mut ignored = Vec::new();
+        for place in &other.cities {
+            self.seen_in(place.clone(), &mut ignored);
+        }
         for (mine, theirs) in [
             (&mut self.city, &other.city),
             (&mut self.country, &other.country),
@@ -789,6 +843,14 @@ struct DeviceView<'a> {
 }
 
 #[derive(Serialize)]
+struct PlaceView<'a> {
+    city: &'a str,
+    country: Option<&'a str>,
+    first_seen: String,
+    last_seen: String,
+}
+
+#[derive(Serialize)]
 struct UrlView<'a> {
     url: &'a str,
     at: String,
@@ -831,6 +893,17 @@ impl Serialize for ProfileView<'_> {
                     user_agent: &device.user_agent,
                     first_seen: time_text(device.first_seen),
                     last_seen: time_text(device.last_seen),
+                })
+            }),
+        )?;
+        map.serialize_entry(
+            "cities",
+            &Items(|| {
+                profile.cities.iter().map(|place| PlaceView {
+                    city: &place.city,
+                    country: place.country.as_deref(),
+                    first_seen: time_text(place.first_seen),
+                    last_seen: time_text(place.last_seen),
                 })
             }),
         )?;
@@ -968,6 +1041,7 @@ const TOP_FIELDS: &[&str] = &[
     "sessions",
     "referrer_domains",
     "devices",
+    "cities",
     "city",
     "country",
     "timezone",
@@ -989,7 +1063,7 @@ impl cairn_filterql::Schema for ProfileSchema {
             ["id" | "city" | "country" | "timezone"] => Text,
             ["first_seen" | "last_seen"] => Time,
             ["visit_count" | "session_count"] => Number,
-            ["identifiers" | "sessions" | "devices" | "urls" | "merged_from"] => List,
+            ["identifiers" | "sessions" | "devices" | "cities" | "urls" | "merged_from"] => List,
             [
                 "referrer_domains" | "event_count" | "event_count_drops" | "event_last" | "traits"
                 | "facts" | "segments",
@@ -1348,6 +1422,13 @@ mod tests {
         assert_eq!(view["city"], "Paris");
         assert_eq!(view["timezone"], "Europe/London");
         assert_eq!(view["devices"].as_array().unwrap().len(), 2);
+        let cities: Vec<&Value> = view["cities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|place| &place["city"])
+            .collect();
+        assert_eq!(cities, [&json!("Paris"), &json!("London")]);
         assert_eq!(view["urls"].as_array().unwrap().len(), 2);
         assert_eq!(view["identifiers"][0]["value"], "a1");
         assert_eq!(view["visit_count"], 1);
@@ -1368,5 +1449,36 @@ mod tests {
         assert_eq!(laptop.events["purchase"].total, 1);
         assert_eq!(laptop.last_seen, Some(T0 + 3 * HOUR));
         assert_eq!(laptop.merged_from, vec!["p2".to_string()]);
+    }
+
+    #[test]
+    fn the_cities_of_both_profiles_and_their_geo_facts_stay_after_a_merge() {
+        let geo = |city: &str, country: &str| {
+            json!({"city": city, "country": country})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let mut laptop = Profile::new("p1");
+        laptop.apply_facts("geo", &geo("London", "GB"), T0);
+        laptop.apply_facts("geo", &geo("Paris", "FR"), T0 + HOUR);
+        let mut phone = Profile::new("p2");
+        phone.apply_facts("geo", &geo("Boxford", "GB"), T0 + 2 * HOUR);
+        phone.apply_facts("geo", &geo("London", "GB"), T0 + 3 * HOUR);
+        laptop.absorb(&phone, &FoldSettings::default());
+        let cities: Vec<(&str, i64, i64)> = laptop
+            .cities
+            .iter()
+            .map(|place| (place.city.as_str(), place.first_seen, place.last_seen))
+            .collect();
+        assert_eq!(
+            cities,
+            [
+                ("London", T0, T0 + 3 * HOUR),
+                ("Boxford", T0 + 2 * HOUR, T0 + 2 * HOUR),
+                ("Paris", T0 + HOUR, T0 + HOUR),
+            ]
+        );
+        assert_eq!(laptop.city.as_ref().unwrap().value, "London");
     }
 }
