@@ -106,6 +106,14 @@ impl Event {
             .or_else(|| Some(self.header_user_agent.clone()).filter(|agent| !agent.is_empty()))
     }
 
+    /// Whether the client that reported this event says it is a crawler, in
+    /// `context.userAgent` (what a browser or an SDK reports for the person; not the
+    /// request's header, which for a server-side call is the server's own client).
+    pub fn sent_by_a_bot(&self) -> bool {
+        self.text(&["context", "userAgent"])
+            .is_some_and(|agent| looks_like_a_bot(&agent))
+    }
+
     /// `context.ip`, else the address the collector saw.
     pub fn ip(&self) -> Option<String> {
         self.text(&["context", "ip"])
@@ -165,6 +173,24 @@ fn claimed_time(event: &Value, received_ms: i64, batch_sent_at: &str) -> i64 {
         (Some(original), None) => original,
         _ => received_ms,
     }
+}
+
+/// Crawler markers in a User-Agent: the ones common crawlers, headless browsers and HTTP
+/// libraries carry (enrich-device adds uap-core's `Spider` family to these).
+pub fn looks_like_a_bot(user_agent: &str) -> bool {
+    let lower = user_agent.to_ascii_lowercase();
+    [
+        "bot",
+        "crawler",
+        "spider",
+        "headlesschrome",
+        "slurp",
+        "python-requests",
+        "curl/",
+        "wget/",
+    ]
+    .iter()
+    .any(|marker| lower.contains(marker))
 }
 
 /// The host of a URL, without `www.`.

@@ -89,7 +89,7 @@ impl Devices {
             ),
             None => ("Other".to_string(), None, None),
         };
-        let bot = device_family == "Spider" || looks_like_a_bot(user_agent);
+        let bot = device_family == "Spider" || cairn_event::looks_like_a_bot(user_agent);
         DeviceInfo {
             browser: if agent.family.is_empty() {
                 "Other".to_string()
@@ -118,23 +118,6 @@ fn compile(yaml: &str, name: &str) -> Result<ua_parser::Extractor<'static>, Enri
     let regexes: ua_parser::Regexes<'static> =
         serde_yaml::from_str(yaml).map_err(|err| unusable(&err))?;
     ua_parser::Extractor::try_from(regexes).map_err(|err| unusable(&err))
-}
-
-/// Crawlers that uap-core does not file as `Spider`.
-fn looks_like_a_bot(user_agent: &str) -> bool {
-    let lower = user_agent.to_ascii_lowercase();
-    [
-        "bot",
-        "crawler",
-        "spider",
-        "headlesschrome",
-        "slurp",
-        "python-requests",
-        "curl/",
-        "wget/",
-    ]
-    .iter()
-    .any(|marker| lower.contains(marker))
 }
 
 /// The kind of device, from the parsed families and the raw string.

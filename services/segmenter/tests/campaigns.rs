@@ -128,6 +128,38 @@ async fn an_abandoned_cart_sends_one_email_after_the_timeout() {
     assert_eq!(mesh.sends().await.len(), 1);
 }
 
+/// Campaigns are for people: a crawler's cart starts no journey, and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crawler_gets_no_campaign() {
+    let mesh = mesh_with(&[], &[CART]).await;
+    let crawler = json!({"userAgent": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"});
+    let mut cart = track("c1", "add_to_cart");
+    cart["context"] = crawler.clone();
+    let mut person = track("p1", "add_to_cart");
+    person["anonymousId"] = json!("shopper-2");
+    person["context"] = json!({"userAgent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"});
+    mesh.send(json!([cart, person])).await;
+    mesh.campaigns_idle().await;
+    let journey_of = |profile_id: String| {
+        let store = mesh.store.clone();
+        async move {
+            let key = format!("j:cart_recovery:{profile_id}");
+            store.get(&SEGMENTS, key.as_bytes()).await.unwrap()
+        }
+    };
+    let crawler_id = profile_of(&mesh, "shopper-1").await;
+    let person_id = profile_of(&mesh, "shopper-2").await;
+    assert!(
+        journey_of(crawler_id).await.is_none(),
+        "the crawler entered"
+    );
+    assert!(journey_of(person_id.clone()).await.is_some());
+    mesh.wait_due(1).await;
+    let sends = mesh.sends().await;
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0].profile_id, person_id);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_event_puts_the_timer_off_and_buying_sends_nothing() {
     let mesh = mesh_with(&[], &[CART]).await;

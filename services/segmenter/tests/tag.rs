@@ -55,6 +55,8 @@ async fn visit(chromium: &PathBuf, profile_dir: &std::path::Path, url: &str) -> 
                 "--no-sandbox",
                 "--disable-gpu",
                 "--no-first-run",
+                // A person's browser: campaigns leave crawlers (HeadlessChrome) out.
+                "--user-agent=Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
                 &format!("--user-data-dir={}", profile_dir.display()),
                 "--virtual-time-budget=5000",
                 "--dump-dom",

@@ -103,6 +103,8 @@ enum Received {
         json: Value,
         /// The profile as the event made it (JSON, read when a campaign needs it).
         profile_json: String,
+        /// The event says it comes from a crawler.
+        sent_by_a_bot: bool,
     },
     Segment {
         changed: SegmentChanged,
@@ -133,6 +135,7 @@ impl Received {
                 id: format!("e:{}", event.message_id),
                 name: event.name(),
                 at_ms: event.at_ms,
+                sent_by_a_bot: event.sent_by_a_bot(),
                 json: event.json,
                 profile_json: changed.profile_json,
             }))
@@ -146,6 +149,16 @@ impl Received {
                 "{subject}: not an input of campaigns"
             )))
         }
+    }
+
+    fn sent_by_a_bot(&self) -> bool {
+        matches!(
+            self,
+            Received::Event {
+                sent_by_a_bot: true,
+                ..
+            }
+        )
     }
 
     fn profile_id(&self) -> &str {
@@ -195,6 +208,13 @@ impl Received {
 struct ProfileNow {
     view: Value,
     segments: Vec<String>,
+}
+
+impl ProfileNow {
+    /// Whether enrich-device found the profile's visits to be a crawler's.
+    fn is_a_bot(&self) -> bool {
+        self.view["facts"]["device"]["bot"] == true
+    }
 }
 
 #[derive(Clone)]
@@ -311,6 +331,10 @@ impl<S: Store> CampaignHandler<S> {
                 Some(ref read) => read,
                 None => &*profile.insert(self.profile_now(received).await?),
             };
+            if received.sent_by_a_bot() || profile.is_a_bot() {
+                // Campaigns are for people: a crawler moves no journey and gets nothing.
+                return Ok(Vec::new());
+            }
             outgoing.extend(
                 self.advance(campaign, &profile_id, received, profile, repeat)
                     .await?,
