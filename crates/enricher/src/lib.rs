@@ -193,7 +193,15 @@ impl<E: Enrich> Enricher<E> {
 impl<E: Enrich> Handler for Enricher<E> {
     async fn handle(&self, message: &Delivered) -> Handled {
         match self.facts_for(message.payload.clone()).await {
-            Ok(facts) => Handled::Publish(facts.into_iter().collect()),
+            Ok(facts) => Handled::Publish(
+                facts
+                    .into_iter()
+                    .map(|mut facts| {
+                        cairn_bus::trace::carry(&message.headers, &mut facts.headers);
+                        facts
+                    })
+                    .collect(),
+            ),
             Err(err) if err.kind() == ErrorKind::Unavailable => Handled::Retry {
                 reason: err.to_string(),
                 delay: Duration::from_millis(500),

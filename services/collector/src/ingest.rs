@@ -76,7 +76,8 @@ impl Ingest {
         request: AcceptedRequest,
         meta: &RequestMeta,
     ) -> Result<Vec<String>, CollectorError> {
-        let received_at = prost_types::Timestamp::from(SystemTime::now());
+        let received = SystemTime::now();
+        let received_at = prost_types::Timestamp::from(received);
         let partitions = self.bus.partitions();
         let batch_sent_at = request.batch_sent_at.unwrap_or_default();
         let batch_context = request.batch_context.unwrap_or_default();
@@ -103,6 +104,7 @@ impl Ingest {
             };
             let mut headers = async_nats::HeaderMap::new();
             cairn_bus::trace::inject_current(&mut headers);
+            cairn_bus::trace::stamp_received(&mut headers, received);
             outgoing.push(Outgoing {
                 subject,
                 // Scoped by source: two sources may reuse each other's ids.

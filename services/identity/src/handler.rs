@@ -130,13 +130,9 @@ impl<S: Store> IdentityHandler<S> {
             identifiers: identifiers.iter().map(proto::identifier).collect(),
         }
         .encode_to_vec();
-        // The trace goes on from the collector's.
+        // The trace and the receipt time go on from the collector's.
         let mut headers = async_nats::HeaderMap::new();
-        for name in ["traceparent", "tracestate"] {
-            if let Some(value) = message.headers.get(name) {
-                headers.insert(name, value.clone());
-            }
-        }
+        cairn_bus::trace::carry(&message.headers, &mut headers);
         outgoing.push(Outgoing {
             subject: subjects::events_identified(partition),
             message_id: Some(message_id),

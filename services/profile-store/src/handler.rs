@@ -107,7 +107,7 @@ impl<S: Store> ProfileHandler<S> {
         session: Option<&SessionStamp>,
         event: Option<&IdentifiedEvent>,
     ) -> Option<Outgoing> {
-        match changed {
+        let mut announcement = match changed {
             Changed::Applied {
                 profile,
                 version,
@@ -136,7 +136,9 @@ impl<S: Store> ProfileHandler<S> {
                 event,
             )),
             _ => None,
-        }
+        }?;
+        cairn_bus::trace::carry(&message.headers, &mut announcement.headers);
+        Some(announcement)
     }
 
     async fn on_event(&self, message: &Delivered) -> Result<Vec<Outgoing>, ProfileError> {

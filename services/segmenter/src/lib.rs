@@ -158,6 +158,13 @@ impl<S: Store> ChangeHandler<S> {
             moved.extend(self.campaigns.on_message(message).await?);
         }
         outgoing.extend(moved);
+        // What the change caused now carries its event's trace and receipt time; a timer
+        // (a message schedule) fires later, so its time is not the event's.
+        for caused in &mut outgoing {
+            if caused.headers.get("Nats-Schedule").is_none() {
+                cairn_bus::trace::carry(&message.headers, &mut caused.headers);
+            }
+        }
         Ok(outgoing)
     }
 }
