@@ -1,7 +1,11 @@
 //! `cairn loadgen`: synthetic shop traffic ([`traffic`]) sent to a running collector at
 //! a target rate, steady or with a burst, through its HTTP API as websites send it;
 //! progress each second on standard error, and a summary: events sent, accepted,
-//! refused, and the throughput.
+//! refused, the throughput, and the latency from the collector's receipt of an event to
+//! each stage's message about it (identified, profile changed, segment changed, action),
+//! read off the receipt time every stage carries in its messages' headers
+//! ([`cairn_bus::trace::RECEIVED_AT`]) by listening on NATS (`CAIRN_NATS_URL`). The
+//! figures cover every event received during the run, this run's and any other traffic.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +50,135 @@ const TICK: Duration = Duration::from_millis(10);
 /// Requests waiting for an answer at once.
 const IN_FLIGHT: usize = 64;
 
+/// The stages whose messages say how far an event got, and the subjects they are on.
+const STAGES: [(&str, &str); 4] = [
+    ("identified", "events.identified.>"),
+    // Only the changes an event made (not those of its enrichers' facts after it).
+    ("profile", "profiles.changed.>"),
+    ("segment", "segments.changed.>"),
+    ("action", "campaign.*.>"),
+];
+
+/// How long after the last event the stages may take to catch up.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Latencies (microseconds) per stage, from the messages seen on NATS.
+#[derive(Default)]
+struct Latencies {
+    by_stage: [Vec<u64>; STAGES.len()],
+}
+
+impl Latencies {
+    fn record(&mut self, stage: usize, message: &async_nats::Message, since_micros: i64) {
+        let Some(received) = message
+            .headers
+            .as_ref()
+            .and_then(cairn_bus::trace::received_at)
+        else {
+            return;
+        };
+        if received < since_micros {
+            return;
+        }
+        if STAGES[stage].0 == "profile" {
+            use prost::Message as _;
+            let caused_by_event =
+                cairn_proto::profile::v1::ProfileChanged::decode(message.payload.clone())
+                    .is_ok_and(|changed| changed.event.is_some());
+            if !caused_by_event {
+                return;
+            }
+        }
+        let latency = now_micros().saturating_sub(received).max(0) as u64;
+        self.by_stage[stage].push(latency);
+    }
+
+    fn total(&self) -> usize {
+        self.by_stage.iter().map(Vec::len).sum()
+    }
+
+    /// Per stage: messages, p50, p90, p99 and the worst, in milliseconds.
+    fn summary(&mut self) -> Value {
+        let mut summary = serde_json::Map::new();
+        for ((name, _), latencies) in STAGES.iter().zip(&mut self.by_stage) {
+            latencies.sort_unstable();
+            let at = |quantile: f64| {
+                if latencies.is_empty() {
+                    return Value::Null;
+                }
+                let index = ((latencies.len() as f64 * quantile).ceil() as usize)
+                    .clamp(1, latencies.len())
+                    - 1;
+                json!((latencies[index] as f64 / 100.0).round() / 10.0)
+            };
+            summary.insert(
+                name.to_string(),
+                json!({"messages": latencies.len(), "p50_ms": at(0.5), "p90_ms": at(0.9),
+                       "p99_ms": at(0.99), "max_ms": at(1.0)}),
+            );
+        }
+        Value::Object(summary)
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as i64
+}
+
+/// Listens to every stage until `stop` says how many events were accepted, then until
+/// each of them was identified and the stages have been quiet for two seconds (at most
+/// [`DRAIN`] more); `None` when NATS cannot be reached.
+async fn listen(
+    settings: &Settings,
+    since_micros: i64,
+    stop: tokio::sync::oneshot::Receiver<u64>,
+) -> Option<tokio::task::JoinHandle<Latencies>> {
+    let config = cairn_bus::config::BusConfig::from_settings(settings).ok()?;
+    let connect = cairn_bus::Bus::connect(&config, "cairn-loadgen");
+    let bus = match tokio::time::timeout(Duration::from_secs(3), connect).await {
+        Ok(Ok(bus)) => bus,
+        _ => {
+            eprintln!(
+                "  no latency figures: NATS does not answer at {} (CAIRN_NATS_URL)",
+                cairn_bus::config::redact_url(&settings.string(&cairn_bus::config::NATS_URL))
+            );
+            return None;
+        }
+    };
+    let mut subscribers = futures::stream::SelectAll::new();
+    for (stage, (_, subject)) in STAGES.iter().enumerate() {
+        let subscriber = bus.client().subscribe(subject.to_string()).await.ok()?;
+        subscribers.push(subscriber.map(move |message| (stage, message)).boxed());
+    }
+    Some(tokio::spawn(async move {
+        let _bus = bus;
+        let mut latencies = Latencies::default();
+        let mut stop = stop;
+        let accepted = loop {
+            tokio::select! {
+                Some((stage, message)) = subscribers.next() => latencies.record(stage, &message, since_micros),
+                accepted = &mut stop => break accepted.unwrap_or_default(),
+            }
+        };
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        let quiet = Duration::from_secs(2);
+        loop {
+            let identified = latencies.by_stage[0].len() as u64;
+            let wait = if identified < accepted { DRAIN } else { quiet };
+            match tokio::time::timeout_at(deadline, tokio::time::timeout(wait, subscribers.next()))
+                .await
+            {
+                Ok(Ok(Some((stage, message)))) => latencies.record(stage, &message, since_micros),
+                _ => break,
+            }
+        }
+        latencies
+    }))
+}
+
 /// Events due by `elapsed` into a run of `total` at `rate` per second, in `shape`.
 fn due(rate: u64, shape: Shape, elapsed: Duration, total: Duration) -> u64 {
     let at = |time: Duration| rate as f64 * time.as_secs_f64();
@@ -75,6 +208,8 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         "cairn loadgen: {} events/s ({:?}) for {:?} from {} shoppers to {url}",
         args.rate, args.shape, args.duration, args.shoppers
     );
+    let (stop_listening, stopped) = tokio::sync::oneshot::channel();
+    let listener = listen(&settings, now_micros(), stopped).await;
     let started = Instant::now();
     let mut sent = 0u64;
     let mut pending = FuturesUnordered::new();
@@ -127,6 +262,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     }
     while pending.next().await.is_some() {}
     let elapsed = started.elapsed().as_secs_f64().max(1e-6);
+    let _ = stop_listening.send(accepted.load(Ordering::Relaxed));
     let (accepted, refused) = (
         accepted.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
@@ -135,11 +271,45 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         "  {sent} events sent in {elapsed:.1} s: {accepted} accepted, {refused} refused, {:.0} events/s accepted",
         accepted as f64 / elapsed
     );
+    let latency = match listener {
+        Some(listener) => {
+            eprintln!("  waiting for the stages to catch up ...");
+            let mut latencies = listener.await?;
+            let summary = latencies.summary();
+            println!("  latency from the collector's receipt (ms):");
+            println!(
+                "    {:<11} {:>9} {:>8} {:>8} {:>8} {:>8}",
+                "stage", "messages", "p50", "p90", "p99", "max"
+            );
+            for (name, _) in STAGES {
+                let stage = &summary[name];
+                let ms = |key: &str| {
+                    stage[key]
+                        .as_f64()
+                        .map_or("-".to_string(), |v| format!("{v:.1}"))
+                };
+                println!(
+                    "    {name:<11} {:>9} {:>8} {:>8} {:>8} {:>8}",
+                    stage["messages"].as_u64().unwrap_or_default(),
+                    ms("p50_ms"),
+                    ms("p90_ms"),
+                    ms("p99_ms"),
+                    ms("max_ms")
+                );
+            }
+            if latencies.total() == 0 {
+                eprintln!("  no stage message carried a receipt time from this run");
+            }
+            summary
+        }
+        None => Value::Null,
+    };
     println!(
         "{}",
         json!({"sent": sent, "accepted": accepted, "refused": refused,
                "seconds": (elapsed * 10.0).round() / 10.0,
-               "accepted_per_s": (accepted as f64 / elapsed).round()})
+               "accepted_per_s": (accepted as f64 / elapsed).round(),
+               "latency": latency})
     );
     anyhow::ensure!(refused == 0, "{refused} events were refused");
     Ok(())

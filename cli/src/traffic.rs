@@ -23,6 +23,16 @@ const CRAWLER: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.googl
 /// The next thing someone on the shop does (one of `shoppers`, or the crawler): mostly
 /// page views; shoppers now and then sign in, fill a cart and (some of them) order.
 pub fn next_event(rng: &mut impl rand::Rng, shoppers: usize) -> Value {
+    let mut event = shop_event(rng, shoppers);
+    // As every Segment SDK does: its own id and time, so that two alike events (a
+    // crawler's page views) are two events, not one stored once.
+    event["messageId"] = json!(uuid::Uuid::new_v4().to_string());
+    event["timestamp"] =
+        json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    event
+}
+
+fn shop_event(rng: &mut impl rand::Rng, shoppers: usize) -> Value {
     if rng.random_ratio(1, 12) {
         let section = SECTIONS[rng.random_range(0..SECTIONS.len())];
         return json!({

@@ -838,6 +838,18 @@ async fn up_with_demo_shows_emails_within_a_minute_and_takes_generated_load() {
     // 300/s for 2 s, ten times that in the middle third.
     assert_eq!(summary["sent"], 2_400, "{stdout}");
     assert_eq!(summary["accepted"], 2_400, "{stdout}");
+    // Read off the stages' messages: every accepted event identified (and the demo's
+    // own shoppers' events too), with its latency.
+    let latency = &summary["latency"];
+    assert!(
+        latency["identified"]["messages"].as_u64() >= Some(2_400),
+        "{stdout}"
+    );
+    assert!(latency["identified"]["p99_ms"].is_number(), "{stdout}");
+    assert!(
+        latency["profile"]["messages"].as_u64() > Some(0),
+        "{stdout}"
+    );
     sigterm(&child);
     let (code, stderr) = exit_of(&mut child).await;
     assert_eq!(code, Some(0), "{stderr}");
