@@ -59,17 +59,25 @@ const STAGES: [(&str, &str); 4] = [
     ("action", "campaign.*.>"),
 ];
 
-/// How long after the last event the stages may take to catch up.
-const DRAIN: Duration = Duration::from_secs(30);
+/// How long after the last event the stages may take to catch up (a burst's backlog).
+const DRAIN: Duration = Duration::from_secs(300);
 
 /// Latencies (microseconds) per stage, from the messages seen on NATS.
-#[derive(Default)]
 struct Latencies {
+    /// The run: events received from `since_micros` to `until_micros`.
+    since_micros: i64,
+    until_micros: i64,
     by_stage: [Vec<u64>; STAGES.len()],
+    /// When the last stage message of the run arrived.
+    last_seen: Option<Instant>,
+    /// From the last accepted event to the last stage message: how long the stages took
+    /// to catch up.
+    caught_up: Option<Duration>,
 }
 
 impl Latencies {
-    fn record(&mut self, stage: usize, message: &async_nats::Message, since_micros: i64) {
+    /// Records `message` when it is about an event received during the run.
+    fn record(&mut self, stage: usize, message: &async_nats::Message) {
         let Some(received) = message
             .headers
             .as_ref()
@@ -77,7 +85,7 @@ impl Latencies {
         else {
             return;
         };
-        if received < since_micros {
+        if received < self.since_micros || received > self.until_micros {
             return;
         }
         if STAGES[stage].0 == "profile" {
@@ -91,6 +99,7 @@ impl Latencies {
         }
         let latency = now_micros().saturating_sub(received).max(0) as u64;
         self.by_stage[stage].push(latency);
+        self.last_seen = Some(Instant::now());
     }
 
     fn total(&self) -> usize {
@@ -155,26 +164,40 @@ async fn listen(
     }
     Some(tokio::spawn(async move {
         let _bus = bus;
-        let mut latencies = Latencies::default();
+        let mut latencies = Latencies {
+            since_micros,
+            until_micros: i64::MAX,
+            by_stage: Default::default(),
+            last_seen: None,
+            caught_up: None,
+        };
         let mut stop = stop;
         let accepted = loop {
             tokio::select! {
-                Some((stage, message)) = subscribers.next() => latencies.record(stage, &message, since_micros),
+                Some((stage, message)) = subscribers.next() => latencies.record(stage, &message),
                 accepted = &mut stop => break accepted.unwrap_or_default(),
             }
         };
+        // From now on only what the run's events cause counts (other traffic goes on).
+        latencies.until_micros = now_micros();
+        let stopped = Instant::now();
         let deadline = tokio::time::Instant::now() + DRAIN;
         let quiet = Duration::from_secs(2);
-        loop {
+        while tokio::time::Instant::now() < deadline {
             let identified = latencies.by_stage[0].len() as u64;
-            let wait = if identified < accepted { DRAIN } else { quiet };
-            match tokio::time::timeout_at(deadline, tokio::time::timeout(wait, subscribers.next()))
-                .await
-            {
-                Ok(Ok(Some((stage, message)))) => latencies.record(stage, &message, since_micros),
-                _ => break,
+            let last = latencies.last_seen.unwrap_or(stopped);
+            if identified >= accepted && last.elapsed() >= quiet {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), subscribers.next()).await {
+                Ok(Some((stage, message))) => latencies.record(stage, &message),
+                Ok(None) => break,
+                Err(_) => {}
             }
         }
+        latencies.caught_up = latencies
+            .last_seen
+            .map(|last| last.saturating_duration_since(stopped));
         latencies
     }))
 }
@@ -275,7 +298,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         Some(listener) => {
             eprintln!("  waiting for the stages to catch up ...");
             let mut latencies = listener.await?;
-            let summary = latencies.summary();
+            let mut summary = latencies.summary();
             println!("  latency from the collector's receipt (ms):");
             println!(
                 "    {:<11} {:>9} {:>8} {:>8} {:>8} {:>8}",
@@ -299,6 +322,13 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             }
             if latencies.total() == 0 {
                 eprintln!("  no stage message carried a receipt time from this run");
+            }
+            if let Some(caught_up) = latencies.caught_up {
+                println!(
+                    "  the stages caught up {:.1} s after the last event was accepted",
+                    caught_up.as_secs_f64()
+                );
+                summary["caught_up_s"] = json!((caught_up.as_secs_f64() * 10.0).round() / 10.0);
             }
             summary
         }
