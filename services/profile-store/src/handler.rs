@@ -29,6 +29,7 @@ use crate::store::{self, Changed, MARK_TTL, PROFILES, WhenMerged};
 pub struct ProfileMetrics {
     changes: Counter<u64>,
     duplicates: Counter<u64>,
+    unchanged_facts: Counter<u64>,
 }
 
 impl ProfileMetrics {
@@ -42,6 +43,10 @@ impl ProfileMetrics {
                 .u64_counter("cairn_profile_duplicates")
                 .with_description("Messages already applied (redeliveries)")
                 .build(),
+            unchanged_facts: meter
+                .u64_counter("cairn_profile_unchanged_facts")
+                .with_description("Enricher facts the profile already held, skipped without a read")
+                .build(),
         }
     }
 }
@@ -52,6 +57,69 @@ pub struct ProfileHandler<S> {
     pub fold: Arc<FoldSettings>,
     pub partitions: Partitions,
     pub metrics: ProfileMetrics,
+    pub facts_seen: Arc<FactsSeen>,
+}
+
+/// The facts this replica last wrote to each profile, by source: an enricher sends a
+/// person's facts with each of their events, and most are what the profile holds
+/// already (the same device, the same city), which would otherwise cost a read of the
+/// profile each. Only the owner of a profile's partition writes its facts, so what it
+/// wrote is what the profile holds, until a merge or a split changes the profile (they
+/// forget it first) or the partition moves (a replica forgets a partition's profiles
+/// when it starts working it).
+#[derive(Debug, Default)]
+pub struct FactsSeen {
+    by_profile: std::sync::Mutex<std::collections::HashMap<String, Vec<(String, u64)>>>,
+}
+
+impl FactsSeen {
+    /// Profiles remembered at most; past it, everything is forgotten at once.
+    const CAPACITY: usize = 200_000;
+
+    fn digest(facts_json: &str) -> u64 {
+        subjects::fnv1a64(facts_json.as_bytes())
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<(String, u64)>>> {
+        self.by_profile
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `facts_json` from `source` is what was last written to `profile_id`.
+    pub fn unchanged(&self, profile_id: &str, source: &str, facts_json: &str) -> bool {
+        let digest = Self::digest(facts_json);
+        self.lock().get(profile_id).is_some_and(|sources| {
+            sources
+                .iter()
+                .any(|(known, seen)| known == source && *seen == digest)
+        })
+    }
+
+    pub fn remember(&self, profile_id: &str, source: &str, facts_json: &str) {
+        let digest = Self::digest(facts_json);
+        let mut by_profile = self.lock();
+        if by_profile.len() >= Self::CAPACITY && !by_profile.contains_key(profile_id) {
+            by_profile.clear();
+        }
+        let sources = by_profile.entry(profile_id.to_string()).or_default();
+        match sources.iter_mut().find(|(known, _)| known == source) {
+            Some(entry) => entry.1 = digest,
+            None => sources.push((source.to_string(), digest)),
+        }
+    }
+
+    pub fn forget(&self, profile_id: &str) {
+        self.lock().remove(profile_id);
+    }
+
+    /// Forgets the profiles of `partition` (its owner may have written them meanwhile).
+    pub fn forget_partition(&self, partitions: Partitions, partition: u32) {
+        self.lock()
+            .retain(|profile_id, _| partitions.of(profile_id) != partition);
+    }
 }
 
 fn once(id: String, ttl: Option<Duration>) -> Mark {
@@ -262,6 +330,16 @@ impl<S: Store> ProfileHandler<S> {
                 "facts need a source and a profile id".to_string(),
             ));
         }
+        // What this replica wrote last time changes nothing (a message handled before
+        // might still owe its announcement, so those go the long way).
+        if !message.is_repeat()
+            && self
+                .facts_seen
+                .unchanged(&facts.profile_id, &facts.source, &facts.facts_json)
+        {
+            self.metrics.unchanged_facts.add(1, &[]);
+            return Ok(Vec::new());
+        }
         let at = facts
             .at
             .as_ref()
@@ -278,6 +356,14 @@ impl<S: Store> ProfileHandler<S> {
             |profile| Some(profile.apply_facts(&facts.source, &map, at)),
         )
         .await?;
+        // Only facts written to the profile they name (not followed into the one it
+        // was merged into, which has facts of its own).
+        if let Changed::Applied { profile, .. } = &changed
+            && profile.id == facts.profile_id
+        {
+            self.facts_seen
+                .remember(&facts.profile_id, &facts.source, &facts.facts_json);
+        }
         Ok(self
             .announce(&changed, message, &facts.message_id, None, None)
             .into_iter()
@@ -295,6 +381,8 @@ impl<S: Store> ProfileHandler<S> {
                 "a merge needs two different profiles".to_string(),
             ));
         }
+        self.facts_seen.forget(&from);
+        self.facts_seen.forget(&into);
         // 1. Freeze `from`: it now points at `into` and keeps its data for step 2.
         let mut merged_elsewhere = None;
         self.store
@@ -403,6 +491,8 @@ impl<S: Store> ProfileHandler<S> {
         let split = MergeRecord::decode(message.payload.clone())
             .map_err(|err| ProfileError::Unreadable(format!("not a split: {err}")))?;
         let (from, into) = (split.from_profile_id.clone(), split.into_profile_id.clone());
+        self.facts_seen.forget(&from);
+        self.facts_seen.forget(&into);
         let moved: BTreeSet<Identifier> = split
             .identifiers
             .iter()
@@ -561,5 +651,37 @@ impl<S: Store> Handler for ProfileHandler<S> {
                 reason: err.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod facts_seen_tests {
+    use super::*;
+
+    #[test]
+    fn facts_seen_are_forgotten_by_profile_and_by_partition() {
+        let seen = FactsSeen::default();
+        let device = r#"{"browser":"Firefox"}"#;
+        assert!(!seen.unchanged("p1", "device", device));
+        seen.remember("p1", "device", device);
+        seen.remember("p1", "geo", r#"{"city":"London"}"#);
+        assert!(seen.unchanged("p1", "device", device));
+        assert!(!seen.unchanged("p1", "device", r#"{"browser":"Safari"}"#));
+        assert!(!seen.unchanged("p1", "activity", device));
+        assert!(!seen.unchanged("p2", "device", device));
+        seen.remember("p1", "device", r#"{"browser":"Safari"}"#);
+        assert!(!seen.unchanged("p1", "device", device));
+        seen.forget("p1");
+        assert!(!seen.unchanged("p1", "geo", r#"{"city":"London"}"#));
+
+        let partitions = Partitions::new(16);
+        seen.remember("p1", "device", device);
+        seen.remember("p2", "device", device);
+        seen.forget_partition(partitions, partitions.of("p1"));
+        assert!(!seen.unchanged("p1", "device", device));
+        assert_eq!(
+            seen.unchanged("p2", "device", device),
+            partitions.of("p2") != partitions.of("p1")
+        );
     }
 }

@@ -127,6 +127,7 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         fold: Arc::new(config.fold.clone()),
         partitions: bus.partitions(),
         metrics: handler::ProfileMetrics::new(&context.metrics.meter("cairn.profile_store")),
+        facts_seen: Arc::default(),
     };
     let workers = PartitionWorkers {
         bus: bus.clone(),
@@ -159,6 +160,10 @@ struct PartitionWorkers<S> {
 
 impl<S: Store> PartitionWorkers<S> {
     async fn start(&mut self, partition: u32, shutdown: &Shutdown) -> Result<(), BusError> {
+        // Another replica may have owned it since this one last did.
+        self.handler
+            .facts_seen
+            .forget_partition(self.handler.partitions, partition);
         let stop = shutdown.child();
         let mut workers = Vec::new();
         for (stream, config) in consumer_configs(partition, self.batch) {
