@@ -88,7 +88,15 @@ pub struct Outgoing {
     pub payload: Bytes,
 }
 
+/// The header that makes a message a schedule.
+const SCHEDULE_HEADER: &str = "Nats-Schedule";
+
 impl Outgoing {
+    /// Whether this is a message schedule ([`Outgoing::schedule`]): produced later.
+    pub fn is_schedule(&self) -> bool {
+        self.headers.get(SCHEDULE_HEADER).is_some()
+    }
+
     /// A message schedule (a durable timer) on `subject`, replacing any schedule there:
     /// at `at_ms`, rounded up to the second, the server produces `payload` on `target`, a
     /// subject of the same stream (which must allow schedules). `None` for an instant out
@@ -98,7 +106,7 @@ impl Outgoing {
         let at = chrono::DateTime::from_timestamp(seconds, 0)?
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Schedule", format!("@at {at}").as_str());
+        headers.insert(SCHEDULE_HEADER, format!("@at {at}").as_str());
         headers.insert("Nats-Schedule-Target", target);
         Some(Self {
             subject,

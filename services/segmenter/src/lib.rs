@@ -161,7 +161,7 @@ impl<S: Store> ChangeHandler<S> {
         // What the change caused now carries its event's trace and receipt time; a timer
         // (a message schedule) fires later, so its time is not the event's.
         for caused in &mut outgoing {
-            if caused.headers.get("Nats-Schedule").is_none() {
+            if !caused.is_schedule() {
                 cairn_bus::trace::carry(&message.headers, &mut caused.headers);
             }
         }
