@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +16,6 @@ use std::time::Duration;
 
 use cairn_testkit::{TestNats, free_addr};
 use serde_json::Value;
-use tokio::io::AsyncReadExt as _;
 use tokio::process::{Child, Command};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -210,9 +211,7 @@ impl Started {
             assert!(!probe.is_null(), "{}: no {kind}", self.name);
             while !self.probe(&probe).await {
                 if let Ok(Some(status)) = self.child.try_wait() {
-                    let mut stderr = String::new();
-                    let mut pipe = self.child.stderr.take().unwrap();
-                    pipe.read_to_string(&mut stderr).await.unwrap();
+                    let stderr = common::stderr_of(&mut self.child).await;
                     panic!("{} exited with {status}: {stderr}", self.name);
                 }
                 assert!(

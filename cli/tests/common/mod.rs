@@ -28,6 +28,11 @@ pub async fn exit_of(child: &mut Child) -> (Option<i32>, String) {
         .await
         .expect("exited within 30s")
         .unwrap();
+    (status.code(), stderr_of(child).await)
+}
+
+/// What `child` printed on stderr, once it has exited.
+pub async fn stderr_of(child: &mut Child) -> String {
     let mut stderr = String::new();
     child
         .stderr
@@ -36,7 +41,7 @@ pub async fn exit_of(child: &mut Child) -> (Option<i32>, String) {
         .read_to_string(&mut stderr)
         .await
         .unwrap();
-    (status.code(), stderr)
+    stderr
 }
 
 /// What the exited `child` printed on stdout.
@@ -75,14 +80,7 @@ pub async fn wait_ready(admin: std::net::SocketAddr, child: &mut Child) {
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .await
-                .unwrap();
+            let stderr = stderr_of(child).await;
             panic!("cairn exited with {status} before becoming ready: {stderr}");
         }
         assert!(tokio::time::Instant::now() < deadline, "not ready in 30s");
