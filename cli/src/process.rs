@@ -11,7 +11,11 @@ use cairn_runtime::{
 use crate::modules::{self, MODULES, ModuleSpec, Resources};
 
 /// Variables only the command-line tools read.
-pub const CLI_VARS: [Var; 2] = [crate::admin::TOKEN, cairn_bus::server::NATS_SERVER];
+pub const CLI_VARS: [Var; 3] = [
+    crate::admin::TOKEN,
+    crate::admin::TLS_CA,
+    cairn_bus::server::NATS_SERVER,
+];
 
 /// A mistake in how the program was called or configured: exit code 2.
 #[derive(Debug, thiserror::Error)]

@@ -347,6 +347,9 @@ fn the_values_schema_names_exactly_the_variables_the_binary_reads() {
         [
             "CAIRN_NATS_CREDS_FILE",
             "CAIRN_SCYLLA_TLS_CA",
+            "CAIRN_TLS_CERT",
+            "CAIRN_TLS_KEY",
+            "CAIRN_TLS_CA",
             "CAIRN_SCYLLA_DATACENTER",
             "CAIRN_STORE_FSYNC",
             "CAIRN_STORE_CACHE",

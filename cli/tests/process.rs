@@ -216,6 +216,48 @@ async fn up_starts_nats_and_prints_a_write_key_that_send_uses() {
 }
 
 #[tokio::test]
+async fn the_cli_talks_tls_to_a_process_serving_tls() {
+    let nats = TestNats::start().await;
+    let certificate = cairn_testkit::tls::TestCertificate::generate();
+    let (grpc, admin) = (free_addr(), free_addr());
+    let mut child = cairn()
+        .args(["serve", "collector"])
+        .env("CAIRN_NATS_URL", nats.url())
+        .env("CAIRN_HTTP_ADDR", free_addr().to_string())
+        .env("CAIRN_GRPC_ADDR", grpc.to_string())
+        .env("CAIRN_ADMIN_ADDR", admin.to_string())
+        .env("CAIRN_ADMIN_TOKENS", "read:tk_read")
+        .env("CAIRN_TLS_CERT", &certificate.cert)
+        .env("CAIRN_TLS_KEY", &certificate.key)
+        .spawn()
+        .unwrap();
+    // The admin port stays plain HTTP for probes.
+    wait_ready(admin, &mut child).await;
+
+    let status = || {
+        let mut status = cairn();
+        status
+            .arg("status")
+            .env("CAIRN_GRPC_ADDR", grpc.to_string())
+            .env("CAIRN_TOKEN", "tk_read");
+        status
+    };
+    let (code, stdout, stderr) = output(status().env("CAIRN_TLS_CA", &certificate.cert)).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("modules: collector"), "{stdout}");
+
+    let (code, _, stderr) = output(&mut status()).await;
+    assert_eq!(code, 1, "plain gRPC to a TLS listener: {stderr}");
+    let (code, _, stderr) = output(status().env("CAIRN_TLS_CA", "/nonexistent/ca.pem")).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("CAIRN_TLS_CA"), "{stderr}");
+
+    sigterm(&child);
+    let (code, stderr) = exit_of(&mut child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test]
 async fn the_readme_documents_every_variable() {
     let (code, table, _) = output(cairn().arg("config")).await;
     assert_eq!(code, 0);

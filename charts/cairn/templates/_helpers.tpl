@@ -238,11 +238,18 @@ spec:
         - name: CAIRN_SCYLLA_TLS_CA
           value: /etc/cairn/scylla/ca.crt
         {{- end }}
+        {{- if $root.Values.tls.secretName }}
+        - name: CAIRN_TLS_CERT
+          value: /etc/cairn/tls/tls.crt
+        - name: CAIRN_TLS_KEY
+          value: /etc/cairn/tls/tls.key
+        {{- end }}
         {{- range $name, $value := $values.env }}
         - name: {{ $name }}
           value: {{ $value | quote }}
         {{- end }}
-      {{- if $http }}
+      {{- if or $http $root.Values.tls.secretName }}
+      {{- /* Kubernetes' gRPC probe cannot speak TLS: the admin port stays plain. */}}
       readinessProbe:
         httpGet:
           path: /readyz
@@ -296,6 +303,11 @@ spec:
           mountPath: /etc/cairn/scylla
           readOnly: true
         {{- end }}
+        {{- if $root.Values.tls.secretName }}
+        - name: tls
+          mountPath: /etc/cairn/tls
+          readOnly: true
+        {{- end }}
         {{- with $values.volumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -315,6 +327,11 @@ spec:
     - name: scylla-ca
       secret:
         secretName: {{ $root.Values.store.scylla.tlsCaSecret }}
+    {{- end }}
+    {{- if $root.Values.tls.secretName }}
+    - name: tls
+      secret:
+        secretName: {{ $root.Values.tls.secretName }}
     {{- end }}
     {{- with $values.volumes }}
     {{- toYaml . | nindent 4 }}

@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 
 use crate::auth::{Credentials, Principal, authenticate_headers};
 use crate::error::to_status;
+use crate::tls::ServerTls;
 
 /// Puts the caller's [`Principal`] into the request's extensions; refuses a request whose
 /// credentials are present but wrong. Requests without credentials pass through, and each
@@ -190,6 +191,7 @@ impl GrpcServices {
 /// until `health` is told otherwise.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<&ServerTls>,
     services: GrpcServices,
     credentials: Arc<Credentials>,
     request_timeout: Duration,
@@ -222,15 +224,25 @@ pub async fn serve(
     let stack = tower::ServiceBuilder::new()
         .layer(TraceContextLayer::new("grpc"))
         .layer(AuthLayer::new(credentials));
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .timeout(request_timeout)
         .layer(stack)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
+        .add_routes(routes);
+    match tls {
+        Some(tls) => {
+            server
+                .serve_with_incoming_shutdown(tls.grpc_listener(listener).into_stream(), shutdown)
+                .await
+        }
+        None => {
+            server
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+        }
+    }
 }
 
 /// Marks every service NOT_SERVING (on drain).

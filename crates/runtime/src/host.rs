@@ -7,13 +7,20 @@
 //! finish in-flight requests, background tasks finish their current work, all within
 //! the drain timeout; the admin port closes last.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use axum::Extension;
+use axum::extract::ConnectInfo;
+use axum::middleware::AddExtension;
+use axum::serve::{IncomingStream, Listener};
 use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower::Layer as _;
 
 use cairn_proto::admin::v1::admin_server::AdminServer;
 
@@ -23,6 +30,7 @@ use crate::config::{ConfigError, Settings, Var};
 use crate::grpc::{self, GrpcServices, TraceContextLayer};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
+use crate::tls::ServerTls;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -180,6 +188,7 @@ pub async fn serve(
     let settings = &context.settings;
     let request_timeout = settings.duration(&REQUEST_TIMEOUT)?;
     let shutdown_timeout = settings.duration(&SHUTDOWN_TIMEOUT)?;
+    let tls = ServerTls::from_settings(settings)?;
     let shutdown = context.shutdown.clone();
 
     let mut grpc_services = GrpcServices::default();
@@ -221,9 +230,11 @@ pub async fn serve(
         let credentials = context.credentials.clone();
         let signal = shutdown.requested_owned();
         let reporter = health_reporter.clone();
+        let tls = tls.clone();
         work.spawn(async move {
             let result = grpc::serve(
                 listeners.grpc,
+                tls.as_ref(),
                 grpc_services,
                 credentials,
                 request_timeout,
@@ -240,12 +251,10 @@ pub async fn serve(
         let router = router.layer(TraceContextLayer::new("http"));
         let signal = shutdown.requested_owned();
         work.spawn(async move {
-            let result = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(signal)
-            .await
+            let result = match tls {
+                Some(tls) => serve_http(tls.http_listener(listener), router, signal).await,
+                None => serve_http(listener, router, signal).await,
+            }
             .map_err(|err| Box::new(err) as BoxError);
             ("HTTP server".to_string(), result)
         });
@@ -290,6 +299,42 @@ pub async fn serve(
     let _ = admin.await;
     tracing::info!("stopped");
     failure.map_or(Ok(()), Err)
+}
+
+async fn serve_http<L>(
+    listener: L,
+    router: axum::Router,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    axum::serve(listener, WithPeerAddr(router))
+        .with_graceful_shutdown(signal)
+        .await
+}
+
+/// Hands every request the peer's address as `ConnectInfo<SocketAddr>`, whichever
+/// listener (plain or TLS) accepted the connection.
+#[derive(Clone)]
+struct WithPeerAddr(axum::Router);
+
+impl<L> tower::Service<IncomingStream<'_, L>> for WithPeerAddr
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    type Response = AddExtension<axum::Router, ConnectInfo<SocketAddr>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, incoming: IncomingStream<'_, L>) -> Self::Future {
+        let peer = ConnectInfo(*incoming.remote_addr());
+        std::future::ready(Ok(Extension(peer).layer(self.0.clone())))
+    }
 }
 
 fn failure_of(finished: Result<Finished, tokio::task::JoinError>) -> HostError {

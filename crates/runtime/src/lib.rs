@@ -10,6 +10,7 @@
 //! - [`error`]: the one mapping of errors to gRPC statuses and HTTP responses;
 //! - [`host`]: modules, listeners, the supervisor and the drain on SIGTERM/SIGINT;
 //! - [`shutdown`]: the shutdown signal every part watches;
+//! - [`tls`]: TLS on the HTTP and gRPC listeners;
 //! - [`status`]: `cairn.admin.v1.Admin`, the process status for operators.
 
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod host;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 
 pub use admin::Readiness;
 pub use auth::{Credentials, Principal, Role};
@@ -47,4 +49,6 @@ pub const VARS: &[Var] = &[
     host::DATA_DIR,
     host::REQUEST_TIMEOUT,
     host::SHUTDOWN_TIMEOUT,
+    tls::TLS_CERT,
+    tls::TLS_KEY,
 ];

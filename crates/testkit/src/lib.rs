@@ -20,6 +20,7 @@ use cairn_runtime::{Credentials, Metrics, Readiness, Settings, Shutdown, Var};
 
 pub mod events;
 pub mod smtp;
+pub mod tls;
 
 /// A nats-server for one test.
 #[derive(Debug)]
