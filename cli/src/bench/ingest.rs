@@ -41,7 +41,14 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let body_bytes: usize = bodies.iter().map(Bytes::len).sum();
     println!("  payload: {:.1} MB of JSON", body_bytes as f64 / 1e6);
 
-    let context = super::context(&url, &[("CAIRN_WRITE_KEYS", "bench:wk_bench")])?;
+    let context = super::context(
+        &url,
+        &[
+            ("CAIRN_WRITE_KEYS", "bench:wk_bench"),
+            // The benchmark measures the collector, not its limit.
+            ("CAIRN_INGEST_RATE_LIMIT", "0"),
+        ],
+    )?;
     let collector = cairn_collector::start(&context).await?;
     let served = super::serve(collector, &context).await?;
     let http_addr = served.http.context("no HTTP listener")?;

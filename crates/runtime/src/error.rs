@@ -86,6 +86,11 @@ impl ErrorKind {
 /// Implemented by every crate's error type.
 pub trait Classify: std::error::Error {
     fn kind(&self) -> ErrorKind;
+
+    /// How long the client should wait before retrying; by default what its kind says.
+    fn retry_after(&self) -> Option<Duration> {
+        self.kind().retry_after()
+    }
 }
 
 impl Classify for crate::auth::AuthError {
@@ -114,7 +119,7 @@ fn client_message<E: Classify>(err: &E) -> String {
 pub fn to_status<E: Classify>(err: &E) -> tonic::Status {
     let kind = err.kind();
     let mut status = tonic::Status::new(kind.code(), client_message(err));
-    if let Some(after) = kind.retry_after()
+    if let Some(after) = err.retry_after()
         && let Ok(value) = after.as_secs().to_string().parse()
     {
         status.metadata_mut().insert("retry-after", value);
@@ -133,7 +138,7 @@ pub fn to_response<E: Classify>(err: &E) -> Response {
         body,
     )
         .into_response();
-    if let Some(after) = kind.retry_after() {
+    if let Some(after) = err.retry_after() {
         response.headers_mut().insert(
             http::header::RETRY_AFTER,
             http::HeaderValue::from(after.as_secs()),

@@ -20,7 +20,12 @@ pub const WEB_CONTENT_TTL: Var = Var {
 };
 
 /// Every variable the collector reads.
-pub const VARS: &[Var] = &[TRUST_FORWARDED_FOR, CORS_ORIGINS, WEB_CONTENT_TTL];
+pub const VARS: &[Var] = &[
+    TRUST_FORWARDED_FOR,
+    CORS_ORIGINS,
+    WEB_CONTENT_TTL,
+    crate::rate_limit::INGEST_RATE_LIMIT,
+];
 
 #[derive(Debug, Clone)]
 pub struct CollectorConfig {

@@ -22,6 +22,19 @@ pub enum CollectorError {
     /// A query parameter is missing or wrong; the message names it.
     #[error("{0}")]
     BadQuery(String),
+    #[error(
+        "the write key of source {source_name:?} is over its rate limit (CAIRN_INGEST_RATE_LIMIT); retry in {}s",
+        retry_after_seconds(*.retry_after)
+    )]
+    RateLimited {
+        source_name: String,
+        retry_after: std::time::Duration,
+    },
+}
+
+/// Whole seconds, rounded up, as `Retry-After` carries them.
+fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl Classify for CollectorError {
@@ -33,6 +46,16 @@ impl Classify for CollectorError {
             CollectorError::Auth(err) => err.kind(),
             CollectorError::Bus(err) => err.kind(),
             CollectorError::Config(_) => ErrorKind::Internal,
+            CollectorError::RateLimited { .. } => ErrorKind::ResourceExhausted,
+        }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            CollectorError::RateLimited { retry_after, .. } => Some(
+                std::time::Duration::from_secs(retry_after_seconds(*retry_after)),
+            ),
+            _ => self.kind().retry_after(),
         }
     }
 }

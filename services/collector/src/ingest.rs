@@ -1,6 +1,7 @@
 //! From validated events to acknowledged messages in the EVENTS stream.
 
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use cairn_bus::{Bus, Outgoing, subjects};
@@ -11,6 +12,7 @@ use prost::Message as _;
 
 use crate::error::CollectorError;
 use crate::event::AcceptedRequest;
+use crate::rate_limit::RateLimiter;
 
 /// The id of an event that came without one: derived from its source and bytes, so a
 /// retried request whose first attempt was partly stored is still stored once.
@@ -38,6 +40,7 @@ pub struct RequestMeta {
 #[derive(Debug, Clone)]
 pub struct Ingest {
     bus: Bus,
+    rate_limit: Option<Arc<RateLimiter>>,
     events: Counter<u64>,
     rejected: Counter<u64>,
     batch_size: Histogram<u64>,
@@ -47,6 +50,7 @@ impl Ingest {
     pub fn new(bus: Bus, meter: &opentelemetry::metrics::Meter) -> Self {
         Self {
             bus,
+            rate_limit: None,
             events: meter
                 .u64_counter("cairn_collector_events")
                 .with_description("Events stored in the EVENTS stream, by source")
@@ -63,6 +67,20 @@ impl Ingest {
         }
     }
 
+    /// Refuses requests over `limit` (events per second per source).
+    pub fn with_rate_limit(mut self, limit: Option<RateLimiter>) -> Self {
+        self.rate_limit = limit.map(Arc::new);
+        self
+    }
+
+    /// The same store, without the rate limit (for events the collector makes itself).
+    pub fn without_rate_limit(&self) -> Self {
+        Self {
+            rate_limit: None,
+            ..self.clone()
+        }
+    }
+
     /// Counts a refused request.
     pub fn count_rejection(&self, err: &CollectorError) {
         let reason = cairn_runtime::error::Classify::kind(err).name();
@@ -76,6 +94,14 @@ impl Ingest {
         request: AcceptedRequest,
         meta: &RequestMeta,
     ) -> Result<Vec<String>, CollectorError> {
+        if let Some(limit) = &self.rate_limit {
+            limit
+                .admit(&meta.source, request.events.len(), Instant::now())
+                .map_err(|retry_after| CollectorError::RateLimited {
+                    source_name: meta.source.clone(),
+                    retry_after,
+                })?;
+        }
         let received = SystemTime::now();
         let received_at = prost_types::Timestamp::from(received);
         let partitions = self.bus.partitions();

@@ -23,6 +23,7 @@ pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod personalize;
+pub mod rate_limit;
 pub mod tag;
 pub mod unsubscribe;
 
@@ -75,9 +76,11 @@ pub async fn start(context: &ModuleContext) -> Result<Module, CollectorError> {
         bucket: cairn_bus::suppressions::open(&bus).await?,
         secret: cairn_bus::suppressions::link_secret(&context.settings)?,
     };
-    let ingest = Ingest::new(bus, &context.metrics.meter("cairn.collector"));
+    let ingest = Ingest::new(bus, &context.metrics.meter("cairn.collector"))
+        .with_rate_limit(rate_limit::RateLimiter::from_settings(&context.settings)?);
     let email_links = email_links::EmailLinks {
-        ingest: ingest.clone(),
+        // Opens and clicks come from the recipients, not from a write key.
+        ingest: ingest.without_rate_limit(),
         secret: unsubscribe.secret.clone(),
         trust_forwarded_for: config.trust_forwarded_for,
     };

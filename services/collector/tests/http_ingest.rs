@@ -563,3 +563,53 @@ async fn browsers_get_cors_and_operators_get_metrics() {
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_write_key_over_its_rate_limit_gets_429_with_the_wait_and_others_go_on() {
+    let f = fixture(&[("CAIRN_INGEST_RATE_LIMIT", "20")]).await;
+    let batch = |prefix: &str, count: usize| {
+        let calls: Vec<_> = (0..count)
+            .map(|index| events::track(&format!("{prefix}-{index}"), "a-1", "Viewed"))
+            .collect();
+        serde_json::to_vec(&json!({ "batch": calls })).unwrap()
+    };
+
+    assert_eq!(f.post("/v1/batch", batch("first", 20)).await.status(), 200);
+    // Needs a whole second of credit back: refused however slow this machine is.
+    let refused = f.post("/v1/batch", batch("second", 20)).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let (_, text) = message(refused).await;
+    assert!(
+        text.contains("\"web\"") && text.contains("CAIRN_INGEST_RATE_LIMIT"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("wk_web"),
+        "the key itself is never shown: {text}"
+    );
+
+    // Another write key has its own allowance.
+    let other = f
+        .client
+        .post(format!("{}/v1/batch", f.host.http_url()))
+        .header("authorization", basic("wk_ios"))
+        .body(batch("ios", 3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+
+    // The refused batch stored nothing; retried after the wait, it is stored.
+    assert_eq!(stored_events(&f.bus).await.len(), 23);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(f.post("/v1/batch", batch("second", 20)).await.status(), 200);
+    assert_eq!(stored_events(&f.bus).await.len(), 43);
+    assert!(
+        f.host
+            .metrics()
+            .await
+            .contains("reason=\"resource_exhausted\""),
+        "refusals are counted"
+    );
+}
