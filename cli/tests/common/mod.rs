@@ -31,16 +31,13 @@ pub async fn exit_of(child: &mut Child) -> (Option<i32>, String) {
     (status.code(), stderr_of(child).await)
 }
 
-/// What `child` printed on stderr, once it has exited.
+/// What `child` printed on stderr, once it has exited (nothing when the caller took
+/// the pipe to read it as it came).
 pub async fn stderr_of(child: &mut Child) -> String {
     let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).await.unwrap();
+    }
     stderr
 }
 

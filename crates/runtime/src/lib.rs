@@ -8,6 +8,7 @@
 //! - [`auth`]: write keys and bearer tokens with roles;
 //! - [`grpc`]: the gRPC server with health, reflection and the shared tower stack;
 //! - [`error`]: the one mapping of errors to gRPC statuses and HTTP responses;
+//! - [`pii`]: email addresses redacted from every log line;
 //! - [`host`]: modules, listeners, the supervisor and the drain on SIGTERM/SIGINT;
 //! - [`shutdown`]: the shutdown signal every part watches;
 //! - [`tls`]: TLS on the HTTP and gRPC listeners;
@@ -23,6 +24,7 @@ pub mod encoding;
 pub mod error;
 pub mod grpc;
 pub mod host;
+pub mod pii;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

@@ -175,22 +175,25 @@ pub fn init(service: &str, settings: &Settings) -> Result<Telemetry, TelemetryEr
     let fmt_layer = if json {
         tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(crate::pii::RedactedStderr)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
-            .with_writer(std::io::stderr)
+            .with_writer(crate::pii::RedactedStderr)
             .boxed()
     };
     // The log filter applies to logs only: spans must exist for tracing even when logs
-    // are quiet, or a caller's trace would stop at this process.
+    // are quiet, or a caller's trace would stop at this process. Traces take spans only,
+    // not log events: an error's text may name a person, and only logs are redacted.
     tracing_subscriber::registry()
         .with(fmt_layer.with_filter(filter))
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
-                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+                .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+                    metadata.is_span() && *metadata.level() <= tracing::Level::INFO
+                })),
         )
         .try_init()
         .map_err(|err| TelemetryError::Subscriber(err.to_string()))?;

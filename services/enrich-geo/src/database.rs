@@ -319,7 +319,7 @@ impl Databases {
                 Ok(Some(record)) => found.complete_from(record.location()),
                 Ok(None) => {}
                 Err(err) => {
-                    tracing::debug!(path = %database.path.display(), %address, error = %err, "geo lookup failed")
+                    tracing::debug!(path = %database.path.display(), error = %err, "geo lookup failed")
                 }
             }
         }
