@@ -1,40 +1,15 @@
-//! End to end: the mesh as a cluster runs it — nats-server, each service its own
-//! `cairn serve` process, an SMTP server — driven only from outside, like a website and
-//! its marketers: the Segment HTTP API, the personalization API, the CLI over gRPC,
-//! SMTP, and Prometheus metrics.
-//!
-//! The profile store, the segmenter and the dispatcher share one process here: on the
-//! embedded store they read the same directory (the segmenter and the dispatcher read
-//! profiles), which one process at a time may open; on ScyllaDB they are three.
+//! End to end: the mesh as a cluster runs it (see `common::mesh`), driven only from
+//! outside, like a website and its marketers: the Segment HTTP API, the personalization
+//! API, the CLI over gRPC, SMTP, and Prometheus metrics.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use cairn_testkit::smtp::SmtpServer;
-use cairn_testkit::{TestNats, free_addr};
-use common::{cairn, exit_of, output, sigterm, wait_ready};
+use common::mesh::{Mesh, header};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::process::Child;
-
-const WRITE_KEY: &str = "wk_e2e";
-const ADMIN_TOKEN: &str = "tk_e2e";
-
-/// The processes, as Deployments would run them.
-const PROCESSES: &[&[&str]] = &[
-    &["collector"],
-    &["identity"],
-    &["enrich-geo"],
-    &["enrich-device"],
-    &["enrich-activity"],
-    &["enrich-content"],
-    &["profile-store", "segmenter", "dispatcher"],
-];
 
 const CART: &str = r#"
 name: cart_recovery
@@ -80,245 +55,6 @@ actions:
     - {channel: web, content: "Picked for you in {topic}", params: {topic: profile.facts.content.top_topic, items: profile.facts.content.recommended}}
 "#;
 
-struct Mesh {
-    _nats: TestNats,
-    smtp: SmtpServer,
-    http: SocketAddr,
-    /// The gRPC address of the process with the profile store, segmenter and dispatcher.
-    core_grpc: SocketAddr,
-    core_admin: SocketAddr,
-    processes: Vec<(String, Child)>,
-    /// Each process's standard error, read as it comes so no pipe ever fills.
-    logs: Vec<tokio::task::JoinHandle<String>>,
-    _data: Vec<tempfile::TempDir>,
-}
-
-impl Mesh {
-    /// Starts every process and waits until each is ready; `None` without aiosmtpd.
-    async fn start() -> Option<Mesh> {
-        let smtp = SmtpServer::start().await?;
-        let nats = TestNats::start().await;
-        let http = free_addr();
-        let geo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata/geo/GeoIP2-City-Test.mmdb")
-            .display()
-            .to_string();
-        let shared = [
-            ("CAIRN_NATS_URL", nats.url()),
-            ("CAIRN_WRITE_KEYS", format!("web:{WRITE_KEY}")),
-            ("CAIRN_ADMIN_TOKENS", format!("admin:{ADMIN_TOKEN}")),
-            (
-                "CAIRN_EMAIL_LINK_SECRET",
-                "e2e-link-secret-0123456789".into(),
-            ),
-            ("CAIRN_EMAIL_TRANSPORT", "smtp".into()),
-            ("CAIRN_SMTP_URL", smtp.url()),
-            ("CAIRN_EMAIL_QUIET_HOURS", "off".into()),
-            ("CAIRN_PUBLIC_URL", format!("http://{http}")),
-            ("CAIRN_GEO_DATABASES", geo),
-        ];
-        let (mut processes, mut data, mut admins) = (Vec::new(), Vec::new(), Vec::new());
-        let mut logs = Vec::new();
-        let (mut core_grpc, mut core_admin) = (http, http);
-        for services in PROCESSES {
-            let dir = tempfile::tempdir().unwrap();
-            let (grpc, admin) = (free_addr(), free_addr());
-            let mut command = cairn();
-            command.arg("serve").args(*services);
-            command
-                .envs(shared.iter().map(|(name, value)| (name, value)))
-                .env("CAIRN_GRPC_ADDR", grpc.to_string())
-                .env("CAIRN_ADMIN_ADDR", admin.to_string())
-                .env("CAIRN_HTTP_ADDR", http.to_string())
-                .env("CAIRN_DATA_DIR", dir.path())
-                // Everything Cairn says about itself, to check that it names no one.
-                .env(
-                    "CAIRN_LOG",
-                    "debug,fjall=warn,lsm_tree=warn,h2=info,hyper=info",
-                );
-            if services.contains(&"dispatcher") {
-                (core_grpc, core_admin) = (grpc, admin);
-            }
-            let mut child = command.spawn().unwrap();
-            let mut stderr = child.stderr.take().unwrap();
-            logs.push(tokio::spawn(async move {
-                let mut text = String::new();
-                let _ = stderr.read_to_string(&mut text).await;
-                text
-            }));
-            processes.push((services.join("+"), child));
-            data.push(dir);
-            admins.push(admin);
-        }
-        for ((_, child), admin) in processes.iter_mut().zip(admins) {
-            wait_ready(admin, child).await;
-        }
-        Some(Mesh {
-            _nats: nats,
-            smtp,
-            http,
-            core_grpc,
-            core_admin,
-            processes,
-            logs,
-            _data: data,
-        })
-    }
-
-    /// Runs the CLI against the mesh; its standard output, or the failure.
-    async fn cli(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut command = cairn();
-        command
-            .args(args)
-            .env("CAIRN_GRPC_ADDR", self.core_grpc.to_string())
-            .env("CAIRN_TOKEN", ADMIN_TOKEN)
-            .env("CAIRN_HTTP_ADDR", self.http.to_string());
-        let (code, stdout, stderr) = match stdin {
-            None => output(&mut command).await,
-            Some(text) => {
-                command.stdin(std::process::Stdio::piped());
-                let mut child = command.spawn().unwrap();
-                let mut pipe = child.stdin.take().unwrap();
-                pipe.write_all(text.as_bytes()).await.unwrap();
-                drop(pipe);
-                let done = child.wait_with_output().await.unwrap();
-                (
-                    done.status.code().unwrap_or(-1),
-                    String::from_utf8_lossy(&done.stdout).to_string(),
-                    String::from_utf8_lossy(&done.stderr).to_string(),
-                )
-            }
-        };
-        assert_eq!(code, 0, "cairn {args:?}: {stderr}");
-        stdout
-    }
-
-    /// Posts a Segment batch to the collector, as a site's SDK does.
-    async fn send(&self, batch: Value) {
-        let response = reqwest::Client::new()
-            .post(format!("http://{}/v1/batch", self.http))
-            .basic_auth(WRITE_KEY, Some(""))
-            .json(&json!({ "batch": batch }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    }
-
-    /// What the site shows the visitor `query` names (`anonymousId=...`), as the
-    /// browser asks for it.
-    async fn shown(&self, query: &str) -> Value {
-        let response = reqwest::get(format!(
-            "http://{}/v1/personalize?writeKey={WRITE_KEY}&{query}",
-            self.http
-        ))
-        .await
-        .unwrap();
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
-    }
-
-    /// Waits until the content shown to `query`'s visitor satisfies `done`.
-    async fn shown_when(&self, query: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let answer = self.shown(query).await;
-            if done(&answer) {
-                return answer;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{query}: after 30 s shown {answer}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The profile `args` finds (`--email x`, `--anonymous-id y`), once `done` holds.
-    async fn profile_when(&self, args: &[&str], done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut command = cairn();
-            command
-                .args(["profile", "get"])
-                .args(args)
-                .env("CAIRN_GRPC_ADDR", self.core_grpc.to_string())
-                .env("CAIRN_TOKEN", ADMIN_TOKEN);
-            let (code, stdout, stderr) = output(&mut command).await;
-            if code == 0 {
-                let profile: Value = serde_json::from_str(&stdout).unwrap();
-                if done(&profile) {
-                    return profile;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{args:?}: after 30 s {profile}"
-                );
-            } else {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{args:?}: after 30 s {stderr}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
-    /// The emails the SMTP server took, for `to`.
-    fn emails_to(&self, to: &str) -> Vec<String> {
-        self.smtp
-            .received()
-            .into_iter()
-            .filter(|email| header(email, "To").as_deref() == Some(to))
-            .collect()
-    }
-
-    /// A counter of the dispatcher's Prometheus metrics.
-    async fn emails_counted(&self, outcome: &str) -> u64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.core_admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|line| {
-                line.starts_with("cairn_dispatcher_emails_total")
-                    && line.contains(&format!("outcome=\"{outcome}\""))
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    }
-
-    /// Stops every process; what each logged, by process name.
-    async fn stop(self) -> Vec<(String, String)> {
-        for (_, child) in &self.processes {
-            sigterm(child);
-        }
-        let mut logs = Vec::new();
-        for ((name, mut child), log) in self.processes.into_iter().zip(self.logs) {
-            let (code, _) = exit_of(&mut child).await;
-            let log = log.await.unwrap();
-            assert_eq!(code, Some(0), "{name}: {log}");
-            logs.push((name, log));
-        }
-        logs
-    }
-}
-
-/// A header of `email`, its folded lines joined.
-fn header(email: &str, name: &str) -> Option<String> {
-    let head = email.split("\r\n\r\n").next()?.split("\n\n").next()?;
-    let unfolded = head
-        .replace("\r\n", "\n")
-        .replace("\n ", " ")
-        .replace("\n\t", " ");
-    unfolded
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
-        .map(|value| value.trim().to_string())
-}
-
 fn page(id: &str, anonymous_id: &str, properties: Value) -> Value {
     json!({"type": "page", "messageId": id, "anonymousId": anonymous_id, "properties": properties})
 }
@@ -339,7 +75,7 @@ const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.goo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_as_separate_processes_does_what_the_seeds_describe() {
-    let Some(mesh) = Mesh::start().await else {
+    let Some(mesh) = Mesh::start(&[]).await else {
         return;
     };
     // What a marketer sets up, through the CLI.

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod mesh;
+
 use std::process::Stdio;
 use std::time::Duration;
 
