@@ -288,7 +288,12 @@ async fn complete_round(
             match result {
                 Ok(()) => break,
                 Err(err) if transient(&err) => {
-                    tracing::warn!(service = options.service, error = %err, attempt, "cannot publish; retrying");
+                    let subjects: std::collections::BTreeSet<&str> = done
+                        .iter()
+                        .flat_map(|item| item.outgoing.iter())
+                        .map(|outgoing| outgoing.subject.as_str())
+                        .collect();
+                    tracing::warn!(service = options.service, error = %err, attempt, ?subjects, "cannot publish; retrying");
                     tokio::select! {
                         () = shutdown.requested() => return None,
                         () = tokio::time::sleep(backoff(attempt)) => {}
