@@ -19,6 +19,7 @@ use cairn_runtime::host::{self, HostError, Listeners, Module, ModuleContext};
 use cairn_runtime::{Credentials, Metrics, Readiness, Settings, Shutdown, Var};
 
 pub mod events;
+pub mod proxy;
 pub mod smtp;
 pub mod tls;
 
