@@ -8,20 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::mesh::{Mesh, header};
+use common::mesh::{CART, Mesh, header};
 use serde_json::{Value, json};
-
-const CART: &str = r#"
-name: cart_recovery
-audience: "EXISTS email"
-transitions:
-  - {from: start, to: carting, event: add_to_cart}
-  - {from: carting, to: bought, event: Order Completed}
-  - {from: carting, to: abandoned, after: 3s, without: add_to_cart}
-actions:
-  abandoned:
-    - {channel: email, template: cart_reminder}
-"#;
 
 const WELCOME: &str = r#"
 name: welcome

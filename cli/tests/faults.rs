@@ -18,20 +18,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use common::mesh::{ADMIN_TOKEN, Mesh, WRITE_KEY, header};
+use common::mesh::{ADMIN_TOKEN, CART, Mesh, WRITE_KEY, header};
 use serde_json::{Value, json};
-
-const CART: &str = r#"
-name: cart_recovery
-audience: "EXISTS email"
-transitions:
-  - {from: start, to: carting, event: add_to_cart}
-  - {from: carting, to: bought, event: Order Completed}
-  - {from: carting, to: abandoned, after: 3s, without: add_to_cart}
-actions:
-  abandoned:
-    - {channel: email, template: cart_reminder}
-"#;
 
 /// Events per person: this many page views, and for some an identify and carts.
 const PAGES_PER_PERSON: usize = 16;

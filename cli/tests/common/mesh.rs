@@ -18,6 +18,19 @@ use tokio::task::JoinHandle;
 
 use super::{cairn, output, sigterm, wait_ready};
 
+/// The cart reminder: an email 3 s after the last add_to_cart, unless the order came.
+pub const CART: &str = r#"
+name: cart_recovery
+audience: "EXISTS email"
+transitions:
+  - {from: start, to: carting, event: add_to_cart}
+  - {from: carting, to: bought, event: Order Completed}
+  - {from: carting, to: abandoned, after: 3s, without: add_to_cart}
+actions:
+  abandoned:
+    - {channel: email, template: cart_reminder}
+"#;
+
 pub const WRITE_KEY: &str = "wk_e2e";
 pub const ADMIN_TOKEN: &str = "tk_e2e";
 
