@@ -67,22 +67,7 @@ async fn the_mesh_as_separate_processes_does_what_the_seeds_describe() {
         return;
     };
     // What a marketer sets up, through the CLI.
-    let dir = tempfile::tempdir().unwrap();
-    let text = dir.path().join("reminder.txt");
-    std::fs::write(&text, "Your cart is waiting for you.").unwrap();
-    mesh.cli(
-        &[
-            "template",
-            "put",
-            "cart_reminder",
-            "--subject",
-            "Still thinking it over?",
-            "--text",
-            text.to_str().unwrap(),
-        ],
-        None,
-    )
-    .await;
+    mesh.put_cart_reminder_template().await;
     mesh.cli(
         &["segment", "create", "--name", "vip"],
         Some("FILTER event_count.`Order Completed`.all >= 2"),

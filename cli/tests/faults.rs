@@ -168,22 +168,7 @@ async fn killing_each_process_and_restarting_nats_loses_nothing_and_doubles_noth
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let text = dir.path().join("reminder.txt");
-    std::fs::write(&text, "Your cart is waiting for you.").unwrap();
-    mesh.cli(
-        &[
-            "template",
-            "put",
-            "cart_reminder",
-            "--subject",
-            "Your cart",
-            "--text",
-            text.to_str().unwrap(),
-        ],
-        None,
-    )
-    .await;
+    mesh.put_cart_reminder_template().await;
     mesh.cli(&["campaign", "create"], Some(CART)).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
 

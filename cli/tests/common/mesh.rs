@@ -186,6 +186,23 @@ impl Mesh {
         wait_ready(process.admin, &mut process.child).await;
     }
 
+    /// Saves the `cart_reminder` template the [`CART`] campaign sends, through the CLI.
+    pub async fn put_cart_reminder_template(&self) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("reminder.txt");
+        std::fs::write(&text, "Your cart is waiting for you.").unwrap();
+        let args = [
+            "template",
+            "put",
+            "cart_reminder",
+            "--subject",
+            "Still thinking it over?",
+            "--text",
+            text.to_str().unwrap(),
+        ];
+        self.cli(&args, None).await;
+    }
+
     /// Runs the CLI against the mesh; its standard output, or the failure.
     pub async fn cli(&self, args: &[&str], stdin: Option<&str>) -> String {
         let mut command = cairn();
