@@ -355,5 +355,13 @@ async fn killing_each_process_and_restarting_nats_loses_nothing_and_doubles_noth
         due.len(),
         received.len()
     );
-    mesh.stop().await;
+    let logs = mesh.stop().await;
+    // CAIRN_FAULT_LOGS=dir keeps every process's log there (by hand, to look into a run).
+    if let Some(dir) = std::env::var_os("CAIRN_FAULT_LOGS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, log) in logs {
+            std::fs::write(dir.join(format!("{name}.log")), log).unwrap();
+        }
+    }
 }

@@ -330,6 +330,7 @@ impl Bus {
         if !self.is_connected() {
             return Err(BusError::Unavailable("not connected".to_string()));
         }
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let subject = message.subject;
@@ -351,7 +352,7 @@ impl Bus {
                 .map_err(|err| classify_publish(&subject, &err))?;
             pending.push((subject, ack));
         }
-        Ok(Sent { pending })
+        Ok(Sent { pending, deadline })
     }
 }
 
@@ -359,17 +360,26 @@ impl Bus {
 #[derive(Debug)]
 pub struct Sent {
     pending: Vec<(String, jetstream::context::PublishAckFuture)>,
+    /// When the answers are due: the publish timeout counts from sending, not from the
+    /// first wait. An answer lost with a dropped connection never comes, and a caller
+    /// that awaits several `Sent` one after another must not wait a full timeout for each.
+    deadline: tokio::time::Instant,
 }
 
 impl Sent {
-    /// Waits for every acknowledgement; fails when any message was not stored.
+    /// Waits for every acknowledgement; fails when any message was not stored, or when
+    /// the answers are not all in by the publish timeout after sending.
     pub async fn acknowledged(self) -> Result<Vec<jetstream::publish::PublishAck>, BusError> {
-        let results =
+        let answers =
             futures::future::join_all(self.pending.into_iter().map(|(subject, ack)| async move {
                 ack.await.map_err(|err| classify_publish(&subject, &err))
-            }))
-            .await;
-        results.into_iter().collect()
+            }));
+        match tokio::time::timeout_at(self.deadline, answers).await {
+            Ok(results) => results.into_iter().collect(),
+            Err(_) => Err(BusError::Unavailable(
+                "no acknowledgement within the publish timeout".to_string(),
+            )),
+        }
     }
 }
 

@@ -118,3 +118,73 @@ async fn publishing_where_no_stream_listens_is_unavailable() {
     assert!(matches!(err, BusError::NoStream { .. }), "{err}");
     assert_eq!(err.kind(), ErrorKind::Unavailable);
 }
+
+#[tokio::test]
+async fn answers_lost_in_a_cut_fail_by_the_timeout_counted_from_sending() {
+    let nats = TestNats::start().await;
+    let target = nats.url().trim_start_matches("nats://").parse().unwrap();
+    let proxy = cairn_testkit::proxy::TcpProxy::start(target).await;
+    let mut config = cairn_bus::BusConfig::for_url(&proxy.nats_url());
+    config.publish_timeout = Duration::from_secs(3);
+    let bus = cairn_bus::Bus::connect(&config, "test").await.unwrap();
+    bus.ensure_stream(streams::events(bus.config()))
+        .await
+        .unwrap();
+
+    // Two batches go out into a cut: neither answer can come back.
+    proxy.cut();
+    let first = bus
+        .send_all(vec![message("events.raw.1", "a")])
+        .await
+        .unwrap();
+    let second = bus
+        .send_all(vec![message("events.raw.2", "b")])
+        .await
+        .unwrap();
+    tokio::time::sleep(config.publish_timeout).await;
+
+    // Both are overdue already: awaited one after the other, they fail together instead
+    // of taking a full timeout each (which held a worker for minutes after a NATS restart).
+    let waiting = std::time::Instant::now();
+    let err = first.acknowledged().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let err = second.acknowledged().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        waiting.elapsed() < config.publish_timeout,
+        "overdue answers took {:?}",
+        waiting.elapsed()
+    );
+
+    // After the heal the same messages are published again and stored once each.
+    proxy.restore();
+    let mut acks = Vec::new();
+    for attempt in 0..50 {
+        match bus
+            .publish_all(vec![
+                message("events.raw.1", "a"),
+                message("events.raw.2", "b"),
+            ])
+            .await
+        {
+            Ok(done) => {
+                acks = done;
+                break;
+            }
+            Err(err) => {
+                assert!(attempt < 49, "never published after the heal: {err}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert_eq!(acks.len(), 2);
+    let info = bus
+        .jetstream()
+        .get_stream(streams::EVENTS)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(info.state.messages, 2);
+}
