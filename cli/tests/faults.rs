@@ -1,6 +1,8 @@
-//! Fault run: events through the separate-process mesh while each process in turn is
-//! killed with SIGKILL and started again, and nats-server is restarted once. At the end,
-//! against a reference computed from the events the collector accepted:
+//! Fault runs: events through the separate-process mesh while each process in turn is
+//! killed with SIGKILL and started again, and nats-server is restarted once; and on a
+//! 3-node NATS cluster (streams with 3 replicas) while the node leading the EVENTS stream
+//! is killed, stays down a third of the run, and comes back. At the end, against a
+//! reference computed from the events the collector accepted:
 //!
 //! - every accepted event is in the EVENTS stream, once;
 //! - every person's profile counts exactly their events (none lost, none twice);
@@ -150,24 +152,95 @@ async fn export(mesh: &Mesh) -> Vec<Value> {
     profiles
 }
 
+/// The index of the cluster node leading the EVENTS stream (nodes are named `n<index>`).
+async fn events_leader(mesh: &Mesh) -> usize {
+    let bus = mesh.nats.bus().await;
+    let mut stream = bus
+        .jetstream()
+        .get_stream(cairn_bus::streams::EVENTS)
+        .await
+        .unwrap();
+    let info = stream.info().await.unwrap();
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.leader.clone())
+        .expect("EVENTS has a leader");
+    leader
+        .strip_prefix('n')
+        .and_then(|index| index.parse().ok())
+        .unwrap_or_else(|| panic!("leader {leader} is not a test node"))
+}
+
 fn count(profile: &Value, event: &str) -> u64 {
     profile["event_count"][event]["all"].as_u64().unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_each_process_and_restarting_nats_loses_nothing_and_doubles_nothing() {
-    let events: usize = std::env::var("CAIRN_FAULT_EVENTS")
+/// What the run does to the mesh while the site sends.
+#[derive(Debug, Clone, PartialEq)]
+enum Fault {
+    /// SIGKILL one process of the mesh and start it again.
+    Process(String),
+    /// Stop the (single) nats-server and start it again.
+    NatsRestart,
+    /// SIGKILL the cluster node that leads the EVENTS stream; it stays down...
+    EventsLeaderDown,
+    /// ...until this starts it again and it rejoins.
+    NodeBack,
+}
+
+impl Fault {
+    fn name(&self) -> &str {
+        match self {
+            Fault::Process(name) => name,
+            Fault::NatsRestart => "nats-server",
+            Fault::EventsLeaderDown => "events-leader-down",
+            Fault::NodeBack => "node-back",
+        }
+    }
+}
+
+/// How many events a run sends: `CAIRN_FAULT_EVENTS`, else 20,000.
+fn events_to_send() -> usize {
+    std::env::var("CAIRN_FAULT_EVENTS")
         .ok()
         .map(|value| value.parse().expect("CAIRN_FAULT_EVENTS: a number"))
-        .unwrap_or(20_000);
-    let Some(mut mesh) = Mesh::start(&[
-        ("CAIRN_PARTITION_LEASE", "1s"),
-        ("CAIRN_LOG", "info,fjall=warn,lsm_tree=warn"),
-    ])
-    .await
-    else {
+        .unwrap_or(20_000)
+}
+
+const SETTINGS: &[(&str, &str)] = &[
+    ("CAIRN_PARTITION_LEASE", "1s"),
+    ("CAIRN_LOG", "info,fjall=warn,lsm_tree=warn"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_each_process_and_restarting_nats_loses_nothing_and_doubles_nothing() {
+    let Some(mesh) = Mesh::start(SETTINGS).await else {
         return;
     };
+    let mut faults: Vec<Fault> = mesh
+        .process_names()
+        .into_iter()
+        .map(Fault::Process)
+        .collect();
+    faults.insert(faults.len() / 2, Fault::NatsRestart);
+    run(mesh, faults).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_cluster_losing_the_events_leader_keeps_accepting_and_loses_nothing() {
+    let nats = cairn_testkit::TestNats::start_cluster(3).await;
+    let settings = [SETTINGS, &[("CAIRN_STREAM_REPLICAS", "3")]].concat();
+    let Some(mesh) = Mesh::start_on(nats, &settings).await else {
+        return;
+    };
+    run(mesh, vec![Fault::EventsLeaderDown, Fault::NodeBack]).await;
+}
+
+/// Sends the traffic through `mesh` while `faults` happen one after another, spread over
+/// the run, then checks everything against the reference.
+async fn run(mut mesh: Mesh, mut faults: Vec<Fault>) {
+    let events = events_to_send();
     mesh.put_cart_reminder_template().await;
     mesh.cli(&["campaign", "create"], Some(CART)).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -190,27 +263,37 @@ async fn killing_each_process_and_restarting_nats_loses_nothing_and_doubles_noth
         refused
     });
 
-    // ...while each process in turn is killed and started again, and NATS restarted.
+    // ...while the faults happen, one after another.
     let total_batches = sent.div_ceil(100);
-    let mut faults = mesh.process_names();
-    faults.insert(faults.len() / 2, "nats-server".to_string());
     // CAIRN_FAULTS=identity,nats-server runs only those (by hand, to look at one).
     if let Ok(only) = std::env::var("CAIRN_FAULTS") {
-        faults.retain(|fault| only.split(',').any(|name| name == fault));
+        faults.retain(|fault| only.split(',').any(|name| name == fault.name()));
     }
+    let mut node_down = None;
     for (index, fault) in faults.iter().enumerate() {
         let at = total_batches * (index + 1) / (faults.len() + 1);
         batches_done.wait_for(|done| *done >= at).await.unwrap();
         let began = Instant::now();
-        if fault == "nats-server" {
-            mesh.nats.stop().await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            mesh.nats.restart().await;
-        } else {
-            mesh.kill_and_restart(fault).await;
+        match fault {
+            Fault::Process(name) => mesh.kill_and_restart(name).await,
+            Fault::NatsRestart => {
+                mesh.nats.stop().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                mesh.nats.restart().await;
+            }
+            Fault::EventsLeaderDown => {
+                let node = events_leader(&mesh).await;
+                mesh.nats.kill_node(node).await;
+                node_down = Some(node);
+            }
+            Fault::NodeBack => {
+                let node = node_down.take().expect("a node is down");
+                mesh.nats.restart_node(node).await;
+            }
         }
         eprintln!(
-            "faults: {fault} killed after batch {at} of {total_batches}, back in {:.1} s",
+            "faults: {} after batch {at} of {total_batches}, done in {:.1} s",
+            fault.name(),
             began.elapsed().as_secs_f64()
         );
     }

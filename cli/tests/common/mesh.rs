@@ -87,8 +87,12 @@ impl Mesh {
     /// Starts every process with `extra` settings and waits until each is ready; `None`
     /// without aiosmtpd.
     pub async fn start(extra: &[(&str, &str)]) -> Option<Mesh> {
+        Self::start_on(TestNats::start().await, extra).await
+    }
+
+    /// [`Mesh::start`] on `nats` (a cluster, say).
+    pub async fn start_on(nats: TestNats, extra: &[(&str, &str)]) -> Option<Mesh> {
         let smtp = SmtpServer::start().await?;
-        let nats = TestNats::start().await;
         let http = free_addr();
         let geo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../testdata/geo/GeoIP2-City-Test.mmdb")

@@ -150,8 +150,14 @@ impl Bus {
                 .await
                 .map_err(|err| connect_error(format!("credentials file {path}: {err}")))?;
         }
+        let servers: Vec<&str> = config
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|server| !server.is_empty())
+            .collect();
         let client = options
-            .connect(config.url.as_str())
+            .connect(servers)
             .await
             .map_err(|err| connect_error(err.to_string()))?;
         let jetstream = jetstream::ContextBuilder::new()
@@ -188,39 +194,47 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Creates the stream, or updates it to `config` when it exists. Idempotent.
+    /// Creates the stream, or updates it to `config` when it exists. Idempotent; waits
+    /// (see [`declare`]) while JetStream cannot answer yet.
     pub async fn ensure_stream(&self, config: stream::Config) -> Result<stream::Info, BusError> {
         let name = config.name.clone();
-        self.jetstream
-            .create_or_update_stream(config)
-            .await
-            .map_err(|err| BusError::Stream {
-                name,
-                reason: error_chain(&err),
-            })
+        declare(&format!("stream {name}"), stream_not_ready, || {
+            self.jetstream.create_or_update_stream(config.clone())
+        })
+        .await
+        .map_err(|err| BusError::Stream {
+            name,
+            reason: error_chain(&err),
+        })
     }
 
     /// The key-value bucket `name` (one value per key, in files, replicated like the
-    /// streams), created or updated to that.
+    /// streams; entries expire after `max_age`, never when zero), created or updated to
+    /// that. Waits (see [`declare`]) while JetStream cannot answer yet.
     pub async fn key_value(
         &self,
         name: &str,
         description: &str,
+        max_age: std::time::Duration,
     ) -> Result<jetstream::kv::Store, BusError> {
-        self.jetstream
-            .create_or_update_key_value(jetstream::kv::Config {
-                bucket: name.to_string(),
-                description: description.to_string(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: self.config.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| BusError::Unavailable(format!("bucket {name}: {err}")))
+        let config = jetstream::kv::Config {
+            bucket: name.to_string(),
+            description: description.to_string(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: self.config.replicas,
+            ..Default::default()
+        };
+        declare(&format!("bucket {name}"), bucket_not_ready, || {
+            self.jetstream.create_or_update_key_value(config.clone())
+        })
+        .await
+        .map_err(|err| BusError::Unavailable(format!("bucket {name}: {}", error_chain(&err))))
     }
 
-    /// Creates the durable pull consumer, or updates it to `config` when it exists.
+    /// Creates the durable pull consumer, or updates it to `config` when it exists. Waits
+    /// (see [`declare`]) while JetStream cannot answer yet.
     pub async fn ensure_consumer(
         &self,
         stream: &str,
@@ -231,14 +245,20 @@ impl Bus {
             .clone()
             .or_else(|| config.name.clone())
             .unwrap_or_default();
-        self.jetstream
-            .create_consumer_on_stream(config, stream)
-            .await
-            .map_err(|err| BusError::Consumer {
-                stream: stream.to_string(),
-                name,
-                reason: error_chain(&err),
-            })
+        declare(
+            &format!("consumer {name} on {stream}"),
+            consumer_not_ready,
+            || {
+                self.jetstream
+                    .create_consumer_on_stream(config.clone(), stream)
+            },
+        )
+        .await
+        .map_err(|err| BusError::Consumer {
+            stream: stream.to_string(),
+            name,
+            reason: error_chain(&err),
+        })
     }
 
     /// A durable consumer's state, if the stream and the consumer exist.
@@ -381,6 +401,77 @@ impl Sent {
             )),
         }
     }
+}
+
+/// How long a declaration waits for JetStream to answer before start-up fails.
+const DECLARE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs a declaration (a stream, consumer or bucket) again while JetStream cannot answer
+/// it yet, for up to [`DECLARE_PATIENCE`]. On a cluster the metadata leader takes seconds
+/// to be elected after the nodes start or its node dies, and when several processes
+/// declare the same replicated stream at once, the requests that lose the race may get
+/// no answer at all; the declaration is idempotent, so asking again is safe.
+async fn declare<T, E: std::error::Error, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    not_ready: fn(&E) -> bool,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + DECLARE_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Err(err) if not_ready(&err) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(what, error = %error_chain(&err), "JetStream cannot answer yet; asking again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// A JetStream API error that passes: the metadata leader is being elected.
+fn leaderless(api: &jetstream::Error) -> bool {
+    api.error_code() == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+}
+
+fn stream_not_ready(err: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind as Kind;
+    match err.kind() {
+        Kind::TimedOut | Kind::JetStreamUnavailable => true,
+        Kind::JetStream(api) => leaderless(&api),
+        _ => false,
+    }
+}
+
+fn consumer_not_ready(err: &stream::ConsumerError) -> bool {
+    match err.kind() {
+        stream::ConsumerErrorKind::TimedOut => true,
+        stream::ConsumerErrorKind::JetStream(api) => leaderless(&api),
+        _ => false,
+    }
+}
+
+fn bucket_not_ready(err: &jetstream::context::CreateKeyValueError) -> bool {
+    use jetstream::context::{AccountErrorKind, CreateKeyValueErrorKind};
+    if err.kind() == CreateKeyValueErrorKind::TimedOut {
+        return true;
+    }
+    // The bucket is a stream: its errors are the stream's, or the account lookup's.
+    let Some(source) = err.source() else {
+        return false;
+    };
+    if let Some(stream) = source.downcast_ref::<jetstream::context::CreateStreamError>() {
+        return stream_not_ready(stream);
+    }
+    source
+        .downcast_ref::<jetstream::context::AccountError>()
+        .is_some_and(|account| {
+            matches!(
+                account.kind(),
+                AccountErrorKind::TimedOut | AccountErrorKind::JetStreamUnavailable
+            )
+        })
 }
 
 fn classify_publish(subject: &str, err: &jetstream::context::PublishError) -> BusError {

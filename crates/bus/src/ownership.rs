@@ -99,18 +99,12 @@ impl Ownership {
         lease: Duration,
     ) -> Result<Self, BusError> {
         let kv = bus
-            .jetstream()
-            .create_or_update_key_value(kv::Config {
-                bucket: bucket_name(group),
-                description: format!("Which {group} replica owns which partition"),
-                history: 1,
-                max_age: lease,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                num_replicas: bus.config().replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| unavailable("partition owners bucket", &err))?;
+            .key_value(
+                &bucket_name(group),
+                &format!("Which {group} replica owns which partition"),
+                lease,
+            )
+            .await?;
         Ok(Self {
             kv,
             member: format!("{group}-{:016x}", rand::random::<u64>()),

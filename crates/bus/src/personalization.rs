@@ -15,8 +15,12 @@ pub const LOOKUP_TYPES: [&str; 2] = ["user_id", "anonymous_id"];
 
 /// The bucket, created when missing.
 pub async fn open(bus: &Bus) -> Result<kv::Store, BusError> {
-    bus.key_value(BUCKET, "What the personalization API answers, per profile")
-        .await
+    bus.key_value(
+        BUCKET,
+        "What the personalization API answers, per profile",
+        std::time::Duration::ZERO,
+    )
+    .await
 }
 
 /// The key of a profile's answer; `None` for an id that cannot be part of a key.

@@ -73,7 +73,21 @@ pub struct NatsServer {
     addr: SocketAddr,
     store_dir: PathBuf,
     log_file: Option<PathBuf>,
+    cluster: Option<ClusterNode>,
     child: Option<Child>,
+}
+
+/// A server's place in a JetStream cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    /// The cluster's name, the same on every node.
+    pub cluster: String,
+    /// This node's name, unique in the cluster (JetStream needs one).
+    pub server: String,
+    /// Where this node listens for the others.
+    pub listen: SocketAddr,
+    /// The other nodes' cluster addresses.
+    pub routes: Vec<SocketAddr>,
 }
 
 impl NatsServer {
@@ -85,14 +99,40 @@ impl NatsServer {
         store_dir: &Path,
         log_file: Option<&Path>,
     ) -> Result<Self, BusError> {
+        let mut server = Self::launch(binary, addr, store_dir, log_file, None)?;
+        server.wait_until_ready().await?;
+        Ok(server)
+    }
+
+    /// Starts one node of a JetStream cluster without waiting: a node alone cannot answer
+    /// JetStream requests until a majority of the cluster is up, so the caller launches
+    /// every node, then waits for each with [`NatsServer::wait_until_ready`].
+    pub fn launch_cluster_node(
+        binary: &Path,
+        addr: SocketAddr,
+        store_dir: &Path,
+        log_file: Option<&Path>,
+        node: ClusterNode,
+    ) -> Result<Self, BusError> {
+        Self::launch(binary, addr, store_dir, log_file, Some(node))
+    }
+
+    fn launch(
+        binary: &Path,
+        addr: SocketAddr,
+        store_dir: &Path,
+        log_file: Option<&Path>,
+        cluster: Option<ClusterNode>,
+    ) -> Result<Self, BusError> {
         let mut server = Self {
             binary: binary.to_path_buf(),
             addr,
             store_dir: store_dir.to_path_buf(),
             log_file: log_file.map(Path::to_path_buf),
+            cluster,
             child: None,
         };
-        server.spawn().await?;
+        server.spawn()?;
         Ok(server)
     }
 
@@ -105,7 +145,7 @@ impl NatsServer {
         self.addr
     }
 
-    async fn spawn(&mut self) -> Result<(), BusError> {
+    fn spawn(&mut self) -> Result<(), BusError> {
         std::fs::create_dir_all(&self.store_dir).map_err(|err| {
             BusError::Server(format!("cannot create {}: {err}", self.store_dir.display()))
         })?;
@@ -128,14 +168,31 @@ impl NatsServer {
         if let Some(log) = &self.log_file {
             command.arg("--log").arg(log);
         }
+        if let Some(node) = &self.cluster {
+            let routes: Vec<String> = node
+                .routes
+                .iter()
+                .map(|route| format!("nats://{route}"))
+                .collect();
+            command
+                .arg("--server_name")
+                .arg(&node.server)
+                .arg("--cluster_name")
+                .arg(&node.cluster)
+                .arg("--cluster")
+                .arg(format!("nats://{}", node.listen))
+                .arg("--routes")
+                .arg(routes.join(","));
+        }
         let child = command.spawn().map_err(|err| {
             BusError::Server(format!("cannot start {}: {err}", self.binary.display()))
         })?;
         self.child = Some(child);
-        self.wait_until_ready().await
+        Ok(())
     }
 
-    async fn wait_until_ready(&mut self) -> Result<(), BusError> {
+    /// Waits until the server accepts JetStream requests (20 s at most).
+    pub async fn wait_until_ready(&mut self) -> Result<(), BusError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let url = self.url();
         loop {
@@ -196,6 +253,7 @@ impl NatsServer {
     /// Starts the server again on the same port and store after `stop` or `kill`.
     pub async fn restart(&mut self) -> Result<(), BusError> {
         self.stop().await;
-        self.spawn().await
+        self.spawn()?;
+        self.wait_until_ready().await
     }
 }

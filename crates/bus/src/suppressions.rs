@@ -45,8 +45,12 @@ pub fn link_secret(settings: &Settings) -> Result<Option<String>, ConfigError> {
 
 /// The bucket, created when missing.
 pub async fn open(bus: &Bus) -> Result<kv::Store, BusError> {
-    bus.key_value(BUCKET, "Addresses campaign emails must not go to")
-        .await
+    bus.key_value(
+        BUCKET,
+        "Addresses campaign emails must not go to",
+        std::time::Duration::ZERO,
+    )
+    .await
 }
 
 /// The key of `email`'s suppression from every campaign email (`list`: `None`) or

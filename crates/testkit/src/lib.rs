@@ -1,7 +1,7 @@
 //! Test support shared by every crate's integration tests:
 //!
 //! - [`TestNats`]: a real nats-server with JetStream on a free port and a temporary
-//!   store, stopped and restarted on demand, killed when dropped;
+//!   store (or a cluster of them), stopped and restarted on demand, killed when dropped;
 //! - [`TestHost`]: modules served in-process on free ports, exactly as `cairn serve` and
 //!   `cairn up` serve them, with a handle to shut them down;
 //! - [`events`]: Segment-spec event builders;
@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cairn_bus::server::{NatsServer, find_binary};
+use cairn_bus::server::{ClusterNode, NatsServer, find_binary};
 use cairn_bus::{Bus, BusConfig};
 use cairn_runtime::host::{self, HostError, Listeners, Module, ModuleContext};
 use cairn_runtime::{Credentials, Metrics, Readiness, Settings, Shutdown, Var};
@@ -23,10 +23,10 @@ pub mod proxy;
 pub mod smtp;
 pub mod tls;
 
-/// A nats-server for one test.
+/// A nats-server for one test, or a cluster of them.
 #[derive(Debug)]
 pub struct TestNats {
-    server: NatsServer,
+    servers: Vec<NatsServer>,
     _dir: tempfile::TempDir,
 }
 
@@ -34,19 +34,56 @@ impl TestNats {
     /// Starts nats-server with JetStream on a free port. Panics with the install hint when
     /// the binary cannot be found.
     pub async fn start() -> Self {
-        let configured =
-            std::env::var_os(cairn_bus::server::NATS_SERVER.name).map(std::path::PathBuf::from);
-        let binary = find_binary(configured.as_deref()).unwrap_or_else(|err| panic!("{err}"));
+        let binary = binary();
         let dir = tempfile::tempdir().expect("temporary directory");
-        let addr = free_addr();
-        let server = NatsServer::start(&binary, addr, &dir.path().join("jetstream"), None)
+        let server = NatsServer::start(&binary, free_addr(), &dir.path().join("jetstream"), None)
             .await
             .unwrap_or_else(|err| panic!("{err}"));
-        Self { server, _dir: dir }
+        Self {
+            servers: vec![server],
+            _dir: dir,
+        }
     }
 
+    /// Starts a JetStream cluster of `nodes` nats-servers on loopback, each with its own
+    /// store, and waits until every node answers JetStream requests.
+    pub async fn start_cluster(nodes: usize) -> Self {
+        let binary = binary();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let routes: Vec<SocketAddr> = (0..nodes).map(|_| free_addr()).collect();
+        let mut servers = Vec::with_capacity(nodes);
+        for (index, listen) in routes.iter().enumerate() {
+            let node = ClusterNode {
+                cluster: "cairn-test".to_string(),
+                server: format!("n{index}"),
+                listen: *listen,
+                routes: routes
+                    .iter()
+                    .filter(|route| *route != listen)
+                    .copied()
+                    .collect(),
+            };
+            let store = dir.path().join(format!("n{index}"));
+            let server = NatsServer::launch_cluster_node(&binary, free_addr(), &store, None, node)
+                .unwrap_or_else(|err| panic!("{err}"));
+            servers.push(server);
+        }
+        for server in &mut servers {
+            server
+                .wait_until_ready()
+                .await
+                .unwrap_or_else(|err| panic!("{err}"));
+        }
+        Self { servers, _dir: dir }
+    }
+
+    /// The client URL: every node, comma-separated.
     pub fn url(&self) -> String {
-        self.server.url()
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Bus settings pointed at this server.
@@ -59,15 +96,35 @@ impl TestNats {
         Bus::connect(&self.bus_config(), "test").await.unwrap()
     }
 
-    /// Stops the server (SIGTERM); its data stays for `restart`.
+    /// Stops every node (SIGTERM); the data stays for `restart`.
     pub async fn stop(&mut self) {
-        self.server.stop().await;
+        for server in &mut self.servers {
+            server.stop().await;
+        }
     }
 
-    /// Starts it again on the same port with the same data.
+    /// Starts every node again on the same port with the same data.
     pub async fn restart(&mut self) {
-        self.server.restart().await.unwrap();
+        for server in &mut self.servers {
+            server.restart().await.unwrap();
+        }
     }
+
+    /// SIGKILLs node `index` of a cluster (a crash); the others go on.
+    pub async fn kill_node(&mut self, index: usize) {
+        self.servers[index].kill().await;
+    }
+
+    /// Starts node `index` again on its port and data; it rejoins the cluster.
+    pub async fn restart_node(&mut self, index: usize) {
+        self.servers[index].restart().await.unwrap();
+    }
+}
+
+fn binary() -> std::path::PathBuf {
+    let configured =
+        std::env::var_os(cairn_bus::server::NATS_SERVER.name).map(std::path::PathBuf::from);
+    find_binary(configured.as_deref()).unwrap_or_else(|err| panic!("{err}"))
 }
 
 /// A message as a stream holds it.
