@@ -188,3 +188,17 @@ async fn answers_lost_in_a_cut_fail_by_the_timeout_counted_from_sending() {
         .unwrap();
     assert_eq!(info.state.messages, 2);
 }
+
+#[tokio::test]
+async fn the_bus_connects_to_any_of_the_listed_servers() {
+    let nats = TestNats::start().await;
+    let nobody = cairn_testkit::free_addr();
+    let config = cairn_bus::BusConfig::for_url(&format!("nats://{nobody}, {}", nats.url()));
+    let bus = cairn_bus::Bus::connect(&config, "test").await.unwrap();
+    bus.ensure_stream(streams::events(bus.config()))
+        .await
+        .unwrap();
+    bus.publish_all(vec![message("events.raw.0", "a")])
+        .await
+        .unwrap();
+}
