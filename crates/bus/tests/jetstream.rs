@@ -19,6 +19,12 @@ fn message(subject: &str, id: &str) -> Outgoing {
     }
 }
 
+/// How many messages the EVENTS stream holds.
+async fn events_stored(bus: &cairn_bus::Bus) -> u64 {
+    let stream = bus.jetstream().get_stream(streams::EVENTS).await.unwrap();
+    stream.get_info().await.unwrap().state.messages
+}
+
 #[tokio::test]
 async fn streams_are_created_once_then_updated_in_place() {
     let nats = TestNats::start().await;
@@ -96,15 +102,7 @@ async fn publish_all_waits_for_every_ack_and_dedupes_on_message_id() {
     let acks = bus.publish_all(batch).await.unwrap();
     assert_eq!(acks.len(), 110);
     assert_eq!(acks.iter().filter(|ack| ack.duplicate).count(), 10);
-    let info = bus
-        .jetstream()
-        .get_stream(streams::EVENTS)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap();
-    assert_eq!(info.state.messages, 100);
+    assert_eq!(events_stored(&bus).await, 100);
 }
 
 #[tokio::test]
@@ -178,15 +176,7 @@ async fn answers_lost_in_a_cut_fail_by_the_timeout_counted_from_sending() {
         }
     }
     assert_eq!(acks.len(), 2);
-    let info = bus
-        .jetstream()
-        .get_stream(streams::EVENTS)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap();
-    assert_eq!(info.state.messages, 2);
+    assert_eq!(events_stored(&bus).await, 2);
 }
 
 #[tokio::test]
