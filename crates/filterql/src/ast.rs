@@ -1,7 +1,13 @@
 //! What a FilterQL statement is, once parsed.
+//!
+//! As JSON (serde), the tree is what the console's segment builder edits: `{"and":
+//! [...]}`, `{"compare": {"field": "visit_count", "op": "gt", "value": {"int": 3}}}`,
+//! `{"exists": "email"}`, `{"include": "vip"}`, ...
+
+use serde::{Deserialize, Serialize};
 
 /// `FILTER <expr> [FROM name] [LIMIT n] [WITH key = value, ...] [ALIAS name]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Filter {
     pub expr: Expr,
     /// The collection filtered (`users` when unset).
@@ -13,7 +19,8 @@ pub struct Filter {
     pub alias: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Expr {
     /// All of them hold.
     And(Vec<Expr>),
@@ -57,7 +64,8 @@ pub enum Expr {
     Include(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CompareOp {
     Eq,
     Ne,
@@ -80,7 +88,8 @@ impl CompareOp {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Literal {
     /// Text; also dates (`"2026-11-01"`) and date math (`"now-7d"`), read as times when
     /// compared with times.

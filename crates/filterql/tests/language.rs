@@ -326,6 +326,27 @@ proptest! {
         let parsed = parse(&printed).map_err(|err| TestCaseError::fail(format!("{err}\n{printed}")))?;
         prop_assert_eq!(parsed, filter, "{}", printed);
     }
+
+    #[test]
+    fn the_tree_as_json_gives_the_same_filter(filter in filter()) {
+        let json = serde_json::to_string(&filter).map_err(|err| TestCaseError::fail(err.to_string()))?;
+        let read: Filter = serde_json::from_str(&json).map_err(|err| TestCaseError::fail(format!("{err}\n{json}")))?;
+        prop_assert_eq!(read, filter, "{}", json);
+    }
+}
+
+#[test]
+fn the_tree_as_json_reads_as_the_console_writes_it() {
+    let filter =
+        parse(r#"FILTER AND (visit_count > 3, EXISTS email, NOT INCLUDE churned)"#).unwrap();
+    assert_eq!(
+        serde_json::to_value(&filter.expr).unwrap(),
+        json!({"and": [
+            {"compare": {"field": "visit_count", "op": "gt", "value": {"int": 3}}},
+            {"exists": "email"},
+            {"not": {"include": "churned"}},
+        ]})
+    );
 }
 
 const NOW: i64 = 1_795_000_000_000;
