@@ -195,11 +195,80 @@ impl<S: Store> RangeScan<S> {
         }
     }
 
-    /// The share of this scan's range at or below `token`.
     fn share_below(&self, token: i64) -> f64 {
-        let width = (i128::from(self.range.end) - i128::from(self.range.start) + 1) as f64;
-        let done = (i128::from(token) - i128::from(self.range.start) + 1) as f64;
-        (done / width).clamp(0.0, 1.0)
+        share_below(self.range, token)
+    }
+}
+
+/// The share of `range` at or below `token`.
+fn share_below(range: TokenRange, token: i64) -> f64 {
+    let width = (i128::from(range.end) - i128::from(range.start) + 1) as f64;
+    let done = (i128::from(token) - i128::from(range.start) + 1) as f64;
+    (done / width).clamp(0.0, 1.0)
+}
+
+/// What a filter not yet saved would hold, from a sample of the profiles.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Preview {
+    pub evaluated: u64,
+    pub matched: u64,
+    /// The share of the profiles' token space evaluated, from 0 to 1.
+    pub fraction: f64,
+    pub sample: Vec<String>,
+}
+
+impl Preview {
+    /// The size the segment would have over every profile. Tokens are hashes, so the
+    /// profiles first in token order are a fair sample of them all.
+    pub fn estimated_size(&self) -> u64 {
+        if self.fraction >= 1.0 || self.fraction <= 0.0 {
+            return self.matched;
+        }
+        (self.matched as f64 / self.fraction).round() as u64
+    }
+}
+
+/// Evaluates segment `segment` of `set` (saved or not) over the profiles first in
+/// token order, about `max_profiles` of them, from their stored documents.
+pub async fn preview<S: Store>(
+    store: &S,
+    set: &SegmentSet,
+    segment: &str,
+    max_profiles: u64,
+) -> Result<Preview, SegmentError> {
+    let mut preview = Preview::default();
+    let mut cursor: Option<ScanCursor> = None;
+    loop {
+        let page = store
+            .scan(&PROFILES, TokenRange::FULL, cursor, PAGE)
+            .await?;
+        for (key, record) in &page.records {
+            let (changed, view) = match stored_change(key, record) {
+                Ok(Some(stored)) => stored,
+                Ok(None) => continue, // merged into another
+                Err(err) => {
+                    tracing::warn!(error = %err, "preview skips a damaged profile");
+                    continue;
+                }
+            };
+            preview.evaluated += 1;
+            let mut members = BTreeMap::new();
+            set.evaluate(&view, None, &mut members, now_ms());
+            if members.contains_key(segment) {
+                preview.matched += 1;
+                if preview.sample.len() < SAMPLE {
+                    preview.sample.push(changed.profile_id);
+                }
+            }
+        }
+        preview.fraction = match (&page.next, page.records.last()) {
+            (Some(_), Some((key, _))) => share_below(TokenRange::FULL, token_of(key)),
+            _ => 1.0,
+        };
+        cursor = page.next;
+        if cursor.is_none() || preview.evaluated >= max_profiles {
+            return Ok(preview);
+        }
     }
 }
 
@@ -291,4 +360,23 @@ pub async fn scan_members<S: Store>(
         joined.map_err(|err| SegmentError::Busy(format!("a scan stopped: {err}")))??;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preview_scales_its_matches_by_the_share_evaluated() {
+        let part = |matched, fraction| Preview {
+            evaluated: 100,
+            matched,
+            fraction,
+            sample: Vec::new(),
+        };
+        assert_eq!(part(25, 0.25).estimated_size(), 100);
+        assert_eq!(part(25, 1.0).estimated_size(), 25);
+        assert_eq!(part(0, 0.1).estimated_size(), 0);
+        assert_eq!(part(3, 0.0).estimated_size(), 3, "nothing to scale by");
+    }
 }

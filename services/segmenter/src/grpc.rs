@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::batch::{Batches, Progress, scan_members};
+use crate::batch::{Batches, Progress, preview, scan_members};
 use crate::definitions::{self, Definition, Draft, Webhook};
 use crate::error::SegmentError;
 use crate::live::LiveHandler;
@@ -28,6 +28,19 @@ pub struct SegmentsService<S> {
 
 /// How often a batch run's progress is sent at most.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Profiles a preview evaluates when the request does not say.
+const PREVIEW_PROFILES: u64 = 10_000;
+
+/// The name a filter not yet saved goes by: the one asked for, its ALIAS, or a
+/// placeholder.
+fn draft_name(requested: &str, filter: &cairn_filterql::Filter) -> String {
+    match (requested.trim(), filter.alias.as_deref()) {
+        ("", Some(alias)) => alias.to_string(),
+        ("", None) => "(new segment)".to_string(),
+        (name, _) => name.to_string(),
+    }
+}
 
 fn authorize<T>(request: &Request<T>, role: Role) -> Result<(), SegmentError> {
     require_role(request.extensions().get::<Principal>(), role)?;
@@ -312,11 +325,7 @@ impl<S: Store> Segments for SegmentsService<S> {
             }
         };
         let canonical = cairn_filterql::print(&filter);
-        let name = match (request.name.trim(), filter.alias.as_deref()) {
-            ("", Some(alias)) => alias.to_string(),
-            ("", None) => "(new segment)".to_string(),
-            (name, _) => name.to_string(),
-        };
+        let name = draft_name(&request.name, &filter);
         let (saved, _) = definitions::load(&self.store).await?;
         let mut set = saved.set()?;
         let problems = match set.insert(&name, filter) {
@@ -334,6 +343,36 @@ impl<S: Store> Segments for SegmentsService<S> {
         Ok(Response::new(pb::CheckResponse {
             canonical,
             problems,
+        }))
+    }
+
+    async fn preview(
+        &self,
+        request: Request<pb::PreviewRequest>,
+    ) -> Result<Response<pb::PreviewResponse>, Status> {
+        authorize(&request, Role::Read)?;
+        let request = request.into_inner();
+        let filter = cairn_filterql::parse(&request.filter).map_err(|err| {
+            SegmentError::InvalidArgument(format!(
+                "filter: line {}, column {}: {}",
+                err.line, err.column, err.message
+            ))
+        })?;
+        let name = draft_name(&request.name, &filter);
+        let (saved, _) = definitions::load(&self.store).await?;
+        let mut set = saved.set()?;
+        set.insert(&name, filter)?;
+        let max_profiles = match request.max_profiles {
+            0 => PREVIEW_PROFILES,
+            max => max,
+        };
+        let found = preview(&self.store, &set, &name, max_profiles).await?;
+        Ok(Response::new(pb::PreviewResponse {
+            evaluated: found.evaluated,
+            matched: found.matched,
+            fraction: found.fraction,
+            estimated_size: found.estimated_size(),
+            sample: found.sample,
         }))
     }
 }

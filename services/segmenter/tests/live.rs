@@ -174,6 +174,43 @@ async fn a_batch_run_agrees_with_the_live_memberships_and_fills_in_a_new_segment
             "the live memberships were right: {batch:?}"
         );
     }
+
+    // A filter not saved yet, previewed: what saving it would hold, with nothing saved
+    // or announced.
+    let preview = mesh
+        .client()
+        .await
+        .preview(with(pb::PreviewRequest {
+            filter: "FILTER AND (INCLUDE regulars, NOT plan == \"pro\")".to_string(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let free_regulars = visitors(&mesh.store, COUNT, |n| n % 4 >= 2 && !n.is_multiple_of(3)).await;
+    assert_eq!(preview.evaluated, COUNT as u64, "{preview:?}");
+    assert_eq!(preview.fraction, 1.0, "every profile was evaluated");
+    assert_eq!(preview.matched, free_regulars.len() as u64, "{preview:?}");
+    assert_eq!(preview.estimated_size, preview.matched);
+    assert_eq!(
+        preview.sample.into_iter().collect::<BTreeSet<_>>(),
+        free_regulars
+    );
+    let refused = mesh
+        .client()
+        .await
+        .preview(with(pb::PreviewRequest {
+            filter: "FILTER INCLUDE nowhere".to_string(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("nowhere"),
+        "{}",
+        refused.message()
+    );
     assert_eq!(mesh.transitions().await.len(), announced);
 
     // A segment saved now is filled in over everyone already profiled, each entry
