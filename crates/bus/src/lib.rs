@@ -194,6 +194,18 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// A readiness check for a service on this bus: failing while NATS is unreachable.
+    pub fn readiness_check(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+        let bus = self.clone();
+        move || {
+            if bus.is_connected() {
+                Ok(())
+            } else {
+                Err("not connected".to_string())
+            }
+        }
+    }
+
     /// Creates the stream, or updates it to `config` when it exists. Idempotent; waits
     /// (see [`declare`]) while JetStream cannot answer yet.
     pub async fn ensure_stream(&self, config: stream::Config) -> Result<stream::Info, BusError> {

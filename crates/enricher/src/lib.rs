@@ -244,16 +244,9 @@ pub async fn start<E: Enrich>(
     let consumer = bus
         .ensure_consumer(streams::IDENTIFIED, consumer_config(logic.source(), batch))
         .await?;
-    let readiness_bus = bus.clone();
     context
         .readiness
-        .add_check(format!("{service}: NATS"), move || {
-            if readiness_bus.is_connected() {
-                Ok(())
-            } else {
-                Err("not connected".to_string())
-            }
-        });
+        .add_check(format!("{service}: NATS"), bus.readiness_check());
     let handler = Enricher::new(
         Arc::new(logic),
         bus.partitions(),

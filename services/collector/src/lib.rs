@@ -54,14 +54,9 @@ pub async fn start(context: &ModuleContext) -> Result<Module, CollectorError> {
     let info = bus.ensure_stream(streams::events(&bus_config)).await?;
     tracing::info!(stream = %info.config.name, messages = info.state.messages, "EVENTS stream ready");
 
-    let readiness_bus = bus.clone();
-    context.readiness.add_check("collector: NATS", move || {
-        if readiness_bus.is_connected() {
-            Ok(())
-        } else {
-            Err("not connected".to_string())
-        }
-    });
+    context
+        .readiness
+        .add_check("collector: NATS", bus.readiness_check());
     if !context.credentials.has_write_keys() {
         tracing::warn!(
             "no write keys configured (CAIRN_WRITE_KEYS): every ingest request will get 401"

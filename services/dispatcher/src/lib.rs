@@ -73,14 +73,9 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
     let consumer = bus
         .ensure_consumer(streams::CAMPAIGNS, consumer_config())
         .await?;
-    let readiness_bus = bus.clone();
-    context.readiness.add_check("dispatcher: NATS", move || {
-        if readiness_bus.is_connected() {
-            Ok(())
-        } else {
-            Err("not connected".to_string())
-        }
-    });
+    context
+        .readiness
+        .add_check("dispatcher: NATS", bus.readiness_check());
     let senders = send::Senders::new(&config)?;
     tracing::info!(sender = ?config.sender, pools = ?config.pools, "dispatcher ready");
     if config.link_secret.is_none() {

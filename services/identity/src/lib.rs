@@ -114,14 +114,9 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         config.lease,
         config.patience,
     ));
-    let readiness_bus = bus.clone();
-    context.readiness.add_check("identity: NATS", move || {
-        if readiness_bus.is_connected() {
-            Ok(())
-        } else {
-            Err("not connected".to_string())
-        }
-    });
+    context
+        .readiness
+        .add_check("identity: NATS", bus.readiness_check());
     let handler = handler::IdentityHandler {
         graph: graph.clone(),
         partitions: bus.partitions(),

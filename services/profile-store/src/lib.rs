@@ -114,14 +114,9 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         member = ownership.member(),
         "joined the profile-store replicas"
     );
-    let readiness_bus = bus.clone();
-    context.readiness.add_check("profile-store: NATS", move || {
-        if readiness_bus.is_connected() {
-            Ok(())
-        } else {
-            Err("not connected".to_string())
-        }
-    });
+    context
+        .readiness
+        .add_check("profile-store: NATS", bus.readiness_check());
     let handler = handler::ProfileHandler {
         store: store.clone(),
         fold: Arc::new(config.fold.clone()),

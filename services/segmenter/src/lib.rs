@@ -221,14 +221,9 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         )
         .await?;
 
-    let readiness_bus = bus.clone();
-    context.readiness.add_check("segmenter: NATS", move || {
-        if readiness_bus.is_connected() {
-            Ok(())
-        } else {
-            Err("not connected".to_string())
-        }
-    });
+    context
+        .readiness
+        .add_check("segmenter: NATS", bus.readiness_check());
     let handler =
         live::LiveHandler::new(store.clone(), bus.partitions(), bus_config.derived_max_age);
 
