@@ -7,7 +7,7 @@ use cairn_proto::admin::v1::StatusRequest;
 use cairn_proto::admin::v1::admin_client::AdminClient;
 use cairn_runtime::host::{DATA_DIR, GRPC_ADDR};
 use cairn_runtime::{Settings, Var};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
 use crate::dev::{DEV_ADMIN_TOKEN_FILE, read_dev_secret};
 use crate::modules;
@@ -17,12 +17,6 @@ pub const TOKEN: Var = Var {
     name: "CAIRN_TOKEN",
     default: "",
     doc: "Bearer token the CLI's admin commands (`cairn status`, ...) send to CAIRN_GRPC_ADDR; without it they use the development token `cairn up` wrote into the data directory.",
-};
-
-pub const TLS_CA: Var = Var {
-    name: "CAIRN_TLS_CA",
-    default: "",
-    doc: "PEM certificate of the CA the CLI's admin commands trust when CAIRN_GRPC_ADDR serves TLS (CAIRN_TLS_CERT); set, they connect over TLS.",
 };
 
 /// A connection to a running Cairn and the token to present.
@@ -47,19 +41,7 @@ impl AdminConnection {
             }
         };
         let addr = settings.string(&GRPC_ADDR);
-        let endpoint = match settings.optional(&TLS_CA) {
-            Some(ca_path) => {
-                let ca = std::fs::read(&ca_path).map_err(|err| {
-                    settings.invalid(&TLS_CA, format!("cannot read {ca_path}: {err}"))
-                })?;
-                Channel::from_shared(format!("https://{addr}"))
-                    .map_err(|err| settings.invalid(&GRPC_ADDR, err.to_string()))?
-                    .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
-                    .map_err(|err| settings.invalid(&TLS_CA, err.to_string()))?
-            }
-            None => Channel::from_shared(format!("http://{addr}"))
-                .map_err(|err| settings.invalid(&GRPC_ADDR, err.to_string()))?,
-        };
+        let endpoint = cairn_runtime::grpc::client_endpoint(settings, &GRPC_ADDR, &addr)?;
         let channel = endpoint.connect().await.with_context(|| {
             format!("cannot reach Cairn's gRPC API at {addr} (CAIRN_GRPC_ADDR); is it running?")
         })?;

@@ -66,6 +66,7 @@ pub async fn up(demo: bool) -> anyhow::Result<()> {
     let http = settings.string(&HTTP_ADDR);
     println!("Cairn is starting: {}", modules::names().join(", "));
     println!("  HTTP   http://{http}   (Segment-spec API: POST /v1/track, /v1/batch, ...)");
+    println!("  console http://{http}/console/   (sign in with an admin token)");
     println!("  gRPC   {}", settings.string(&GRPC_ADDR));
     println!(
         "  admin  http://{}/metrics /healthz /readyz",

@@ -166,6 +166,19 @@ pub const MODULES: &[ModuleSpec] = &[
             })
         },
     },
+    ModuleSpec {
+        name: "console",
+        summary: "web console at /console: segment builder, profile explorer, campaigns, live view (calls the services' gRPC APIs)",
+        http: true,
+        vars: cairn_console::vars,
+        start: |context, _| {
+            Box::pin(async move {
+                cairn_console::start(context)
+                    .await
+                    .map_err(|err| Box::new(err) as BoxError)
+            })
+        },
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ModuleSpec> {

@@ -13,7 +13,7 @@ use crate::modules::{self, MODULES, ModuleSpec, Resources};
 /// Variables only the command-line tools read.
 pub const CLI_VARS: [Var; 3] = [
     crate::admin::TOKEN,
-    crate::admin::TLS_CA,
+    cairn_runtime::tls::TLS_CA,
     cairn_bus::server::NATS_SERVER,
 ];
 

@@ -286,7 +286,7 @@ async fn each_service_serves_what_the_chart_probes_and_declares_the_consumers_ke
     let Some(count) = check_workloads("keda-values.yaml", &nats).await else {
         return;
     };
-    assert_eq!(count, 9, "one Deployment per service");
+    assert_eq!(count, 10, "one Deployment per service");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,6 +350,9 @@ fn the_values_schema_names_exactly_the_variables_the_binary_reads() {
             "CAIRN_TLS_CERT",
             "CAIRN_TLS_KEY",
             "CAIRN_TLS_CA",
+            "CAIRN_CONSOLE_SEGMENTER_ADDR",
+            "CAIRN_CONSOLE_PROFILE_STORE_ADDR",
+            "CAIRN_CONSOLE_DISPATCHER_ADDR",
             "CAIRN_SCYLLA_DATACENTER",
             "CAIRN_STORE_FSYNC",
             "CAIRN_STORE_CACHE",

@@ -92,7 +92,7 @@ app.kubernetes.io/component: {{ .component }}
 {{/* The enabled services, in the order `cairn up` starts them. */}}
 {{- define "cairn.enabledServices" -}}
 {{- $enabled := list -}}
-{{- range $name := list "collector" "identity" "profile-store" "enrich-geo" "enrich-device" "enrich-activity" "enrich-content" "segmenter" "dispatcher" -}}
+{{- range $name := list "collector" "identity" "profile-store" "enrich-geo" "enrich-device" "enrich-activity" "enrich-content" "segmenter" "dispatcher" "console" -}}
 {{- if (index $.Values.services $name).enabled -}}
 {{- $enabled = append $enabled $name -}}
 {{- end -}}
@@ -151,7 +151,7 @@ services (what it runs), values (its merged settings).
 {{- define "cairn.podTemplate" -}}
 {{- $root := .root -}}
 {{- $values := .values -}}
-{{- $http := has "collector" .services -}}
+{{- $http := or (has "collector" .services) (has "console" .services) -}}
 metadata:
   labels:
     {{- include "cairn.labels" $root | nindent 4 }}
@@ -243,6 +243,17 @@ spec:
           value: /etc/cairn/tls/tls.crt
         - name: CAIRN_TLS_KEY
           value: /etc/cairn/tls/tls.key
+        {{- end }}
+        {{- if eq .component "console" }}
+        {{- /* The console calls each service at its own Service. */}}
+        {{- range $var, $service := dict "CAIRN_CONSOLE_SEGMENTER_ADDR" "segmenter" "CAIRN_CONSOLE_PROFILE_STORE_ADDR" "profile-store" "CAIRN_CONSOLE_DISPATCHER_ADDR" "dispatcher" }}
+        - name: {{ $var }}
+          value: {{ include "cairn.fullname" $root }}-{{ $service }}:50051
+        {{- end }}
+        {{- if $root.Values.tls.secretName }}
+        - name: CAIRN_TLS_CA
+          value: /etc/cairn/tls/ca.crt
+        {{- end }}
         {{- end }}
         {{- range $name, $value := $values.env }}
         - name: {{ $name }}

@@ -15,6 +15,7 @@ use tonic_health::server::HealthReporter;
 use tower::{Layer, Service};
 
 use crate::auth::{Credentials, Principal, authenticate_headers};
+use crate::config::{ConfigError, Settings, Var};
 use crate::error::to_status;
 use crate::tls::ServerTls;
 
@@ -255,4 +256,28 @@ pub async fn set_not_serving(reporter: &HealthReporter, names: &[&'static str]) 
     reporter
         .set_service_status("", ServingStatus::NotServing)
         .await;
+}
+
+/// A client endpoint for Cairn's gRPC API at `addr` (`host:port`): over TLS trusting
+/// the CA in `CAIRN_TLS_CA` when that is set, else plain. `var` names the setting
+/// `addr` came from, for errors.
+pub fn client_endpoint(
+    settings: &Settings,
+    var: &Var,
+    addr: &str,
+) -> Result<tonic::transport::Endpoint, ConfigError> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    match settings.optional(&crate::tls::TLS_CA) {
+        Some(ca_path) => {
+            let ca = std::fs::read(&ca_path).map_err(|err| {
+                settings.invalid(&crate::tls::TLS_CA, format!("cannot read {ca_path}: {err}"))
+            })?;
+            Channel::from_shared(format!("https://{addr}"))
+                .map_err(|err| settings.invalid(var, err.to_string()))?
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+                .map_err(|err| settings.invalid(&crate::tls::TLS_CA, err.to_string()))
+        }
+        None => Channel::from_shared(format!("http://{addr}"))
+            .map_err(|err| settings.invalid(var, err.to_string())),
+    }
 }

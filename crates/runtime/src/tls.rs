@@ -32,6 +32,12 @@ pub const TLS_KEY: Var = Var {
     doc: "PEM private key of CAIRN_TLS_CERT.",
 };
 
+pub const TLS_CA: Var = Var {
+    name: "CAIRN_TLS_CA",
+    default: "",
+    doc: "PEM certificate of the CA trusted by what calls Cairn's gRPC API (the CLI's admin commands, the console) when it serves TLS (CAIRN_TLS_CERT); set, they connect over TLS.",
+};
+
 /// Longest a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the server to take them.

@@ -1011,6 +1011,11 @@ impl ProfileSchema {
         TOP_FIELDS.contains(&name)
     }
 
+    /// The profile view's top fields, in the view's order.
+    pub fn top_fields() -> &'static [&'static str] {
+        TOP_FIELDS
+    }
+
     /// The name under which `profiles.changed` reports a change of the view's `field`
     /// (or of anything under it): event counts change as `events.<name>`, traits as
     /// `traits.<name>`, facts as `facts.<source>`; a one-word field the profile does
