@@ -42,12 +42,16 @@ impl Person {
     }
 }
 
-/// The traffic: every person's events in the order a site would send them, interleaved.
+/// The traffic: every person's events in the order a site would send them, interleaved;
+/// as many people as make `events` events (the last one may add a few more).
 fn traffic(events: usize) -> (Vec<Person>, Vec<Value>) {
-    let people = events / (PAGES_PER_PERSON + 4);
-    let mut persons = Vec::with_capacity(people);
-    let mut streams: Vec<Vec<Value>> = Vec::with_capacity(people);
-    for p in 0..people {
+    let mut persons = Vec::new();
+    let mut streams: Vec<Vec<Value>> = Vec::new();
+    let mut total = 0;
+    for p in 0.. {
+        if total >= events {
+            break;
+        }
         let mut person = Person::default();
         let mut calls = Vec::new();
         let first = format!("a{p}");
@@ -82,11 +86,12 @@ fn traffic(events: usize) -> (Vec<Person>, Vec<Value>) {
         }
         person.email = email;
         persons.push(person);
+        total += calls.len();
         streams.push(calls);
     }
     // Round-robin over people, so everyone's events spread over the whole run.
-    let mut interleaved = Vec::with_capacity(events);
-    let mut cursors = vec![0; people];
+    let mut interleaved = Vec::with_capacity(total);
+    let mut cursors = vec![0; streams.len()];
     loop {
         let mut any = false;
         for (p, calls) in streams.iter().enumerate() {
