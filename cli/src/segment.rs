@@ -264,6 +264,8 @@ async fn run_remote(command: SegmentCommand) -> anyhow::Result<()> {
                     description,
                     webhook_url: webhook.unwrap_or_default(),
                     webhook_secret: webhook_secret.unwrap_or_default(),
+                    // `create` saves the segment as given: no --webhook, no webhook.
+                    keep_webhook: false,
                 })?)
                 .await
                 .map_err(explain)?

@@ -113,6 +113,7 @@ function table(headers, rows) {
 // ---------------------------------------------------------------- sign-in
 
 function showLogin() {
+  stopLive();
   document.getElementById("page").hidden = true;
   document.getElementById("login").hidden = false;
   document.getElementById("logout").hidden = true;
@@ -154,15 +155,26 @@ async function schema() {
 
 // ---------------------------------------------------------------- routing
 
+// Routes are hashes starting with "#/"; other hashes (the skip link) are in-page links.
+function isRoute(hash) {
+  return hash === "" || hash === "#" || hash.startsWith("#/");
+}
+
 async function route() {
-  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  const generation = ++session.generation;
+  const hash = isRoute(location.hash) ? location.hash : "#/segments";
+  let parts;
+  try {
+    parts = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  } catch (_) {
+    parts = ["not-found"];
+  }
   const name = parts[0] || "segments";
   for (const link of document.querySelectorAll("header nav a")) {
     const current = link.getAttribute("href") === "#/" + name;
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  const generation = ++session.generation;
   try {
     if (name === "segments") await segmentsPage();
     else if (name === "builder") await builderPage(parts[1] || "");
@@ -171,7 +183,7 @@ async function route() {
     else if (name === "live") await livePage();
     else page(generation, "Not found", el("p", {}, "There is no page ", name, "."));
   } catch (err) {
-    if (err instanceof Stale) return;
+    if (err instanceof Stale || generation !== session.generation) return;
     if (err.status !== 401) page(generation, "Something went wrong", failure(err));
   }
   document.getElementById("main").focus();
@@ -185,7 +197,7 @@ async function segmentsPage() {
   const rows = segments.map((segment) => el("tr", {},
     el("td", {}, el("a", { href: "#/builder/" + encodeURIComponent(segment.name) }, segment.name),
       segment.description ? el("div", { class: "hint" }, segment.description) : null),
-    el("td", { class: "num", "data-size": segment.size }, number(segment.size)),
+    el("td", { class: "num" }, segment.size === null ? "unknown" : number(segment.size)),
     el("td", { class: "num" }, number(segment.entered_last_hour)),
     el("td", { class: "num" }, number(segment.exited_last_hour)),
     el("td", {}, el("pre", {}, segment.filter)),
@@ -201,7 +213,13 @@ async function segmentsPage() {
 
 async function showMembers(button, name) {
   const cell = button.parentElement;
-  const members = await api("GET", "segments/" + encodeURIComponent(name) + "/members?limit=20");
+  let members;
+  try {
+    members = await api("GET", "segments/" + encodeURIComponent(name) + "/members?limit=20");
+  } catch (err) {
+    fill(cell, failure(err));
+    return;
+  }
   fill(cell, el("ul", { "aria-label": "Members of " + name }, members.length
     ? members.map((member) => el("li", {}, el("a", { href: "#/profiles/id/" + encodeURIComponent(member.profile_id) + "/" + encodeURIComponent(name) }, member.profile_id)))
     : el("li", {}, "none")));
@@ -222,10 +240,17 @@ function fieldType(field) {
   return "any";
 }
 
+function quote(text) {
+  return '"' + text.replace(/\\/g, "\\\\").replace(/"/g, '\\"') + '"';
+}
+
+function unquote(text) {
+  return text.slice(1, -1).replace(/\\(.)/g, "$1");
+}
+
 function literal(text, type) {
   const value = String(text).trim();
-  const quoted = /^"(.*)"$/s.exec(value);
-  if (quoted) return { text: quoted[1] };
+  if (/^"(?:[^"\\]|\\.)*"$/s.test(value)) return { text: unquote(value) };
   if (type === "text" || type === "time") return { text: value };
   if (/^-?\d+$/.test(value) && Number.isSafeInteger(Number(value))) return { int: Number(value) };
   if (/^-?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$/.test(value)) return { float: Number(value) };
@@ -233,23 +258,30 @@ function literal(text, type) {
   return { text: value };
 }
 
-function literalText(value, type) {
+// How a literal is written in a value input: text as it is, unless reading it back
+// would give something else (a number, a bool, quotes, spaces at the ends, or, in a
+// list, a comma), then quoted.
+function literalText(value, type, inList) {
   if ("text" in value) {
-    const looksTyped = /^-?[\d.]+([eE][-+]?\d+)?$|^(true|false)$|^".*"$/s.test(value.text);
-    return looksTyped && type !== "text" && type !== "time" ? '"' + value.text + '"' : value.text;
+    const text = value.text;
+    const ambiguous = /^-?[\d.]+([eE][-+]?\d+)?$|^(true|false)$/.test(text) && type !== "text" && type !== "time";
+    const unsafe = /^"|^\s|\s$/.test(text) || (inList && (text === "" || /[",]/.test(text)));
+    return ambiguous || unsafe ? quote(text) : text;
   }
   if ("int" in value) return String(value.int);
   if ("float" in value) return String(value.float);
   return String(value.bool);
 }
 
+let nodeIds = 0;
+
 function group(op, children, negate) {
-  return { type: "group", op, negate: !!negate, children };
+  return { type: "group", id: ++nodeIds, op, negate: !!negate, children };
 }
 
 function condition(kind, fields) {
-  return Object.assign({ type: "condition", kind, negate: false, field: "", op: "eq",
-    value: "", value2: "", event: "", window: "30d", segment: "" }, fields);
+  return Object.assign({ type: "condition", id: ++nodeIds, kind, negate: false, field: "", op: "eq",
+    value: "", value2: "", event: "", window: "30d", segment: "", original: null }, fields);
 }
 
 function toModel(expr, negate) {
@@ -265,40 +297,69 @@ function toModel(expr, negate) {
     made = behaviour
       ? condition("behaviour", { event: behaviour[1], window: behaviour[2], op, value: literalText(value, "number") })
       : condition("attribute", { field, op, value: literalText(value, fieldType(field)) });
+    made.original = { literals: { value } };
   } else {
     const [op, body] = Object.entries(expr)[0];
     const type = fieldType(body.field);
     made = condition("attribute", { field: body.field, op });
-    if (op === "in" || op === "intersects") made.value = body.values.map((value) => literalText(value, type)).join(", ");
-    else if (op === "contains") made.value = literalText(body.value, type);
-    else if (op === "like") made.value = body.pattern;
+    made.original = { literals: {} };
+    if (op === "in" || op === "intersects") {
+      made.value = body.values.map((value) => literalText(value, type, true)).join(", ");
+      made.original.literals.value = body.values;
+    } else if (op === "contains") {
+      made.value = literalText(body.value, type);
+      made.original.literals.value = body.value;
+    } else if (op === "like") made.value = body.pattern;
     else if (op === "between") {
       made.value = literalText(body.low, type);
       made.value2 = literalText(body.high, type);
+      made.original.literals = { value: body.low, value2: body.high };
     }
   }
+  // What was read from the text, to give back as it was while the condition is unedited.
+  if (made.original) Object.assign(made.original, { kind: made.kind, field: made.field, op: made.op, event: made.event,
+    window: made.window, value: made.value, value2: made.value2 });
   made.negate = !!negate;
   return made;
 }
 
+// "a, \"b, c\", 3" → three values; quoted parts keep their commas.
 function splitValues(text, type) {
-  return text.split(",").map((part) => part.trim()).filter((part) => part !== "").map((part) => literal(part, type));
+  const values = [];
+  for (const match of text.matchAll(/\s*("(?:[^"\\]|\\.)*"|[^,]*?)\s*(?:,|$)/gs)) {
+    if (match[1] !== "") values.push(literal(match[1], type));
+    if (match.index + match[0].length >= text.length) break;
+  }
+  return values;
+}
+
+// The literal(s) read from the text for `key`, while the condition is as it was read;
+// else what the input says now.
+function kept(node, key, fresh) {
+  const original = node.original;
+  const unchanged = original && ["kind", "field", "op", "event", "window", "value", "value2"]
+    .every((name) => original[name] === node[name]);
+  return unchanged && key in original.literals ? original.literals[key] : fresh();
 }
 
 function conditionExpr(node) {
   if (node.kind === "segment") return { include: node.segment };
   if (node.kind === "behaviour") {
-    return { compare: { field: "event_count." + node.event + "." + node.window, op: node.op, value: literal(node.value, "number") } };
+    return { compare: { field: "event_count." + node.event + "." + node.window, op: node.op,
+      value: kept(node, "value", () => literal(node.value, "number")) } };
   }
   const type = fieldType(node.field);
+  const value = () => kept(node, "value", () => literal(node.value, type));
+  const values = () => kept(node, "value", () => splitValues(node.value, type));
   switch (node.op) {
     case "exists": return { exists: node.field };
-    case "in": return { in: { field: node.field, values: splitValues(node.value, type) } };
-    case "intersects": return { intersects: { field: node.field, values: splitValues(node.value, type) } };
-    case "contains": return { contains: { field: node.field, value: literal(node.value, type) } };
+    case "in": return { in: { field: node.field, values: values() } };
+    case "intersects": return { intersects: { field: node.field, values: values() } };
+    case "contains": return { contains: { field: node.field, value: value() } };
     case "like": return { like: { field: node.field, pattern: node.value } };
-    case "between": return { between: { field: node.field, low: literal(node.value, type), high: literal(node.value2, type) } };
-    default: return { compare: { field: node.field, op: node.op, value: literal(node.value, type) } };
+    case "between": return { between: { field: node.field, low: value(),
+      high: kept(node, "value2", () => literal(node.value2, type)) } };
+    default: return { compare: { field: node.field, op: node.op, value: value() } };
   }
 }
 
@@ -328,9 +389,20 @@ async function builderPage(editing) {
   const saveButton = el("button", { id: "save", type: "submit", class: "primary", disabled: !session.canWrite }, "Save segment");
   const saveStatus = el("p", { id: "save-status", role: "status" });
 
-  const render = () => fill(builder, renderGroup(state.root, null, changed, render));
+  // Rebuilds the builder, keeping the keyboard focus on the same control.
+  const render = () => {
+    const focused = document.activeElement && builder.contains(document.activeElement)
+      ? document.activeElement.getAttribute("data-key") : null;
+    fill(builder, renderGroup(state.root, null, changed, render));
+    const again = focused && [...builder.querySelectorAll("[data-key]")].find((node) => node.getAttribute("data-key") === focused);
+    if (again) again.focus();
+  };
+
+  // Each request's answer is used only if no newer request of its kind was made.
+  const latest = { check: 0, print: 0, parse: 0 };
 
   const validate = debounce(async (filter) => {
+    const mine = ++latest.check;
     fill(problems);
     size.textContent = "";
     fill(sample);
@@ -341,6 +413,7 @@ async function builderPage(editing) {
     status.textContent = "Checking…";
     try {
       const checked = await api("POST", "segments/check", { filter, name: nameInput.value });
+      if (mine !== latest.check) return;
       if (checked.problems.length) {
         status.textContent = "This segment cannot be saved yet:";
         status.className = "error";
@@ -351,6 +424,7 @@ async function builderPage(editing) {
       status.textContent = "The filter checks out.";
       status.className = "ok";
       const preview = await api("POST", "segments/preview", { filter, name: nameInput.value });
+      if (mine !== latest.check) return;
       const share = preview.fraction >= 1 ? "all " + number(preview.evaluated) + " profiles"
         : number(preview.evaluated) + " profiles (" + Math.round(preview.fraction * 100) + "% of them)";
       fill(size, "Estimated size: ", el("strong", { id: "estimated-size" }, number(preview.estimated_size)),
@@ -358,13 +432,16 @@ async function builderPage(editing) {
       fill(sample, ...preview.sample.map((id) =>
         el("li", {}, el("a", { href: "#/profiles/id/" + encodeURIComponent(id) }, id))));
     } catch (err) {
+      if (mine !== latest.check) return;
       status.textContent = err.message;
       status.className = "error";
     }
   }, 250);
 
-  // The builder changed: write its FilterQL, then check it.
-  const changed = debounce(async () => {
+  // Writes the builder's FilterQL into the text, then checks it.
+  const print = async () => {
+    const mine = ++latest.print;
+    state.dirty = false;
     try {
       if (!state.root.children.length && state.root.type === "group") {
         text.value = "";
@@ -374,27 +451,38 @@ async function builderPage(editing) {
       const root = state.root;
       const expr = !root.negate && root.children.length === 1 ? toExpr(root.children[0]) : toExpr(root);
       const printed = await api("POST", "filterql/print", { tree: Object.assign({}, state.base, { expr }) });
+      if (mine !== latest.print) return;
       if (!state.editingText) text.value = printed.text;
       validate(printed.text);
     } catch (err) {
+      if (mine !== latest.print) return;
       status.textContent = err.message;
       status.className = "error";
     }
-  }, 150);
+  };
+  const printSoon = debounce(() => { state.printing = print(); }, 150);
+  // The builder changed.
+  const changed = () => {
+    state.dirty = true;
+    printSoon();
+  };
 
   // The text changed: rebuild the builder from it.
   const typed = debounce(async () => {
+    const mine = ++latest.parse;
     try {
       const parsed = await api("POST", "filterql/parse", { text: text.value });
+      if (mine !== latest.parse) return;
       state.base = Object.assign({}, parsed.tree, { expr: undefined });
       const model = toModel(parsed.tree.expr, false);
       state.root = model.type === "group" ? model : group("and", [model], false);
       render();
       validate(text.value);
     } catch (err) {
+      if (mine !== latest.parse) return;
       fill(problems);
       size.textContent = "";
-      if (err.status === 422) {
+      if (err.status === 422 && err.data && err.data.line) {
         status.textContent = "line " + err.data.line + ", column " + err.data.column + ": " + err.data.error;
       } else {
         status.textContent = err.message;
@@ -417,6 +505,9 @@ async function builderPage(editing) {
       return;
     }
     try {
+      // The builder's last change is in the text first.
+      if (state.dirty) await print();
+      else if (state.printing) await state.printing;
       const saved = await api("PUT", "segments/" + encodeURIComponent(nameInput.value.trim()),
         { filter: text.value, description: description.value });
       saveStatus.textContent = "Saved " + saved.name + ". It is kept live from now on, and everyone already profiled is being evaluated.";
@@ -460,13 +551,13 @@ async function builderPage(editing) {
     }
   } else {
     state.root.children.push(condition("attribute", { field: "visit_count", op: "gt", value: "1" }));
-    changed();
+    print();
   }
   render();
 }
 
-function select(options, value, label, onchange) {
-  return el("select", { "aria-label": label, onchange },
+function select(options, value, label, onchange, key) {
+  return el("select", { "aria-label": label, onchange, "data-key": key },
     options.map(([key, text]) => el("option", { value: key, selected: key === value }, text)));
 }
 
@@ -483,13 +574,13 @@ function renderGroup(node, parent, changed, render) {
   };
   const box = el("div", { class: "group" + (node.negate ? " negated" : ""), role: "group", "aria-label": (node.negate ? "NOT " : "") + (node.op === "and" ? "all of" : "any of") },
     el("div", { class: "group-head" },
-      el("label", {}, el("input", { type: "checkbox", checked: node.negate, onchange: (event) => { node.negate = event.target.checked; render(); changed(); } }), " NOT"),
+      el("label", {}, el("input", { type: "checkbox", checked: node.negate, "data-key": node.id + ":not", onchange: (event) => { node.negate = event.target.checked; render(); changed(); } }), " NOT"),
       select([["and", "ALL of (AND)"], ["or", "ANY of (OR)"]], node.op, "Combine conditions with",
-        (event) => { node.op = event.target.value; render(); changed(); }),
-      el("button", { type: "button", onclick: () => add(condition("attribute", { field: "", op: "eq" })) }, "+ Attribute"),
-      el("button", { type: "button", onclick: () => add(condition("behaviour", { event: "", op: "ge", value: "1" })) }, "+ Behaviour"),
-      el("button", { type: "button", onclick: () => add(condition("segment", { segment: (session.schema.segments || [])[0] || "" })) }, "+ Segment"),
-      el("button", { type: "button", onclick: () => add(group(node.op === "and" ? "or" : "and", [], false)) }, "+ Group"),
+        (event) => { node.op = event.target.value; render(); changed(); }, node.id + ":op"),
+      el("button", { type: "button", "data-key": node.id + ":attribute", onclick: () => add(condition("attribute", { field: "", op: "eq" })) }, "+ Attribute"),
+      el("button", { type: "button", "data-key": node.id + ":behaviour", onclick: () => add(condition("behaviour", { event: "", op: "ge", value: "1" })) }, "+ Behaviour"),
+      el("button", { type: "button", "data-key": node.id + ":segment", onclick: () => add(condition("segment", { segment: (session.schema.segments || [])[0] || "" })) }, "+ Segment"),
+      el("button", { type: "button", "data-key": node.id + ":group", onclick: () => add(group(node.op === "and" ? "or" : "and", [], false)) }, "+ Group"),
       parent ? el("button", { type: "button", "aria-label": "Remove this group", onclick: remove }, "Remove group") : null),
     node.children.map((child) => child.type === "group"
       ? renderGroup(child, node, changed, render)
@@ -504,38 +595,39 @@ function renderCondition(node, parent, changed, render) {
     render();
     changed();
   } }, "✕");
-  const not = el("label", {}, el("input", { type: "checkbox", checked: node.negate, onchange: (event) => { node.negate = event.target.checked; changed(); } }), " NOT");
+  const key = (name) => node.id + ":" + name;
+  const not = el("label", {}, el("input", { type: "checkbox", checked: node.negate, "data-key": key("not"), onchange: (event) => { node.negate = event.target.checked; changed(); } }), " NOT");
   const kind = select([["attribute", "Attribute"], ["behaviour", "Behaviour"], ["segment", "Segment"]], node.kind, "Condition on",
-    (event) => { Object.assign(node, condition(event.target.value, { negate: node.negate })); render(); changed(); });
+    (event) => { Object.assign(node, condition(event.target.value, { negate: node.negate }), { id: node.id }); render(); changed(); }, key("kind"));
   let body;
   if (node.kind === "segment") {
     const names = session.schema.segments || [];
     body = [el("span", {}, "is in segment"),
       select(names.map((name) => [name, name]).concat(names.includes(node.segment) || !node.segment ? [] : [[node.segment, node.segment]]),
-        node.segment, "Segment", (event) => { node.segment = event.target.value; changed(); })];
+        node.segment, "Segment", (event) => { node.segment = event.target.value; changed(); }, key("segment"))];
   } else if (node.kind === "behaviour") {
     body = [
       el("span", {}, "count of event"),
-      el("input", { type: "text", value: node.event, "aria-label": "Event name", placeholder: "purchase", oninput: typing("event") }),
+      el("input", { type: "text", value: node.event, "aria-label": "Event name", placeholder: "purchase", "data-key": key("event"), oninput: typing("event") }),
       el("span", {}, "in"),
       select((session.schema.windows || []).map((window) => [window, window === "all" ? "all time" : "the last " + window]), node.window, "Window",
-        (event) => { node.window = event.target.value; changed(); }),
-      select(OPS, node.op, "Comparison", (event) => { node.op = event.target.value; changed(); }),
-      el("input", { type: "text", class: "narrow", value: node.value, "aria-label": "Count", inputmode: "numeric", oninput: typing("value") }),
+        (event) => { node.window = event.target.value; changed(); }, key("window")),
+      select(OPS, node.op, "Comparison", (event) => { node.op = event.target.value; changed(); }, key("comparison")),
+      el("input", { type: "text", class: "narrow", value: node.value, "aria-label": "Count", inputmode: "numeric", "data-key": key("value"), oninput: typing("value") }),
     ];
   } else {
-    const list = "fields-" + Math.random().toString(36).slice(2);
+    const list = "fields-" + node.id;
     body = [
-      el("input", { type: "text", value: node.field, "aria-label": "Field", placeholder: "traits.plan", list, oninput: typing("field") }),
+      el("input", { type: "text", value: node.field, "aria-label": "Field", placeholder: "traits.plan", list, "data-key": key("field"), oninput: typing("field") }),
       el("datalist", { id: list }, (session.schema.fields || []).map((field) => el("option", { value: field.name }, field.type))),
-      select(ATTRIBUTE_OPS, node.op, "Operator", (event) => { node.op = event.target.value; render(); changed(); }),
+      select(ATTRIBUTE_OPS, node.op, "Operator", (event) => { node.op = event.target.value; render(); changed(); }, key("operator")),
     ];
     if (node.op !== "exists") {
       body.push(el("input", { type: "text", value: node.value, "aria-label": node.op === "between" ? "From" : "Value",
-        placeholder: node.op === "in" || node.op === "intersects" ? "a, b, c" : "", oninput: typing("value") }));
+        placeholder: node.op === "in" || node.op === "intersects" ? "a, b, c" : "", "data-key": key("value"), oninput: typing("value") }));
     }
     if (node.op === "between") {
-      body.push(el("span", {}, "and"), el("input", { type: "text", value: node.value2, "aria-label": "To", oninput: typing("value2") }));
+      body.push(el("span", {}, "and"), el("input", { type: "text", value: node.value2, "aria-label": "To", "data-key": key("value2"), oninput: typing("value2") }));
     }
   }
   return el("div", { class: "condition", role: "group", "aria-label": "Condition" }, not, kind, body, remove);
@@ -804,14 +896,19 @@ function templatePreview(graph) {
 
 let liveTimer = null;
 
+function stopLive() {
+  clearInterval(liveTimer);
+  liveTimer = null;
+}
+
 async function livePage() {
   const generation = session.generation;
+  stopLive();
   const body = el("div", { id: "live" });
   page(generation, "Live", body);
   const refresh = async () => {
-    if (!location.hash.startsWith("#/live")) {
-      clearInterval(liveTimer);
-      liveTimer = null;
+    if (generation !== session.generation) {
+      stopLive();
       return;
     }
     try {
@@ -836,12 +933,12 @@ async function livePage() {
     }
   };
   await refresh();
-  if (!liveTimer) liveTimer = setInterval(refresh, 2000);
+  if (generation === session.generation) liveTimer = setInterval(refresh, 2000);
 }
 
 // ---------------------------------------------------------------- start
 
 document.getElementById("login-form").addEventListener("submit", signIn);
 document.getElementById("logout").addEventListener("click", signOut);
-window.addEventListener("hashchange", () => { if (session.role) route(); });
+window.addEventListener("hashchange", () => { if (session.role && isRoute(location.hash)) route(); });
 start().catch((err) => { if (err.status !== 401) page(session.generation, "Something went wrong", failure(err)); });

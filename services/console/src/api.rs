@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{FromRef, Path, Query, State};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -46,6 +46,37 @@ impl FromRef<Console> for Sessions {
 
 type Answer<T> = Result<Json<T>, ConsoleError>;
 
+/// A JSON body; when it cannot be read, a 400 that says why (which field, what type).
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ConsoleError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Json::<T>::from_request(request, state)
+            .await
+            .map(|Json(value)| Body(value))
+            .map_err(|rejection| ConsoleError::BadRequest(rejection.body_text()))
+    }
+}
+
+/// Query parameters; when they cannot be read, a 400 that says which and why.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ConsoleError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| Params(value))
+            .map_err(|rejection| ConsoleError::BadRequest(rejection.body_text()))
+    }
+}
+
 pub fn routes(console: Console) -> Router {
     Router::new()
         .route("/console/api/login", post(login))
@@ -81,7 +112,7 @@ struct Login {
 async fn login(
     State(console): State<Console>,
     headers: HeaderMap,
-    Json(login): Json<Login>,
+    Body(login): Body<Login>,
 ) -> Result<Response, ConsoleError> {
     crate::session::require_console_header(&headers)?;
     let token = login.token.trim();
@@ -103,12 +134,17 @@ async fn login(
         .into_response())
 }
 
-async fn logout(State(console): State<Console>, _operator: Operator) -> Response {
-    (
+/// Signs out: the cookie is cleared whether or not its token is still valid.
+async fn logout(
+    State(console): State<Console>,
+    headers: HeaderMap,
+) -> Result<Response, ConsoleError> {
+    crate::session::require_console_header(&headers)?;
+    Ok((
         [(header::SET_COOKIE, console.sessions.cleared())],
         StatusCode::NO_CONTENT,
     )
-        .into_response()
+        .into_response())
 }
 
 async fn me(operator: Operator) -> Json<Value> {
@@ -170,7 +206,7 @@ struct Text {
 
 /// FilterQL text → the tree the builder edits, with the canonical text; or where the
 /// text goes wrong.
-async fn parse(_operator: Operator, Json(text): Json<Text>) -> Response {
+async fn parse(_operator: Operator, Body(text): Body<Text>) -> Response {
     match cairn_filterql::parse(&text.text) {
         Ok(filter) => Json(json!({
             "tree": filter,
@@ -195,7 +231,7 @@ struct Tree {
 }
 
 /// The builder's tree → canonical FilterQL.
-async fn print(_operator: Operator, Json(tree): Json<Tree>) -> Answer<Value> {
+async fn print(_operator: Operator, Body(tree): Body<Tree>) -> Answer<Value> {
     let filter: Filter = serde_json::from_value(tree.tree)
         .map_err(|err| ConsoleError::BadRequest(format!("tree: {err}")))?;
     let text = cairn_filterql::print(&filter);
@@ -225,7 +261,7 @@ fn segments_client(console: &Console) -> SegmentsClient<tonic::transport::Channe
 async fn check(
     State(console): State<Console>,
     operator: Operator,
-    Json(draft): Json<Draft>,
+    Body(draft): Body<Draft>,
 ) -> Answer<Value> {
     let checked = segments_client(&console)
         .check(operator.request(segment_pb::CheckRequest {
@@ -247,7 +283,7 @@ async fn check(
 async fn preview(
     State(console): State<Console>,
     operator: Operator,
-    Json(draft): Json<Draft>,
+    Body(draft): Body<Draft>,
 ) -> Answer<Value> {
     let preview = segments_client(&console)
         .preview(operator.request(segment_pb::PreviewRequest {
@@ -287,13 +323,20 @@ async fn segments(State(console): State<Console>, operator: Operator) -> Answer<
     let list = segment_list(&console, &operator).await?;
     let mut rows = Vec::with_capacity(list.len());
     for segment in list {
-        let size = segments_client(&console)
+        // A segment deleted meanwhile, or a size that cannot be had now, leaves its row
+        // without one rather than the page without a list.
+        let size = match segments_client(&console)
             .size(operator.request(segment_pb::SizeRequest {
                 name: segment.name.clone(),
             })?)
-            .await?
-            .into_inner()
-            .size;
+            .await
+        {
+            Ok(answer) => Some(answer.into_inner().size),
+            Err(status) => {
+                tracing::debug!(segment = %segment.name, error = %status.message(), "no size");
+                None
+            }
+        };
         let rates = console.live.rates(&segment.name);
         rows.push(json!({
             "name": segment.name,
@@ -312,13 +355,15 @@ async fn save_segment(
     State(console): State<Console>,
     Path(name): Path<String>,
     operator: Operator,
-    Json(draft): Json<Draft>,
+    Body(draft): Body<Draft>,
 ) -> Answer<Value> {
     let saved = segments_client(&console)
         .put(operator.request(segment_pb::PutRequest {
             name,
             filter: draft.filter,
             description: draft.description,
+            // The console edits filters; a webhook (its secret never shown) stays.
+            keep_webhook: true,
             ..Default::default()
         })?)
         .await?
@@ -340,7 +385,7 @@ struct Limit {
 async fn members(
     State(console): State<Console>,
     Path(name): Path<String>,
-    Query(limit): Query<Limit>,
+    Params(limit): Params<Limit>,
     operator: Operator,
 ) -> Answer<Value> {
     let mut stream = segments_client(&console)
@@ -366,7 +411,7 @@ struct ProfileRef {
 async fn explain(
     State(console): State<Console>,
     Path(name): Path<String>,
-    Query(profile): Query<ProfileRef>,
+    Params(profile): Params<ProfileRef>,
     operator: Operator,
 ) -> Answer<Value> {
     let explained = segments_client(&console)
@@ -393,7 +438,7 @@ struct Lookup {
 
 async fn profile(
     State(console): State<Console>,
-    Query(lookup): Query<Lookup>,
+    Params(lookup): Params<Lookup>,
     operator: Operator,
 ) -> Answer<Value> {
     let value = lookup.value.trim().to_string();
@@ -436,7 +481,7 @@ struct Page {
 async fn timeline(
     State(console): State<Console>,
     Path(id): Path<String>,
-    Query(page): Query<Page>,
+    Params(page): Params<Page>,
     operator: Operator,
 ) -> Answer<Value> {
     let found = ProfilesClient::new(console.endpoints.profile_store.clone())
@@ -538,12 +583,18 @@ async fn campaigns(State(console): State<Console>, operator: Operator) -> Answer
         .campaigns;
     let mut rows = Vec::with_capacity(list.len());
     for campaign in list {
-        let stats = campaigns_client(&console)
+        let stats = match campaigns_client(&console)
             .stats(operator.request(campaign_pb::StatsRequest {
                 name: campaign.name.clone(),
             })?)
-            .await?
-            .into_inner();
+            .await
+        {
+            Ok(answer) => answer.into_inner(),
+            Err(status) => {
+                tracing::debug!(campaign = %campaign.name, error = %status.message(), "no stats");
+                campaign_pb::StatsResponse::default()
+            }
+        };
         rows.push(json!({
             "name": campaign.name,
             "paused": campaign.paused,
@@ -595,7 +646,7 @@ async fn resume(
 async fn template_preview(
     State(console): State<Console>,
     Path(name): Path<String>,
-    Query(profile): Query<ProfileRef>,
+    Params(profile): Params<ProfileRef>,
     operator: Operator,
 ) -> Answer<Value> {
     let preview = TemplatesClient::new(console.endpoints.dispatcher.clone())

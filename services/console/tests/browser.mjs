@@ -106,6 +106,24 @@ try {
   assert.equal(await root.locator(":scope > .group").count(), 2, "two groups rebuilt from the text");
   await text.fill(expected.replace("visit_count >= 1", "visit_count >= \"many\""));
   await page.locator("#problems li").first().waitFor();
+
+  step("lists and quoted text survive builder edits");
+  await text.fill('FILTER AND (city IN ("Washington, DC", "Boston"), plan == "5")');
+  await page.locator("#check-status").filter({ hasText: "checks out" }).waitFor();
+  const list = root.locator(".condition").nth(0).getByLabel("Value");
+  assert.equal(await list.inputValue(), '"Washington, DC", Boston');
+  await list.fill('"Washington, DC", Boston, Paris');
+  const listed = 'FILTER AND (\n    city IN ("Washington, DC", "Boston", "Paris"),\n    plan == "5"\n)';
+  await page.waitForFunction((want) => document.getElementById("filterql").value === want, listed);
+  // Keyboard focus stays on the control that changed the builder, though the builder
+  // is drawn anew.
+  const combine = root.locator(":scope > .group-head").getByLabel("Combine conditions with");
+  await combine.focus();
+  await combine.selectOption("or");
+  await page.waitForFunction(() => document.getElementById("filterql").value.startsWith("FILTER OR"));
+  assert.equal(await page.evaluate(() => document.activeElement.getAttribute("aria-label")), "Combine conditions with");
+  await combine.selectOption("and");
+  await page.waitForFunction((want) => document.getElementById("filterql").value === want, listed);
   await text.fill(expected);
   await page.locator("#check-status").filter({ hasText: "checks out" }).waitFor();
 

@@ -192,6 +192,8 @@ pub struct Draft {
     pub filter: String,
     pub description: String,
     pub webhook: Option<Webhook>,
+    /// Without a `webhook`: keep the one the segment has (instead of removing it).
+    pub keep_webhook: bool,
 }
 
 impl Draft {
@@ -235,15 +237,27 @@ pub async fn put<S: Store>(
         updated_ms: now_ms,
         webhook: draft.webhook.clone(),
     };
-    let saved = definition.clone();
-    change(store, move |definitions| {
+    let keep_webhook = draft.webhook.is_none() && draft.keep_webhook;
+    let key = name.clone();
+    let changed = change(store, move |definitions| {
         let mut set = definitions.set()?;
         set.insert(&name, filter.clone())?;
-        definitions.segments.insert(name.clone(), saved.clone());
+        let mut saved = definition.clone();
+        if keep_webhook {
+            saved.webhook = definitions
+                .segments
+                .get(&name)
+                .and_then(|kept| kept.webhook.clone());
+        }
+        definitions.segments.insert(name.clone(), saved);
         Ok(())
     })
     .await?;
-    Ok(definition)
+    changed
+        .segments
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| SegmentError::Corrupt(format!("segment {key} not found once saved")))
 }
 
 /// Deletes segment `name`, unless another segment includes it.

@@ -98,6 +98,7 @@ impl<S: Store> Segments for SegmentsService<S> {
             name: request.name,
             filter: request.filter,
             description: request.description,
+            keep_webhook: request.keep_webhook,
         };
         let saved = definitions::put(&self.store, draft, now_ms()).await?;
         tracing::info!(segment = %saved.name, "segment saved");

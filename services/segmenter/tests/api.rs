@@ -106,6 +106,25 @@ async fn segments_are_saved_checked_listed_and_deleted() {
         .unwrap();
     assert_eq!(hooked.webhook_url, "https://example.com/hook");
     assert!(!format!("{hooked:?}").contains("a-secret-of-16-chars"));
+    // An editor that never saw the secret changes the filter and keeps the webhook;
+    // a save without the webhook and without keep_webhook removes it.
+    for (keep, kept_url) in [(true, "https://example.com/hook"), (false, "")] {
+        let saved = client
+            .put(cairn_testkit::bearer(
+                pb::PutRequest {
+                    keep_webhook: keep,
+                    ..put("hooked", "FILTER EXISTS phone")
+                },
+                "tk_write",
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .segment
+            .unwrap();
+        assert_eq!(saved.filter, "FILTER EXISTS phone");
+        assert_eq!(saved.webhook_url, kept_url, "keep_webhook: {keep}");
+    }
     client
         .delete(cairn_testkit::bearer(
             pb::DeleteRequest {
