@@ -184,6 +184,14 @@ impl Credentials {
         found
     }
 
+    /// Every configured bearer token with its role, for a process that acts on behalf of
+    /// signed-in operators (the console).
+    pub fn tokens(&self) -> impl Iterator<Item = (Role, &str)> {
+        self.tokens
+            .iter()
+            .filter_map(|(role, token)| Some((*role, std::str::from_utf8(token).ok()?)))
+    }
+
     /// The role of `token`. Every configured token is compared, in constant time.
     pub fn role_for_token(&self, token: &str) -> Option<Role> {
         let mut found = None;

@@ -126,7 +126,9 @@ async fn login(
         return Err(ConsoleError::Unauthorized("token: unknown token".into()));
     };
     tracing::info!(%role, "console sign-in");
-    let cookie = console.sessions.cookie(token)?;
+    let cookie = console
+        .sessions
+        .cookie(token, cairn_runtime::clock::now_ms() / 1000)?;
     Ok((
         [(header::SET_COOKIE, cookie)],
         Json(json!({ "role": role.as_str() })),
