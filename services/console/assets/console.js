@@ -863,7 +863,7 @@ function diagram(graph, inState) {
     const actions = (graph.actions[state] || []).map((action) => action.channel + ": " + action.target).join(", ");
     parts.push(svg("rect", { x: at.x, y: at.y, width: boxWidth, height: boxHeight, rx: 8, fill: state === graph.start ? "#e3ecfa" : "#fff", stroke: isFinal ? "#1b7a3d" : "#1f5fbf", "stroke-width": isFinal ? 3 : 1.5 }),
       svg("text", { x: at.x + 8, y: at.y + 18, "font-weight": "bold" }, state + (inState[state] ? " (" + inState[state] + ")" : "")),
-      svg("text", { x: at.x + 8, y: at.y + 35 }, actions.length > 24 ? actions.slice(0, 23) + "…" : actions));
+      svg("text", { x: at.x + 8, y: at.y + 35 }, actions.length > 21 ? actions.slice(0, 20) + "…" : actions));
   }
   const description = graph.transitions.map((transition) => transition.from + " → " + transition.to + " " + transition.label).join("; ");
   return el("div", { class: "diagram" }, svg("svg", { viewBox: "0 0 " + width + " " + height, width, height, role: "img", "aria-label": "State machine: " + description }, parts));
@@ -923,8 +923,8 @@ async function livePage() {
               el("tr", {}, el("td", {}, lag.stream), el("td", {}, lag.consumer), el("td", { class: "num" }, number(lag.pending)), el("td", { class: "num" }, number(lag.unacknowledged)))))),
           el("div", { class: "card" }, el("h2", {}, "Recent segment changes"),
             live.recent_changes.length
-              ? table(["Time", "Segment", "", "Profile"], live.recent_changes.map((change) =>
-                el("tr", {}, el("td", {}, change.at), el("td", {}, change.segment),
+              ? table(["Time (UTC)", "Segment", "", "Profile"], live.recent_changes.slice(0, 25).map((change) =>
+                el("tr", {}, el("td", { title: change.at }, change.at.slice(11, 19)), el("td", {}, change.segment),
                   el("td", {}, el("span", { class: "badge " + (change.entered ? "in" : "out") }, change.entered ? "entered" : "exited")),
                   el("td", {}, el("a", { href: "#/profiles/id/" + encodeURIComponent(change.profile_id) }, change.profile_id)))))
               : el("p", { class: "hint" }, "None since the console started."))));

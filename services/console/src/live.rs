@@ -244,7 +244,8 @@ impl Live {
             .await
             .map_err(|err| unavailable(err.to_string()))?;
         let mut lag = Vec::new();
-        for name in names {
+        // Key-value buckets' streams have only their watchers' ephemeral consumers.
+        for name in names.into_iter().filter(|name| !name.starts_with("KV_")) {
             let stream = jetstream
                 .get_stream(&name)
                 .await
