@@ -353,12 +353,8 @@ impl<S: Store> Segments for SegmentsService<S> {
     ) -> Result<Response<pb::PreviewResponse>, Status> {
         authorize(&request, Role::Read)?;
         let request = request.into_inner();
-        let filter = cairn_filterql::parse(&request.filter).map_err(|err| {
-            SegmentError::InvalidArgument(format!(
-                "filter: line {}, column {}: {}",
-                err.line, err.column, err.message
-            ))
-        })?;
+        let filter = cairn_filterql::parse(&request.filter)
+            .map_err(|err| SegmentError::InvalidArgument(format!("filter: {err}")))?;
         let name = draft_name(&request.name, &filter);
         let (saved, _) = definitions::load(&self.store).await?;
         let mut set = saved.set()?;
