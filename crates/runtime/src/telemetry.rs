@@ -186,14 +186,20 @@ pub fn init(service: &str, settings: &Settings) -> Result<Telemetry, TelemetryEr
     // The log filter applies to logs only: spans must exist for tracing even when logs
     // are quiet, or a caller's trace would stop at this process. Traces take spans only,
     // not log events: an error's text may name a person, and only logs are redacted.
+    // Its level is also given as a hint, so that the subscriber's level is known: callsites
+    // below it (a library's debug and trace events, the store's `log` records) are
+    // switched off once instead of asking a filter on every call.
     tracing_subscriber::registry()
         .with(fmt_layer.with_filter(filter))
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
-                .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
-                    metadata.is_span() && *metadata.level() <= tracing::Level::INFO
-                })),
+                .with_filter(
+                    tracing_subscriber::filter::filter_fn(|metadata| {
+                        metadata.is_span() && *metadata.level() <= tracing::Level::INFO
+                    })
+                    .with_max_level_hint(tracing::Level::INFO),
+                ),
         )
         .try_init()
         .map_err(|err| TelemetryError::Subscriber(err.to_string()))?;
