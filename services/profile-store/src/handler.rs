@@ -318,20 +318,14 @@ impl<S: Store> ProfileHandler<S> {
     async fn on_facts(&self, message: &Delivered) -> Result<Vec<Outgoing>, ProfileError> {
         let facts = Facts::decode(message.payload.clone())
             .map_err(|err| ProfileError::Unreadable(format!("not facts: {err}")))?;
-        let parsed: serde_json::Value = serde_json::from_str(&facts.facts_json)
-            .map_err(|err| ProfileError::Unreadable(format!("facts_json: {err}")))?;
-        let serde_json::Value::Object(map) = parsed else {
-            return Err(ProfileError::Unreadable(
-                "facts_json: must be a JSON object".to_string(),
-            ));
-        };
         if facts.source.is_empty() || facts.profile_id.is_empty() {
             return Err(ProfileError::Unreadable(
                 "facts need a source and a profile id".to_string(),
             ));
         }
-        // What this replica wrote last time changes nothing (a message handled before
-        // might still owe its announcement, so those go the long way).
+        // What this replica wrote last time changes nothing, and is not even read (a
+        // message handled before might still owe its announcement, so those go the long
+        // way). Only what was written is remembered, so it was readable.
         if !message.is_repeat()
             && self
                 .facts_seen
@@ -340,6 +334,13 @@ impl<S: Store> ProfileHandler<S> {
             self.metrics.unchanged_facts.add(1, &[]);
             return Ok(Vec::new());
         }
+        let parsed: serde_json::Value = serde_json::from_str(&facts.facts_json)
+            .map_err(|err| ProfileError::Unreadable(format!("facts_json: {err}")))?;
+        let serde_json::Value::Object(map) = parsed else {
+            return Err(ProfileError::Unreadable(
+                "facts_json: must be a JSON object".to_string(),
+            ));
+        };
         let at = facts
             .at
             .as_ref()
