@@ -366,6 +366,66 @@ impl LatencyRun {
 }
 
 /// The `p` percentile (0..1) of `sorted`, in milliseconds.
+/// CPU time (user and system) used so far by this process and by the nats-server a
+/// benchmark started, from Linux's `/proc/<pid>/stat`: what a stage costs, which a
+/// shared machine's neighbours change less than they change its speed.
+#[derive(Debug, Clone, Copy)]
+struct CpuUsed {
+    cairn: Option<std::time::Duration>,
+    nats: Option<std::time::Duration>,
+}
+
+impl CpuUsed {
+    fn now(nats: Option<&NatsServer>) -> Self {
+        Self {
+            cairn: process_cpu("self"),
+            nats: nats
+                .and_then(NatsServer::pid)
+                .and_then(|pid| process_cpu(&pid.to_string())),
+        }
+    }
+
+    /// `(Cairn, nats-server)` microseconds of CPU per event over `events` since `before`.
+    fn per_event_since(&self, before: &CpuUsed, events: usize) -> (Option<f64>, Option<f64>) {
+        let per_event = |now: Option<std::time::Duration>, then: Option<std::time::Duration>| {
+            Some(now?.saturating_sub(then?).as_secs_f64() * 1e6 / events.max(1) as f64)
+        };
+        (
+            per_event(self.cairn, before.cairn),
+            per_event(self.nats, before.nats),
+        )
+    }
+}
+
+/// User + system CPU time of process `pid` (`self` for this one).
+fn process_cpu(pid: &str) -> Option<std::time::Duration> {
+    stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User + system CPU time in a `/proc/<pid>/stat` line.
+fn stat_cpu(stat: &str) -> Option<std::time::Duration> {
+    // After "pid (command) ", whose command may hold spaces: state, ppid, ...; utime
+    // and stime are the 12th and 13th fields, in clock ticks of 1/100 s.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(std::time::Duration::from_millis(ticks * 10))
+}
+
+/// How a stage's CPU per event reads, with the rate it allows on this machine's cores.
+fn cpu_line(cairn: Option<f64>, nats: Option<f64>) -> String {
+    let Some(cairn) = cairn else {
+        return "CPU per event: not measured (no /proc)".to_string();
+    };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    match nats {
+        Some(nats) => format!(
+            "CPU per event: Cairn {cairn:.0} µs, nats-server {nats:.0} µs (at most {:.0} events/s on {cores} cores)",
+            cores * 1e6 / (cairn + nats)
+        ),
+        None => format!("CPU per event: Cairn {cairn:.0} µs (NATS elsewhere)"),
+    }
+}
+
 fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
     sorted
         .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
@@ -388,5 +448,21 @@ async fn drained(bus: &cairn_bus::Bus, stream: &str, consumer: &str) -> anyhow::
             anyhow::bail!("{consumer} not done after 10 minutes");
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_from_a_stat_line_whose_command_has_spaces() {
+        let line = "4242 (tokio rt) worker) S 1 4242 4242 0 -1 4194560 2790 0 0 0 1234 56 0 0 20 0 9 0 100 0 0";
+        assert_eq!(
+            stat_cpu(line),
+            Some(std::time::Duration::from_millis(12_900))
+        );
+        assert_eq!(stat_cpu("4242 (cut short) S 1"), None);
+        assert!(process_cpu("self").is_some());
     }
 }

@@ -19,7 +19,7 @@ use crate::modules;
 pub async fn run(args: ProfilesArgs) -> anyhow::Result<()> {
     let settings = Settings::from_env(&modules::all_vars())?;
     let dir = tempfile::tempdir()?;
-    let (url, _server) = super::nats(&settings, &dir.path().join("nats")).await?;
+    let (url, server) = super::nats(&settings, &dir.path().join("nats")).await?;
     println!(
         "cairn bench profiles: {} events/s for {} s, then a burst of {} events, on {} profiles, NATS at {}",
         args.rate,
@@ -80,15 +80,19 @@ pub async fn run(args: ProfilesArgs) -> anyhow::Result<()> {
     let announced = total as u64;
     // Counted from the first change announced: claiming the partitions is not throughput.
     let first = wait_for(&bus, announced + 1).await?;
+    let cpu_first = super::CpuUsed::now(server.as_ref());
     let last = wait_for(&bus, announced + args.events as u64).await?;
+    let (cairn_cpu, nats_cpu) =
+        super::CpuUsed::now(server.as_ref()).per_event_since(&cpu_first, args.events - 1);
     let eps = (args.events - 1) as f64 / (last - first).as_secs_f64();
     println!("  events.identified -> profiles.changed  {eps:>10.0} events/s (a backlog drained)");
+    println!("  {}", super::cpu_line(cairn_cpu, nats_cpu));
 
     context.shutdown.trigger();
     served.host.await??;
     println!(
         "{}",
-        json!({"profiles_eps": eps.round(), "latency_p50_ms": (p50 * 100.0).round() / 100.0, "latency_p99_ms": (p99 * 100.0).round() / 100.0, "rate": args.rate})
+        json!({"profiles_eps": eps.round(), "cairn_cpu_us_per_event": cairn_cpu.map(f64::round), "nats_cpu_us_per_event": nats_cpu.map(f64::round), "latency_p50_ms": (p50 * 100.0).round() / 100.0, "latency_p99_ms": (p99 * 100.0).round() / 100.0, "rate": args.rate})
     );
     Ok(())
 }

@@ -145,6 +145,11 @@ impl NatsServer {
         self.addr
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     fn spawn(&mut self) -> Result<(), BusError> {
         std::fs::create_dir_all(&self.store_dir).map_err(|err| {
             BusError::Server(format!("cannot create {}: {err}", self.store_dir.display()))
