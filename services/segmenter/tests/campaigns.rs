@@ -162,7 +162,10 @@ async fn a_crawler_gets_no_campaign() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_event_puts_the_timer_off_and_buying_sends_nothing() {
-    let mesh = mesh_with(&[], &[CART]).await;
+    // The second cart must be in well before the first timer fires, even when the
+    // machine is busy and the mesh takes seconds to settle: a longer timeout.
+    let cart = CART.replace("after: 3s", "after: 8s");
+    let mesh = mesh_with(&[], &[&cart]).await;
     mesh.send(json!([track("c1", "add_to_cart")])).await;
     let first = mesh.journey("cart_recovery").await["timers"]["2"].clone();
     tokio::time::sleep(Duration::from_millis(1500)).await;
