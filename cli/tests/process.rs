@@ -70,9 +70,11 @@ async fn bad_configuration_names_the_variable_and_exits_2() {
         cairn()
             .args(["serve", "collector"])
             .env("CAIRN_NATS_URL", nats.url())
-            .env("CAIRN_HTTP_ADDR", free_addr().to_string())
-            .env("CAIRN_GRPC_ADDR", free_addr().to_string())
-            .env("CAIRN_ADMIN_ADDR", free_addr().to_string())
+            // Any free port: the admin listener is up before the bus's settings are
+            // read, and a port picked ahead may be taken meanwhile by another test.
+            .env("CAIRN_HTTP_ADDR", "127.0.0.1:0")
+            .env("CAIRN_GRPC_ADDR", "127.0.0.1:0")
+            .env("CAIRN_ADMIN_ADDR", "127.0.0.1:0")
             .env("CAIRN_PARTITIONS", "0"),
     )
     .await;
