@@ -365,7 +365,6 @@ impl LatencyRun {
     }
 }
 
-/// The `p` percentile (0..1) of `sorted`, in milliseconds.
 /// CPU time (user and system) used so far by this process and by the nats-server a
 /// benchmark started, from Linux's `/proc/<pid>/stat`: what a stage costs, which a
 /// shared machine's neighbours change less than they change its speed.
@@ -426,6 +425,7 @@ fn cpu_line(cairn: Option<f64>, nats: Option<f64>) -> String {
     }
 }
 
+/// The `p` percentile (0..1) of `sorted`, in milliseconds.
 fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
     sorted
         .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
