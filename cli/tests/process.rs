@@ -388,8 +388,9 @@ async fn killing_the_mesh_mid_stream_loses_and_doubles_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    // Every enricher published facts once per event: an event delivered again after
-    // the kill gave the same facts, which the stream dropped.
+    // Every enricher published facts once per event (activity only for the events that
+    // changed what it says): an event delivered again after the kill gave the same
+    // facts, which the stream dropped.
     let bus = nats.bus().await;
     for consumer in ["enrich_device", "enrich_activity", "enrich_content"] {
         cairn_testkit::wait_consumer_idle(&bus, cairn_bus::streams::IDENTIFIED, consumer).await;
@@ -408,14 +409,19 @@ async fn killing_the_mesh_mid_stream_loses_and_doubles_nothing() {
             published += 1;
         }
     }
-    for source in ["device", "activity", "content"] {
+    for source in ["device", "content"] {
         assert_eq!(
             facts.get(source).map_or(0, |ids| ids.len()),
             1500,
             "{source}"
         );
     }
-    assert_eq!(published, 3 * 1500, "facts published twice");
+    let activity = facts.get("activity").map_or(0, |ids| ids.len());
+    assert!(
+        activity > 0 && activity < 1500,
+        "activity facts for {activity} of 1500 events"
+    );
+    assert_eq!(published, 2 * 1500 + activity, "facts published twice");
     sigterm(&child);
     let (code, stderr) = exit_of(&mut child).await;
     assert_eq!(code, Some(0), "{stderr}");

@@ -6,7 +6,8 @@
 //! facts, and publishes them on `profile.facts.<partition>` for the profile store, with
 //! the message id `facts:<source>:<event message id>`: a redelivered event yields the
 //! same facts, which the stream drops as a duplicate and the profile store would apply
-//! only once anyway. The worker loop of [`cairn_bus::worker`] acknowledges after
+//! only once anyway. Facts are deltas: an enricher that keeps state per person
+//! publishes them only when they differ from what it published last ([`state`]). The worker loop of [`cairn_bus::worker`] acknowledges after
 //! publishing, retries what fails for now and dead-letters what never can succeed.
 
 #![forbid(unsafe_code)]
@@ -51,18 +52,44 @@ pub fn vars(own: &[Var]) -> Vec<Var> {
 /// `facts.<source>` in the profile.
 pub type FactSet = Map<String, Value>;
 
+/// Facts to publish, and the time they hold as of: the profile keeps, per source, the
+/// facts with the newest such time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Learned {
+    pub facts: FactSet,
+    /// The event's time for facts about the event alone; for facts drawn from what an
+    /// enricher keeps per person, the newest event time in it (a late event changes
+    /// those facts too, and they are the newest there are).
+    pub as_of_ms: i64,
+}
+
+impl Learned {
+    /// Facts about `event` alone.
+    pub fn of_event(facts: FactSet, event: &Event) -> Self {
+        Self {
+            facts,
+            as_of_ms: event.at_ms,
+        }
+    }
+}
+
+/// The digest of a fact set, to tell whether it changed.
+pub fn digest(facts: &FactSet) -> u64 {
+    subjects::fnv1a64(&serde_json::to_vec(facts).unwrap_or_default())
+}
+
 /// An enricher's own logic.
 pub trait Enrich: Send + Sync + 'static {
     /// Its name: `geo`, `device`, `activity`, `content`. Names the facts' source, the
     /// durable consumer (`enrich_<source>`) and the dead letters.
     fn source(&self) -> &'static str;
 
-    /// What `event` tells about `profile_id`, if anything.
+    /// What `event` tells about `profile_id` that the profile should learn, if anything.
     fn enrich(
         &self,
         profile_id: &str,
         event: &Event,
-    ) -> impl Future<Output = Result<Option<FactSet>, EnrichError>> + Send;
+    ) -> impl Future<Output = Result<Option<Learned>, EnrichError>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,10 +189,10 @@ impl<E: Enrich> Enricher<E> {
         self.metrics
             .events
             .add(1, std::slice::from_ref(&self.metrics.source));
-        let Some(facts) = self.logic.enrich(&identified.profile_id, &event).await? else {
+        let Some(learned) = self.logic.enrich(&identified.profile_id, &event).await? else {
             return Ok(None);
         };
-        if facts.is_empty() {
+        if learned.facts.is_empty() {
             return Ok(None);
         }
         self.metrics
@@ -176,8 +203,8 @@ impl<E: Enrich> Enricher<E> {
             profile_id: identified.profile_id.clone(),
             message_id: event.message_id.clone(),
             source: source.to_string(),
-            at: Some(cairn_runtime::clock::timestamp(event.at_ms)),
-            facts_json: Value::Object(facts).to_string(),
+            at: Some(cairn_runtime::clock::timestamp(learned.as_of_ms)),
+            facts_json: Value::Object(learned.facts).to_string(),
         };
         let mut headers = async_nats::HeaderMap::new();
         cairn_bus::trace::inject_current(&mut headers);

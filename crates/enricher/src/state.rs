@@ -2,6 +2,11 @@
 //! document per profile in the enricher's table, changed once per event. The event's
 //! mark is written with the change, so an event delivered again changes nothing and
 //! gets the state as it is.
+//!
+//! A state that facts are drawn from ([`FactSource`]) also keeps the digest of the facts
+//! last published from it, written in the same change, so that facts are published only
+//! when an event changed them ([`facts_once`]): most events change a person's habits a
+//! little and what is said about them not at all.
 
 use std::time::Duration;
 
@@ -10,7 +15,7 @@ use cairn_store::{Change, Mark, Outcome, Store, TableSpec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::EnrichError;
+use crate::{EnrichError, FactSet, Learned};
 
 /// How long an event's mark is kept: longer than any redelivery can come late.
 pub const MARK_TTL: Duration = Duration::from_secs(7 * 86_400);
@@ -38,6 +43,15 @@ where
     }
 }
 
+/// A state after an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied<T> {
+    pub state: T,
+    /// False when the event had been applied before (a redelivery): the state is then as
+    /// it is now.
+    pub first_time: bool,
+}
+
 /// Applies event `message_id` to the state of `profile_id` (a default state when there
 /// is none yet), once: returns the state after it.
 pub async fn apply_once<S, T, F>(
@@ -46,7 +60,7 @@ pub async fn apply_once<S, T, F>(
     profile_id: &str,
     message_id: &str,
     mut apply: F,
-) -> Result<T, EnrichError>
+) -> Result<Applied<T>, EnrichError>
 where
     S: Store,
     T: Serialize + DeserializeOwned + Default + Send,
@@ -91,17 +105,68 @@ where
         return Err(err);
     }
     match outcome {
-        Some(Outcome::Applied { .. }) => {
-            changed.ok_or_else(|| EnrichError::Data(format!("{}: no state", table.name)))
-        }
-        Some(Outcome::Conflict { present_marks, .. }) if !present_marks.is_empty() => {
-            Ok(read(store, table, profile_id).await?.unwrap_or_default())
-        }
+        Some(Outcome::Applied { .. }) => Ok(Applied {
+            state: changed.ok_or_else(|| EnrichError::Data(format!("{}: no state", table.name)))?,
+            first_time: true,
+        }),
+        Some(Outcome::Conflict { present_marks, .. }) if !present_marks.is_empty() => Ok(Applied {
+            state: read(store, table, profile_id).await?.unwrap_or_default(),
+            first_time: false,
+        }),
         _ => Err(EnrichError::Unavailable(format!(
             "{}: profile {profile_id} kept changing",
             table.name
         ))),
     }
+}
+
+/// A per-person state that facts are drawn from.
+pub trait FactSource: Serialize + DeserializeOwned + Default + Send {
+    /// What the state says about the person.
+    fn facts(&self) -> FactSet;
+    /// The newest event time the state has counted (ms).
+    fn as_of_ms(&self) -> i64;
+    /// The digest ([`crate::digest`]) of the facts last published from it, kept in it.
+    fn published(&mut self) -> &mut Option<u64>;
+}
+
+/// Applies event `message_id` to the state of `profile_id` once, and returns the facts
+/// to publish: those after the event when they differ from the ones published last,
+/// and, for an event applied before (a redelivery), the facts as they are, since what
+/// was published then may not have reached NATS.
+pub async fn facts_once<S, T, F>(
+    store: &S,
+    table: &TableSpec,
+    profile_id: &str,
+    message_id: &str,
+    mut apply: F,
+) -> Result<Option<Learned>, EnrichError>
+where
+    S: Store,
+    T: FactSource,
+    F: FnMut(&mut T) + Send,
+{
+    let mut changed = false;
+    let mut learned = None;
+    let applied = apply_once(store, table, profile_id, message_id, |state: &mut T| {
+        apply(state);
+        let facts = state.facts();
+        let digest = crate::digest(&facts);
+        changed = *state.published() != Some(digest);
+        *state.published() = Some(digest);
+        learned = Some(Learned {
+            facts,
+            as_of_ms: state.as_of_ms(),
+        });
+    })
+    .await?;
+    if !applied.first_time {
+        return Ok(Some(Learned {
+            facts: applied.state.facts(),
+            as_of_ms: applied.state.as_of_ms(),
+        }));
+    }
+    Ok(learned.filter(|_| changed))
 }
 
 #[cfg(test)]
@@ -130,6 +195,7 @@ mod tests {
                 })
                 .await
                 .unwrap()
+                .state
             }
         };
         assert_eq!(count(&store, "m1").await, vec!["m1"]);
@@ -140,6 +206,57 @@ mod tests {
             read::<_, Vec<String>>(&store, &TABLE, "p1").await.unwrap(),
             Some(vec!["m1".to_string(), "m2".to_string()])
         );
+    }
+
+    /// Counts events; says whether there were at least two.
+    #[derive(Default, Serialize, serde::Deserialize)]
+    struct Visits {
+        count: u32,
+        as_of: i64,
+        published: Option<u64>,
+    }
+
+    impl FactSource for Visits {
+        fn facts(&self) -> FactSet {
+            let mut facts = FactSet::new();
+            facts.insert("regular".into(), (self.count >= 2).into());
+            facts
+        }
+        fn as_of_ms(&self) -> i64 {
+            self.as_of
+        }
+        fn published(&mut self) -> &mut Option<u64> {
+            &mut self.published
+        }
+    }
+
+    #[tokio::test]
+    async fn facts_are_published_when_they_change_and_again_for_a_redelivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            EmbeddedStore::open(dir.path(), Fsync::Buffer, 1 << 20, Clock::system()).unwrap();
+        let visit = |message: &'static str, at: i64| {
+            let store = store.clone();
+            async move {
+                facts_once(&store, &TABLE, "p1", message, |visits: &mut Visits| {
+                    visits.count += 1;
+                    visits.as_of = visits.as_of.max(at);
+                })
+                .await
+                .unwrap()
+                .map(|learned| (learned.facts["regular"].clone(), learned.as_of_ms))
+            }
+        };
+        assert_eq!(visit("m1", 10).await, Some((false.into(), 10)));
+        assert_eq!(visit("m2", 20).await, Some((true.into(), 20)));
+        // Still a regular: nothing new to say.
+        assert_eq!(visit("m3", 30).await, None);
+        // A late event changes nothing either; the facts hold as of the newest event.
+        assert_eq!(visit("m4", 5).await, None);
+        // m2 again: its facts may never have reached NATS, so they go again, as they are.
+        assert_eq!(visit("m2", 20).await, Some((true.into(), 30)));
+        let visits: Visits = read(&store, &TABLE, "p1").await.unwrap().unwrap();
+        assert_eq!(visits.count, 4);
     }
 
     #[tokio::test]

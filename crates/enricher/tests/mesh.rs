@@ -219,4 +219,35 @@ async fn events_bring_every_enricher_s_facts_to_the_profile_once() {
     assert_eq!(count(&after, "device"), 2);
     assert_eq!(count(&after, "activity"), 3);
     assert_eq!(count(&after, "content"), 1);
+
+    // Facts are deltas: a second visit in the same hour of the week changes the
+    // person's habits a little and what they say not at all, so activity publishes
+    // nothing for it (device, which remembers nothing, says the device again).
+    mesh.send(json!([
+        {"type": "track", "messageId": "p4", "anonymousId": "a4", "event": "Viewed",
+         "timestamp": "2026-11-02T09:10:00Z", "context": {"userAgent": IPHONE, "timezone": "Europe/Paris"}},
+    ]))
+    .await;
+    mesh.profile_when("a4", |profile| {
+        profile["facts"]["activity"]["best_send_hour"] == 10
+    })
+    .await;
+    mesh.send(json!([
+        {"type": "track", "messageId": "p5", "anonymousId": "a4", "event": "Viewed",
+         "timestamp": "2026-11-02T09:40:00Z", "context": {"userAgent": IPHONE, "timezone": "Europe/Paris"}},
+    ]))
+    .await;
+    mesh.profile_when("a4", |profile| profile["event_count"]["Viewed"]["all"] == 2)
+        .await;
+    mesh.settle().await;
+    let of = |facts: &[pb::Facts], message: &str, source: &str| {
+        facts
+            .iter()
+            .filter(|fact| fact.message_id == message && fact.source == source)
+            .count()
+    };
+    let last = mesh.facts().await;
+    assert_eq!(of(&last, "p4", "activity"), 1);
+    assert_eq!(of(&last, "p5", "activity"), 0);
+    assert_eq!(of(&last, "p5", "device"), 1);
 }

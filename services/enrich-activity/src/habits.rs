@@ -67,6 +67,21 @@ pub struct Habits {
     pub timezone: Option<String>,
     /// Addresses given, and whether each is a business one.
     pub emails: BTreeMap<String, bool>,
+    /// The digest of the facts last published from these habits.
+    #[serde(default)]
+    pub published: Option<u64>,
+}
+
+impl cairn_enricher::state::FactSource for Habits {
+    fn facts(&self) -> FactSet {
+        Habits::facts(self)
+    }
+    fn as_of_ms(&self) -> i64 {
+        self.as_of
+    }
+    fn published(&mut self) -> &mut Option<u64> {
+        &mut self.published
+    }
 }
 
 impl Habits {

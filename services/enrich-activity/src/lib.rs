@@ -5,7 +5,8 @@
 //! that habits can change, and the addresses they gave ([`habits`]). Facts: the most
 //! active hours, the best hour to send email, weekday/weekend pattern, working hours
 //! and whether activity falls in office hours, and whether each address is business
-//! (B2B) or private (B2C) by its domain against a list of free mail providers.
+//! (B2B) or private (B2C) by its domain against a list of free mail providers. Those
+//! facts are published when an event changes them, not with every event.
 
 #![forbid(unsafe_code)]
 
@@ -15,7 +16,7 @@ pub mod habits;
 use std::sync::Arc;
 
 use cairn_enrich_geo::{Databases, Geo, GeoConfig};
-use cairn_enricher::{Enrich, EnrichError, FactSet, state};
+use cairn_enricher::{Enrich, EnrichError, Learned, state};
 use cairn_event::Event;
 use cairn_runtime::{Module, ModuleContext, Var};
 use cairn_store::{Retention, Store, TableSpec};
@@ -78,7 +79,7 @@ impl<S: Store> Enrich for Activity<S> {
         &self,
         profile_id: &str,
         event: &Event,
-    ) -> Result<Option<FactSet>, EnrichError> {
+    ) -> Result<Option<Learned>, EnrichError> {
         let timezone = event.text(&["context", "timezone"]).or_else(|| {
             let geo = self.geo.as_ref()?;
             geo.locate(&event.ip()?)?.timezone
@@ -88,7 +89,7 @@ impl<S: Store> Enrich for Activity<S> {
             .and_then(|traits| traits.get("email"))
             .and_then(|email| email.as_str())
             .map(str::to_string);
-        let habits: Habits = state::apply_once(
+        state::facts_once(
             &self.store,
             &ACTIVITY,
             profile_id,
@@ -100,8 +101,7 @@ impl<S: Store> Enrich for Activity<S> {
                 }
             },
         )
-        .await?;
-        Ok(Some(habits.facts()))
+        .await
     }
 }
 

@@ -20,7 +20,7 @@ pub mod text;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use cairn_enricher::{Enrich, EnrichError, FactSet, state};
+use cairn_enricher::{Enrich, EnrichError, Learned, state};
 use cairn_event::Event;
 use cairn_runtime::{Module, ModuleContext, Var};
 use cairn_store::{Change, Mark, Retention, Store, TableSpec};
@@ -204,7 +204,7 @@ impl<S: Store> Enrich for Content<S> {
         &self,
         profile_id: &str,
         event: &Event,
-    ) -> Result<Option<FactSet>, EnrichError> {
+    ) -> Result<Option<Learned>, EnrichError> {
         if !matches!(event.call, "page" | "screen") {
             return Ok(None);
         }
@@ -223,7 +223,7 @@ impl<S: Store> Enrich for Content<S> {
         if let Some(url) = &url {
             let title = page.title.as_deref().unwrap_or_default();
             for topic in &topics {
-                let _: Popular = state::apply_once(
+                let _: state::Applied<Popular> = state::apply_once(
                     &self.store,
                     &CONTENT,
                     &popular_key(&topic.key),
@@ -244,7 +244,8 @@ impl<S: Store> Enrich for Content<S> {
                 affinity.add(&topics, url.as_deref(), event.at_ms, self.half_life_ms)
             },
         )
-        .await?;
+        .await?
+        .state;
         let mut facts = affinity.facts();
         let mut popular = Vec::new();
         for topic in affinity.top_topics(text::RECOMMEND_FROM_TOPICS) {
@@ -253,7 +254,7 @@ impl<S: Store> Enrich for Content<S> {
             popular.push((topic, pages.unwrap_or_default()));
         }
         facts.insert("recommended".into(), affinity.recommend(&popular));
-        Ok(Some(facts))
+        Ok(Some(Learned::of_event(facts, event)))
     }
 }
 

@@ -12,7 +12,7 @@ pub mod parse;
 
 use std::sync::Arc;
 
-use cairn_enricher::{Enrich, EnrichError, FactSet};
+use cairn_enricher::{Enrich, EnrichError, Learned};
 use cairn_event::Event;
 use cairn_runtime::{Module, ModuleContext, Var};
 
@@ -33,8 +33,10 @@ impl Enrich for Devices {
         &self,
         _profile_id: &str,
         event: &Event,
-    ) -> Result<Option<FactSet>, EnrichError> {
-        Ok(event.user_agent().map(|agent| self.lookup(&agent).facts()))
+    ) -> Result<Option<Learned>, EnrichError> {
+        Ok(event
+            .user_agent()
+            .map(|agent| Learned::of_event(self.lookup(&agent).facts(), event)))
     }
 }
 

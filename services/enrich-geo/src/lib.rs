@@ -15,7 +15,7 @@ pub mod database;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use cairn_enricher::{Enrich, EnrichError, FactSet};
+use cairn_enricher::{Enrich, EnrichError, Learned};
 use cairn_event::Event;
 use cairn_runtime::{Module, ModuleContext, ModuleTask, Shutdown, Var};
 
@@ -55,11 +55,11 @@ impl Enrich for Geo {
         &self,
         _profile_id: &str,
         event: &Event,
-    ) -> Result<Option<FactSet>, EnrichError> {
+    ) -> Result<Option<Learned>, EnrichError> {
         Ok(event
             .ip()
             .and_then(|ip| self.locate(&ip))
-            .map(|location| location.facts()))
+            .map(|location| Learned::of_event(location.facts(), event)))
     }
 }
 
