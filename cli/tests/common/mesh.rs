@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::Child;
 use tokio::task::JoinHandle;
 
-use super::{cairn, output, sigterm, wait_ready};
+use super::{cairn, output, sigterm};
 
 /// The cart reminder: an email 3 s after the last add_to_cart, unless the order came.
 pub const CART: &str = r#"
@@ -58,6 +58,61 @@ struct Process {
 }
 
 impl Process {
+    fn grpc(&self) -> SocketAddr {
+        self.env
+            .iter()
+            .find(|(name, _)| name == "CAIRN_GRPC_ADDR")
+            .and_then(|(_, value)| value.parse().ok())
+            .expect("a gRPC address")
+    }
+
+    /// Waits until the process is ready. Its ports are picked before it starts, so a
+    /// parallel test may take one first: a process that exits saying an address is in
+    /// use starts again on fresh ones; any other exit fails with what it logged.
+    async fn until_ready(&mut self) {
+        for _ in 0..3 {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(response) = reqwest::get(format!("http://{}/readyz", self.admin)).await
+                    && response.status() == 200
+                {
+                    return;
+                }
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    let log = match self.logs.pop() {
+                        Some(run) => run.await.unwrap_or_default(),
+                        None => String::new(),
+                    };
+                    assert!(
+                        log.contains("in use"),
+                        "{} exited with {status} before becoming ready:\n{log}",
+                        self.name
+                    );
+                    let (grpc, admin) = (free_addr(), free_addr());
+                    for (name, value) in &mut self.env {
+                        match name.as_str() {
+                            "CAIRN_GRPC_ADDR" => *value = grpc.to_string(),
+                            "CAIRN_ADMIN_ADDR" => *value = admin.to_string(),
+                            _ => {}
+                        }
+                    }
+                    self.admin = admin;
+                    let (child, log) = Process::spawn(self.services, &self.env);
+                    self.child = child;
+                    self.logs.push(log);
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} not ready in 30s",
+                    self.name
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("{}: no free addresses in three tries", self.name);
+    }
+
     fn spawn(services: &[&str], env: &[(String, String)]) -> (Child, JoinHandle<String>) {
         let mut command = cairn();
         command.arg("serve").args(services);
@@ -127,7 +182,6 @@ impl Mesh {
                 .map(|(name, value)| (name.to_string(), value.to_string())),
         );
         let mut processes = Vec::new();
-        let (mut core_grpc, mut core_admin) = (http, http);
         for services in PROCESSES {
             let dir = tempfile::tempdir().unwrap();
             let (grpc, admin) = (free_addr(), free_addr());
@@ -140,9 +194,6 @@ impl Mesh {
                     dir.path().display().to_string(),
                 ),
             ]);
-            if services.contains(&"dispatcher") {
-                (core_grpc, core_admin) = (grpc, admin);
-            }
             let (child, log) = Process::spawn(services, &env);
             processes.push(Process {
                 name: services.join("+"),
@@ -155,8 +206,13 @@ impl Mesh {
             });
         }
         for process in &mut processes {
-            wait_ready(process.admin, &mut process.child).await;
+            process.until_ready().await;
         }
+        let core = processes
+            .iter()
+            .find(|process| process.services.contains(&"dispatcher"))
+            .expect("a process with the dispatcher");
+        let (core_grpc, core_admin) = (core.grpc(), core.admin);
         Some(Mesh {
             nats,
             smtp,
@@ -187,7 +243,11 @@ impl Mesh {
         let (child, log) = Process::spawn(process.services, &process.env);
         process.child = child;
         process.logs.push(log);
-        wait_ready(process.admin, &mut process.child).await;
+        process.until_ready().await;
+        if process.services.contains(&"dispatcher") {
+            self.core_admin = process.admin;
+            self.core_grpc = process.grpc();
+        }
     }
 
     /// Saves the `cart_reminder` template the [`CART`] campaign sends, through the CLI.
