@@ -431,10 +431,14 @@ async fn run(mut mesh: Mesh, mut faults: Vec<Fault>) {
         assert_eq!(*times, 1, "{to} got {times} reminders");
     }
     assert!(uncertain <= 1, "{uncertain} emails in an uncertain state");
+    let missing: Vec<&&str> = due
+        .iter()
+        .filter(|email| !received.contains_key(**email))
+        .collect();
     assert_eq!(
         received.len() + uncertain,
         due.len(),
-        "reminders sent (+ uncertain) vs due"
+        "reminders sent (+ uncertain) vs due; none for {missing:?}"
     );
     eprintln!(
         "faults: {} profiles for {} people, all caught up {:.1} s after the first event; \
