@@ -7,8 +7,9 @@
 //! the message id `facts:<source>:<event message id>`: a redelivered event yields the
 //! same facts, which the stream drops as a duplicate and the profile store would apply
 //! only once anyway. Facts are deltas: an enricher that keeps state per person
-//! publishes them only when they differ from what it published last ([`state`]). The worker loop of [`cairn_bus::worker`] acknowledges after
-//! publishing, retries what fails for now and dead-letters what never can succeed.
+//! publishes them only when they differ from what it published last ([`state`]). The
+//! worker loop of [`cairn_bus::worker`] acknowledges after publishing, retries what fails
+//! for now and dead-letters what never can succeed.
 
 #![forbid(unsafe_code)]
 
