@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::Child;
 use tokio::task::JoinHandle;
 
-use super::{cairn, output, sigterm};
+use super::{cairn, output, ready_or_exited, sigterm};
 
 /// The cart reminder: an email 3 s after the last add_to_cart, unless the order came.
 pub const CART: &str = r#"
@@ -71,44 +71,30 @@ impl Process {
     /// use starts again on fresh ones; any other exit fails with what it logged.
     async fn until_ready(&mut self) {
         for _ in 0..3 {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Ok(response) = reqwest::get(format!("http://{}/readyz", self.admin)).await
-                    && response.status() == 200
-                {
-                    return;
+            let Some(status) = ready_or_exited(self.admin, &mut self.child).await else {
+                return;
+            };
+            let log = match self.logs.pop() {
+                Some(run) => run.await.unwrap_or_default(),
+                None => String::new(),
+            };
+            assert!(
+                log.contains("in use"),
+                "{} exited with {status} before becoming ready:\n{log}",
+                self.name
+            );
+            let (grpc, admin) = (free_addr(), free_addr());
+            for (name, value) in &mut self.env {
+                match name.as_str() {
+                    "CAIRN_GRPC_ADDR" => *value = grpc.to_string(),
+                    "CAIRN_ADMIN_ADDR" => *value = admin.to_string(),
+                    _ => {}
                 }
-                if let Ok(Some(status)) = self.child.try_wait() {
-                    let log = match self.logs.pop() {
-                        Some(run) => run.await.unwrap_or_default(),
-                        None => String::new(),
-                    };
-                    assert!(
-                        log.contains("in use"),
-                        "{} exited with {status} before becoming ready:\n{log}",
-                        self.name
-                    );
-                    let (grpc, admin) = (free_addr(), free_addr());
-                    for (name, value) in &mut self.env {
-                        match name.as_str() {
-                            "CAIRN_GRPC_ADDR" => *value = grpc.to_string(),
-                            "CAIRN_ADMIN_ADDR" => *value = admin.to_string(),
-                            _ => {}
-                        }
-                    }
-                    self.admin = admin;
-                    let (child, log) = Process::spawn(self.services, &self.env);
-                    self.child = child;
-                    self.logs.push(log);
-                    break;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{} not ready in 30s",
-                    self.name
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            self.admin = admin;
+            let (child, log) = Process::spawn(self.services, &self.env);
+            self.child = child;
+            self.logs.push(log);
         }
         panic!("{}: no free addresses in three tries", self.name);
     }

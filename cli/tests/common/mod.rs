@@ -71,16 +71,27 @@ pub fn sigterm(child: &Child) {
 }
 
 pub async fn wait_ready(admin: std::net::SocketAddr, child: &mut Child) {
+    if let Some(status) = ready_or_exited(admin, child).await {
+        let stderr = stderr_of(child).await;
+        panic!("cairn exited with {status} before becoming ready: {stderr}");
+    }
+}
+
+/// Waits until the process answers ready on `admin` (`None`), or exits first (its
+/// status). Fails after 30 s.
+pub async fn ready_or_exited(
+    admin: std::net::SocketAddr,
+    child: &mut Child,
+) -> Option<std::process::ExitStatus> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(response) = reqwest::get(format!("http://{admin}/readyz")).await
             && response.status() == 200
         {
-            return;
+            return None;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let stderr = stderr_of(child).await;
-            panic!("cairn exited with {status} before becoming ready: {stderr}");
+            return Some(status);
         }
         assert!(tokio::time::Instant::now() < deadline, "not ready in 30s");
         tokio::time::sleep(Duration::from_millis(50)).await;
