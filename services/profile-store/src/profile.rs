@@ -736,8 +736,16 @@ impl Profile {
         for (name, value) in &other.traits {
             self.set_trait(name, value.value.clone(), value.at, settings);
         }
+        // A source's facts as of the same time are the survivor's: an enricher that
+        // keeps state per person says what the two are together as of the newer.
         for (source, facts) in &other.facts {
-            if let Value::Object(map) = &facts.value {
+            let newer = self
+                .facts
+                .get(source)
+                .is_none_or(|known| facts.at > known.at);
+            if let Value::Object(map) = &facts.value
+                && newer
+            {
                 self.apply_facts(source, map, facts.at);
             }
         }
@@ -1454,6 +1462,29 @@ mod tests {
         assert_eq!(laptop.events["purchase"].total, 1);
         assert_eq!(laptop.last_seen, Some(T0 + 3 * HOUR));
         assert_eq!(laptop.merged_from, vec!["p2".to_string()]);
+    }
+
+    #[test]
+    fn a_merge_takes_the_other_profile_s_facts_only_when_they_are_newer() {
+        let facts = |value: &str| {
+            json!({"best_send_hour": value})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let mut survivor = Profile::new("p1");
+        // What the enricher says of the two together, as of the newer of them.
+        survivor.apply_facts("activity", &facts("both"), T0 + HOUR);
+        survivor.apply_facts("content", &facts("mine"), T0);
+        let mut merged = Profile::new("p2");
+        merged.apply_facts("activity", &facts("theirs"), T0 + HOUR);
+        merged.apply_facts("content", &facts("theirs"), T0 + HOUR);
+        merged.apply_facts("device", &facts("theirs"), T0);
+        survivor.absorb(&merged, &FoldSettings::default());
+        let said = |source: &str| survivor.facts[source].value["best_send_hour"].clone();
+        assert_eq!(said("activity"), "both");
+        assert_eq!(said("content"), "theirs");
+        assert_eq!(said("device"), "theirs");
     }
 
     #[test]
