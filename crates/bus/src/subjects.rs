@@ -70,9 +70,19 @@ pub fn profiles_merged(partition: u32) -> String {
     format!("profiles.merged.{partition}")
 }
 
+/// The wildcard covering every merge.
+pub fn profiles_merged_all() -> String {
+    "profiles.merged.>".to_string()
+}
+
 /// Identifiers were split out of a profile: `profiles.split.<partition of that profile>`.
 pub fn profiles_split(partition: u32) -> String {
     format!("profiles.split.{partition}")
+}
+
+/// The wildcard covering every split.
+pub fn profiles_split_all() -> String {
+    "profiles.split.>".to_string()
 }
 
 /// A profile changed: `profiles.changed.<partition>`.

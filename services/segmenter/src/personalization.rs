@@ -73,7 +73,7 @@ pub fn consumer_configs() -> [(&'static str, consumer::pull::Config); 3] {
             config(
                 "profiles",
                 "merges and deletions",
-                &["profiles.merged.>", subjects::PROFILES_DELETED],
+                &[&subjects::profiles_merged_all(), subjects::PROFILES_DELETED],
             ),
         ),
     ]
