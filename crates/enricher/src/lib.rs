@@ -10,6 +10,13 @@
 //! publishes them only when they differ from what it published last ([`state`]). The
 //! worker loop of [`cairn_bus::worker`] acknowledges after publishing, retries what fails
 //! for now and dead-letters what never can succeed.
+//!
+//! An enricher that keeps state per person also follows what happens to profiles, on a
+//! second durable consumer (`enrich_<source>_links`) of `profiles.merged.>`,
+//! `profiles.split.>` and `profiles.deleted`: a merged profile's state is taken into the
+//! survivor's (and the survivor's facts published, with the message id
+//! `facts:<source>:merge:<merged profile>`), a split profile starts anew, and a deleted
+//! person's state is deleted.
 
 #![forbid(unsafe_code)]
 
@@ -25,11 +32,13 @@ use cairn_bus::worker::{Delivered, Handled, Handler, Handling, WorkerOptions};
 use cairn_bus::{Bus, BusConfig, Outgoing, Partitions, streams, subjects};
 use cairn_event::Event;
 use cairn_proto::event::v1::IdentifiedEvent;
-use cairn_proto::profile::v1::Facts;
+use cairn_proto::identity::v1::MergeRecord;
+use cairn_proto::identity::v1::merge_record::Kind;
+use cairn_proto::profile::v1::{Facts, ProfileDeleted};
 use cairn_runtime::config::{ConfigError, Settings, Var};
 use cairn_runtime::error::{Classify, ErrorKind};
 use cairn_runtime::grpc::GrpcServices;
-use cairn_runtime::{BoxError, Module, ModuleContext};
+use cairn_runtime::{BoxError, Module, ModuleContext, ModuleTask};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use prost::Message as _;
@@ -91,6 +100,34 @@ pub trait Enrich: Send + Sync + 'static {
         profile_id: &str,
         event: &Event,
     ) -> impl Future<Output = Result<Option<Learned>, EnrichError>> + Send;
+
+    /// Whether it keeps state per person, which must follow merges, splits and
+    /// deletions of profiles (the three methods below).
+    fn keeps_person_state(&self) -> bool {
+        false
+    }
+
+    /// Profile `from` was merged into `into`: what is kept about `from` becomes part of
+    /// what is kept about `into`, once however often this is called. Returns what the
+    /// profile `into` should learn from it.
+    fn merge(
+        &self,
+        _from: &str,
+        _into: &str,
+    ) -> impl Future<Output = Result<Option<Learned>, EnrichError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Identifiers were split out of a profile into `into`, which is a person of its own
+    /// again (maybe one merged before): what is kept about `into` starts anew.
+    fn split(&self, _into: &str) -> impl Future<Output = Result<(), EnrichError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// The person of `profile_id` is forgotten: so is everything kept about them.
+    fn forget(&self, _profile_id: &str) -> impl Future<Output = Result<(), EnrichError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,37 +227,90 @@ impl<E: Enrich> Enricher<E> {
         self.metrics
             .events
             .add(1, std::slice::from_ref(&self.metrics.source));
-        let Some(learned) = self.logic.enrich(&identified.profile_id, &event).await? else {
-            return Ok(None);
-        };
-        if learned.facts.is_empty() {
+        let learned = self.logic.enrich(&identified.profile_id, &event).await?;
+        Ok(self.facts_message(&identified.profile_id, &event.message_id, learned))
+    }
+
+    /// What a message on `profiles.merged.*`, `profiles.split.*` or `profiles.deleted`
+    /// means for what the logic keeps per person; for a merge, the facts it gives the
+    /// survivor.
+    pub async fn follow_profile(
+        &self,
+        subject: &str,
+        payload: Bytes,
+    ) -> Result<Option<Outgoing>, EnrichError> {
+        if subject == subjects::PROFILES_DELETED {
+            let deleted = ProfileDeleted::decode(payload)
+                .map_err(|err| EnrichError::Unreadable(format!("not a deleted profile: {err}")))?;
+            if deleted.profile_id.is_empty() {
+                return Err(EnrichError::Unreadable(
+                    "profile_id: a deleted profile needs one".to_string(),
+                ));
+            }
+            self.logic.forget(&deleted.profile_id).await?;
             return Ok(None);
         }
+        let link = MergeRecord::decode(payload)
+            .map_err(|err| EnrichError::Unreadable(format!("not a merge record: {err}")))?;
+        let (from, into) = (&link.from_profile_id, &link.into_profile_id);
+        if from.is_empty() || into.is_empty() || from == into {
+            return Err(EnrichError::Unreadable(format!(
+                "from_profile_id, into_profile_id: two different profiles are needed, got {from:?} and {into:?}"
+            )));
+        }
+        match Kind::try_from(link.kind) {
+            Ok(Kind::Merged) => {
+                let learned = self.logic.merge(from, into).await?;
+                Ok(self.facts_message(into, &format!("merge:{from}"), learned))
+            }
+            Ok(Kind::Split) => {
+                self.logic.split(into).await?;
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The facts message for what the logic `learned` about `profile_id` from the
+    /// message `message_id`, if anything.
+    fn facts_message(
+        &self,
+        profile_id: &str,
+        message_id: &str,
+        learned: Option<Learned>,
+    ) -> Option<Outgoing> {
+        let learned = learned.filter(|learned| !learned.facts.is_empty())?;
         self.metrics
             .facts
             .add(1, std::slice::from_ref(&self.metrics.source));
         let source = self.logic.source();
         let message = Facts {
-            profile_id: identified.profile_id.clone(),
-            message_id: event.message_id.clone(),
+            profile_id: profile_id.to_string(),
+            message_id: message_id.to_string(),
             source: source.to_string(),
             at: Some(cairn_runtime::clock::timestamp(learned.as_of_ms)),
             facts_json: Value::Object(learned.facts).to_string(),
         };
         let mut headers = async_nats::HeaderMap::new();
         cairn_bus::trace::inject_current(&mut headers);
-        Ok(Some(Outgoing {
-            subject: subjects::profile_facts(self.partitions.of(&identified.profile_id)),
-            message_id: Some(format!("facts:{source}:{}", event.message_id)),
+        Some(Outgoing {
+            subject: subjects::profile_facts(self.partitions.of(profile_id)),
+            message_id: Some(format!("facts:{source}:{message_id}")),
             headers,
             payload: Bytes::from(message.encode_to_vec()),
-        }))
+        })
     }
 }
 
 impl<E: Enrich> Handler for Enricher<E> {
     async fn handle(&self, message: &Delivered) -> Handled {
-        match self.facts_for(message.payload.clone()).await {
+        let facts = if message.stream == streams::PROFILES {
+            self.follow_profile(&message.subject, message.payload.clone())
+                .await
+        } else {
+            self.facts_for(message.payload.clone()).await
+        };
+        match facts {
             Ok(facts) => Handled::Publish(
                 facts
                     .into_iter()
@@ -254,6 +344,26 @@ pub fn consumer_config(source: &str, batch: usize) -> consumer::pull::Config {
     }
 }
 
+/// The durable consumer of an enricher that keeps state per person: what happens to
+/// profiles (merges, splits, deletions).
+pub fn links_consumer_config(source: &str, batch: usize) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(format!("enrich_{source}_links")),
+        description: Some(format!(
+            "Enricher {source}: what it keeps per person follows merges, splits and deletions"
+        )),
+        filter_subjects: vec![
+            subjects::profiles_merged_all(),
+            subjects::profiles_split_all(),
+            subjects::PROFILES_DELETED.to_string(),
+        ],
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: cairn_bus::worker::ACK_WAIT,
+        max_ack_pending: (batch * 8).max(1000) as i64,
+        ..Default::default()
+    }
+}
+
 /// Starts the enricher `service` (e.g. `enrich-geo`) around `logic`.
 pub async fn start<E: Enrich>(
     context: &ModuleContext,
@@ -272,6 +382,18 @@ pub async fn start<E: Enrich>(
     let consumer = bus
         .ensure_consumer(streams::IDENTIFIED, consumer_config(logic.source(), batch))
         .await?;
+    let links_consumer = if logic.keeps_person_state() {
+        bus.ensure_stream(streams::profiles(&bus_config)).await?;
+        Some(
+            bus.ensure_consumer(
+                streams::PROFILES,
+                links_consumer_config(logic.source(), batch),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     context
         .readiness
         .add_check(format!("{service}: NATS"), bus.readiness_check());
@@ -286,14 +408,33 @@ pub async fn start<E: Enrich>(
         max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
         handling: Handling::InOrder,
     };
-    let worker = cairn_bus::worker::run(bus, consumer, handler, options, context.shutdown.clone());
+    let mut workers = vec![cairn_bus::worker::run(
+        bus.clone(),
+        consumer,
+        handler.clone(),
+        options.clone(),
+        context.shutdown.clone(),
+    )];
+    if let Some(links_consumer) = links_consumer {
+        workers.push(cairn_bus::worker::run(
+            bus,
+            links_consumer,
+            handler,
+            options,
+            context.shutdown.clone(),
+        ));
+    }
     Ok(Module {
         name: service,
         grpc: GrpcServices::default(),
         http: None,
-        tasks: vec![Box::pin(async move {
-            worker.await.map_err(|err| Box::new(err) as BoxError)
-        })],
+        tasks: workers
+            .into_iter()
+            .map(|worker| {
+                Box::pin(async move { worker.await.map_err(|err| Box::new(err) as BoxError) })
+                    as ModuleTask
+            })
+            .collect(),
     })
 }
 

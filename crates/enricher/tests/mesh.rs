@@ -21,6 +21,7 @@ struct Mesh {
     _nats: TestNats,
     host: TestHost,
     bus: Bus,
+    store: EmbeddedStore,
     _dir: tempfile::TempDir,
 }
 
@@ -49,7 +50,7 @@ async fn mesh() -> Mesh {
         [
             ("CAIRN_NATS_URL", url.as_str()),
             ("CAIRN_WRITE_KEYS", "web:wk_web"),
-            ("CAIRN_ADMIN_TOKENS", "read:tk_read"),
+            ("CAIRN_ADMIN_TOKENS", "read:tk_read,admin:tk_admin"),
             ("CAIRN_PARTITION_LEASE", "1s"),
             ("CAIRN_GEO_DATABASES", city),
         ],
@@ -65,7 +66,9 @@ async fn mesh() -> Mesh {
         cairn_enrich_activity::start(&context, store.clone())
             .await
             .unwrap(),
-        cairn_enrich_content::start(&context, store).await.unwrap(),
+        cairn_enrich_content::start(&context, store.clone())
+            .await
+            .unwrap(),
         cairn_enrich_geo::start(&context).await.unwrap(),
         cairn_enrich_device::start(&context).await.unwrap(),
     ];
@@ -75,6 +78,7 @@ async fn mesh() -> Mesh {
         _nats: nats,
         host,
         bus,
+        store,
         _dir: dir,
     }
 }
@@ -84,15 +88,19 @@ impl Mesh {
         self.host.send_batch("wk_web", batch).await;
     }
 
-    /// The profile of anonymous id `anonymous`, once `ready` holds for it (30 s at most).
-    async fn profile_when(&self, anonymous: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        let mut client = ProfilesClient::new(
+    async fn profiles(&self) -> ProfilesClient<tonic::transport::Channel> {
+        ProfilesClient::new(
             tonic::transport::Channel::from_shared(self.host.grpc_url())
                 .unwrap()
                 .connect()
                 .await
                 .unwrap(),
-        );
+        )
+    }
+
+    /// The profile of anonymous id `anonymous`, once `ready` holds for it (30 s at most).
+    async fn profile_when(&self, anonymous: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let mut client = self.profiles().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let mut request = tonic::Request::new(pb::GetRequest {
@@ -250,4 +258,144 @@ async fn events_bring_every_enricher_s_facts_to_the_profile_once() {
     assert_eq!(of(&last, "p4", "activity"), 1);
     assert_eq!(of(&last, "p5", "activity"), 0);
     assert_eq!(of(&last, "p5", "device"), 1);
+}
+
+/// Two devices of one person, each with its own habits and reading, until the person
+/// signs in on both: the profiles merge, and so do what activity and content keep about
+/// them, so that the facts speak of the person, not of whichever device survived.
+#[tokio::test]
+async fn the_habits_and_interests_of_merged_profiles_become_one_and_are_forgotten_with_them() {
+    let mesh = mesh().await;
+    let page = |id: &str, anonymous: &str, at: &str, path: &str, title: &str| {
+        json!({"type": "page", "messageId": id, "anonymousId": anonymous, "timestamp": at,
+               "context": {"timezone": "Europe/Paris",
+                           "page": {"url": format!("https://shop.example.com{path}"), "title": title}}})
+    };
+    // The phone in the evening (20:00 in Paris), reading about hats.
+    mesh.send(json!([
+        page(
+            "m1",
+            "phone",
+            "2026-11-02T19:10:00Z",
+            "/hats/wool-hats",
+            "Wool hats"
+        ),
+        page(
+            "m2",
+            "phone",
+            "2026-11-03T19:20:00Z",
+            "/hats/felt-hats",
+            "Felt hats"
+        ),
+    ]))
+    .await;
+    // The laptop in the morning (09:00), reading about shoes.
+    mesh.send(json!([
+        page(
+            "m3",
+            "laptop",
+            "2026-11-04T08:10:00Z",
+            "/shoes/running-shoes",
+            "Running shoes"
+        ),
+        page(
+            "m4",
+            "laptop",
+            "2026-11-04T08:30:00Z",
+            "/shoes/trail-shoes",
+            "Trail shoes"
+        ),
+    ]))
+    .await;
+    for device in ["phone", "laptop"] {
+        mesh.profile_when(device, |profile| {
+            profile["facts"]["content"]["top_topic"].is_string()
+                && profile["facts"]["activity"]["best_send_hour"].is_number()
+        })
+        .await;
+    }
+    mesh.settle().await;
+
+    // The same person signs in on both.
+    mesh.send(json!([
+        {"type": "identify", "messageId": "m5", "anonymousId": "phone", "userId": "u-7",
+         "timestamp": "2026-11-04T19:00:00Z", "context": {"timezone": "Europe/Paris"}},
+        {"type": "identify", "messageId": "m6", "anonymousId": "laptop", "userId": "u-7",
+         "timestamp": "2026-11-05T08:05:00Z", "context": {"timezone": "Europe/Paris"}},
+    ]))
+    .await;
+    let hours = |profile: &Value| {
+        let mut hours: Vec<u64> = profile["facts"]["activity"]["active_hours"]
+            .as_array()
+            .map(|hours| hours.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        hours.sort_unstable();
+        hours
+    };
+    let person = mesh
+        .profile_when("phone", |profile| {
+            profile["merged_from"]
+                .as_array()
+                .is_some_and(|merged| !merged.is_empty())
+                && hours(profile) == [9, 20]
+                && profile["facts"]["content"]["topics"]
+                    .as_object()
+                    .is_some_and(|topics| topics.len() >= 2)
+        })
+        .await;
+    let topics = &person["facts"]["content"]["topics"];
+    assert!(
+        topics.get("hats").is_some() && topics.get("shoes").is_some(),
+        "{person}"
+    );
+    let survivor = person["id"].as_str().unwrap().to_string();
+    let merged = person["merged_from"][0].as_str().unwrap().to_string();
+    mesh.settle().await;
+    let habits: cairn_enrich_activity::Habits =
+        cairn_enricher::state::read(&mesh.store, &cairn_enrich_activity::ACTIVITY, &survivor)
+            .await
+            .unwrap()
+            .unwrap();
+    // Both devices' page views and sign-ins, once each.
+    let weight: f64 = habits.hours.iter().sum();
+    assert!(weight > 5.0 && weight < 6.0 + 1e-9, "{weight}");
+    // What is left of the merged profile's habits is where they went.
+    let left: cairn_enrich_activity::Habits =
+        cairn_enricher::state::read(&mesh.store, &cairn_enrich_activity::ACTIVITY, &merged)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(left.merged_into.as_deref(), Some(survivor.as_str()));
+    assert!(left.hours.is_empty() && left.emails.is_empty(), "{left:?}");
+
+    // Forgotten: nothing of the person stays with the enrichers.
+    let mut request = tonic::Request::new(pb::DeleteRequest {
+        profile_id: survivor.clone(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer tk_admin".parse().unwrap());
+    mesh.profiles().await.delete(request).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let habits: Option<cairn_enrich_activity::Habits> =
+            cairn_enricher::state::read(&mesh.store, &cairn_enrich_activity::ACTIVITY, &survivor)
+                .await
+                .unwrap();
+        let affinity: Option<cairn_enrich_content::Affinity> = cairn_enricher::state::read(
+            &mesh.store,
+            &cairn_enrich_content::CONTENT,
+            &format!("profile:{survivor}"),
+        )
+        .await
+        .unwrap();
+        if habits.is_none() && affinity.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the enrichers still keep the deleted person's state"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -70,6 +70,15 @@ pub struct Habits {
     /// The digest of the facts last published from these habits.
     #[serde(default)]
     pub published: Option<u64>,
+    /// Once the person's profile was merged into another: where their habits went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
+}
+
+impl cairn_enricher::state::PersonState for Habits {
+    fn merged_into(&mut self) -> &mut Option<String> {
+        &mut self.merged_into
+    }
 }
 
 impl cairn_enricher::state::FactSource for Habits {
@@ -111,6 +120,33 @@ impl Habits {
             hours.iter_mut().for_each(|hour| *hour *= fade)
         });
         self.hours[slot] += weight;
+    }
+
+    /// Takes in the habits of a profile merged into this one: its hours, faded to the
+    /// newer of the two, its addresses, and its time zone if it is the newer.
+    pub fn absorb(&mut self, merged: &Habits, half_life_ms: f64) {
+        if merged.hours.len() != HOURS_OF_WEEK {
+            return;
+        }
+        if self.hours.len() != HOURS_OF_WEEK {
+            self.hours = vec![0.0; HOURS_OF_WEEK];
+        }
+        let newer = merged.as_of > self.as_of;
+        let hours = &mut self.hours;
+        let weight = weigh(&mut self.as_of, merged.as_of, half_life_ms, |fade| {
+            hours.iter_mut().for_each(|hour| *hour *= fade)
+        });
+        for (hour, theirs) in self.hours.iter_mut().zip(&merged.hours) {
+            *hour += theirs * weight;
+        }
+        if newer || self.timezone.is_none() {
+            self.timezone = merged.timezone.clone().or(self.timezone.take());
+        }
+        for (address, business) in &merged.emails {
+            if self.emails.len() < MAX_EMAILS || self.emails.contains_key(address) {
+                self.emails.insert(address.clone(), *business);
+            }
+        }
     }
 
     /// Remembers an address the person gave, and whether it is a business one.
@@ -327,6 +363,45 @@ mod tests {
         // An old event arriving late weighs what it would have weighed by now.
         habits.add(MONDAY + 9 * HOUR + DAY, None, HALF_LIFE);
         assert_eq!(habits.facts()["best_send_hour"], 20);
+    }
+
+    #[test]
+    fn merged_habits_count_both_people_s_hours_as_of_the_newer() {
+        // One device read in the evening, weeks ago; the other at lunch, lately.
+        let mut evenings = Habits::default();
+        for day in 0..10 {
+            evenings.add(berlin(day, 21, 0), Some("Europe/Berlin"), HALF_LIFE);
+        }
+        evenings.add_email("tom@gmail.com", &free_mail());
+        let mut lunches = Habits::default();
+        for day in 40..44 {
+            lunches.add(berlin(day, 12, 30), Some("Europe/Berlin"), HALF_LIFE);
+        }
+        lunches.add_email("tom@acme-corp.de", &free_mail());
+
+        let mut merged = lunches.clone();
+        merged.absorb(&evenings, HALF_LIFE);
+        assert_eq!(merged.as_of, lunches.as_of);
+        // Ten evenings, faded by a month or so, still outweigh four recent lunches.
+        assert_eq!(merged.facts()["best_send_hour"], 21);
+        assert_eq!(merged.facts()["active_hours"], json!([21, 12]));
+        assert_eq!(merged.timezone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(merged.facts()["customer_type"], "b2b");
+        assert_eq!(merged.emails.len(), 2);
+        let total = |habits: &Habits| habits.hours.iter().sum::<f64>();
+        let faded = 0.5f64.powf((lunches.as_of - evenings.as_of) as f64 / HALF_LIFE);
+        assert!((total(&merged) - (total(&lunches) + total(&evenings) * faded)).abs() < 1e-9);
+
+        // The other way round: the same totals.
+        let mut other_way = evenings.clone();
+        other_way.absorb(&lunches, HALF_LIFE);
+        assert_eq!(other_way.as_of, lunches.as_of);
+        assert!((total(&other_way) - total(&merged)).abs() < 1e-9);
+
+        // Nothing to take in from a profile with no habits.
+        let mut unchanged = lunches.clone();
+        unchanged.absorb(&Habits::default(), HALF_LIFE);
+        assert_eq!(unchanged, lunches);
     }
 
     #[test]

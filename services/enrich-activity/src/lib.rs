@@ -103,6 +103,29 @@ impl<S: Store> Enrich for Activity<S> {
         )
         .await
     }
+
+    fn keeps_person_state(&self) -> bool {
+        true
+    }
+
+    async fn merge(&self, from: &str, into: &str) -> Result<Option<Learned>, EnrichError> {
+        state::merge_facts_once(
+            &self.store,
+            &ACTIVITY,
+            from,
+            into,
+            |habits: &mut Habits, merged: &Habits| habits.absorb(merged, self.half_life_ms),
+        )
+        .await
+    }
+
+    async fn split(&self, into: &str) -> Result<(), EnrichError> {
+        state::revive::<_, Habits>(&self.store, &ACTIVITY, into).await
+    }
+
+    async fn forget(&self, profile_id: &str) -> Result<(), EnrichError> {
+        Ok(self.store.delete(&ACTIVITY, profile_id.as_bytes()).await?)
+    }
 }
 
 /// Starts enrich-activity on `store`.

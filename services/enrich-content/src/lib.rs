@@ -165,6 +165,23 @@ impl<S: Store> Content<S> {
         Ok(())
     }
 
+    /// What a person's affinities say: their topics and the pages to recommend them,
+    /// as of the newest page they read.
+    async fn learned(&self, affinity: &Affinity) -> Result<Learned, EnrichError> {
+        let mut facts = affinity.facts();
+        let mut popular = Vec::new();
+        for topic in affinity.top_topics(text::RECOMMEND_FROM_TOPICS) {
+            let pages: Option<Popular> =
+                state::read(&self.store, &CONTENT, &popular_key(&topic)).await?;
+            popular.push((topic, pages.unwrap_or_default()));
+        }
+        facts.insert("recommended".into(), affinity.recommend(&popular));
+        Ok(Learned {
+            facts,
+            as_of_ms: affinity.as_of,
+        })
+    }
+
     /// The page's topics: by the taxonomy when there is one, else by TF-IDF.
     pub async fn topics(
         &self,
@@ -235,10 +252,10 @@ impl<S: Store> Enrich for Content<S> {
                 .await?;
             }
         }
-        let affinity: Affinity = state::apply_once(
+        let affinity: Affinity = state::person_once(
             &self.store,
             &CONTENT,
-            &format!("profile:{profile_id}"),
+            &person_key(profile_id),
             &event.message_id,
             |affinity: &mut Affinity| {
                 affinity.add(&topics, url.as_deref(), event.at_ms, self.half_life_ms)
@@ -246,16 +263,41 @@ impl<S: Store> Enrich for Content<S> {
         )
         .await?
         .state;
-        let mut facts = affinity.facts();
-        let mut popular = Vec::new();
-        for topic in affinity.top_topics(text::RECOMMEND_FROM_TOPICS) {
-            let pages: Option<Popular> =
-                state::read(&self.store, &CONTENT, &popular_key(&topic)).await?;
-            popular.push((topic, pages.unwrap_or_default()));
-        }
-        facts.insert("recommended".into(), affinity.recommend(&popular));
-        Ok(Some(Learned::of_event(facts, event)))
+        self.learned(&affinity).await.map(Some)
     }
+
+    fn keeps_person_state(&self) -> bool {
+        true
+    }
+
+    async fn merge(&self, from: &str, into: &str) -> Result<Option<Learned>, EnrichError> {
+        let affinity: Affinity = state::merge_once(
+            &self.store,
+            &CONTENT,
+            &person_key(from),
+            &person_key(into),
+            |affinity: &mut Affinity, merged: &Affinity| affinity.absorb(merged, self.half_life_ms),
+        )
+        .await?
+        .state;
+        self.learned(&affinity).await.map(Some)
+    }
+
+    async fn split(&self, into: &str) -> Result<(), EnrichError> {
+        state::revive::<_, Affinity>(&self.store, &CONTENT, &person_key(into)).await
+    }
+
+    async fn forget(&self, profile_id: &str) -> Result<(), EnrichError> {
+        Ok(self
+            .store
+            .delete(&CONTENT, person_key(profile_id).as_bytes())
+            .await?)
+    }
+}
+
+/// Where a person's affinities are kept.
+fn person_key(profile_id: &str) -> String {
+    format!("profile:{profile_id}")
 }
 
 /// Starts enrich-content on `store`.

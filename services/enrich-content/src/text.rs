@@ -211,17 +211,22 @@ pub struct Affinity {
     /// The URLs of the pages read last, oldest first.
     #[serde(default)]
     pub read: Vec<String>,
+    /// Once the person's profile was merged into another: where their affinities went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
+}
+
+impl cairn_enricher::state::PersonState for Affinity {
+    fn merged_into(&mut self) -> &mut Option<String> {
+        &mut self.merged_into
+    }
 }
 
 impl Affinity {
     /// Adds a page read at `at_ms` (at `url`, when it has one).
     pub fn add(&mut self, topics: &[PageTopic], url: Option<&str>, at_ms: i64, half_life_ms: f64) {
         if let Some(url) = url {
-            self.read.retain(|read| read != url);
-            self.read.push(url.to_string());
-            if self.read.len() > READ_KEPT {
-                self.read.drain(..self.read.len() - READ_KEPT);
-            }
+            self.read_last(url);
         }
         let scores = &mut self.scores;
         let weight = weigh(&mut self.as_of, at_ms, half_life_ms, |fade| {
@@ -233,6 +238,47 @@ impl Affinity {
                 .entry(topic.key.clone())
                 .or_insert_with(|| topic.label.clone());
         }
+        self.keep_strongest();
+    }
+
+    /// Takes in the affinities of a profile merged into this one: its scores, faded to
+    /// the newer of the two, and the pages it read (those of the older one first).
+    pub fn absorb(&mut self, merged: &Affinity, half_life_ms: f64) {
+        let ours = std::mem::take(&mut self.read);
+        let (older, newer) = if merged.as_of > self.as_of {
+            (&ours, &merged.read)
+        } else {
+            (&merged.read, &ours)
+        };
+        for url in older.iter().chain(newer) {
+            self.read_last(url);
+        }
+        let scores = &mut self.scores;
+        let weight = weigh(&mut self.as_of, merged.as_of, half_life_ms, |fade| {
+            scores.values_mut().for_each(|score| *score *= fade)
+        });
+        for (key, score) in &merged.scores {
+            *self.scores.entry(key.clone()).or_default() += weight * score;
+        }
+        for (key, label) in &merged.labels {
+            self.labels
+                .entry(key.clone())
+                .or_insert_with(|| label.clone());
+        }
+        self.keep_strongest();
+    }
+
+    /// Notes the page at `url` as the one read last.
+    fn read_last(&mut self, url: &str) {
+        self.read.retain(|read| read != url);
+        self.read.push(url.to_string());
+        if self.read.len() > READ_KEPT {
+            self.read.drain(..self.read.len() - READ_KEPT);
+        }
+    }
+
+    /// Forgets the weakest topics beyond those kept.
+    fn keep_strongest(&mut self) {
         if self.scores.len() > TOPICS_KEPT {
             let mut ranked: Vec<(String, f64)> = self
                 .scores
@@ -430,21 +476,24 @@ mod tests {
         );
     }
 
+    fn topic(key: &str, share: f64) -> PageTopic {
+        PageTopic {
+            key: key.into(),
+            label: key.into(),
+            share,
+        }
+    }
+
     #[test]
     fn affinities_fade_and_follow_what_is_read_now() {
         const DAY: i64 = 86_400_000;
         let half_life = 14.0 * DAY as f64;
-        let topic = |key: &str| PageTopic {
-            key: key.into(),
-            label: key.into(),
-            share: 1.0,
-        };
         let mut affinity = Affinity::default();
         for day in 0..5 {
-            affinity.add(&[topic("hats")], None, day * DAY, half_life);
+            affinity.add(&[topic("hats", 1.0)], None, day * DAY, half_life);
         }
         for day in 60..63 {
-            affinity.add(&[topic("shoes")], None, day * DAY, half_life);
+            affinity.add(&[topic("shoes", 1.0)], None, day * DAY, half_life);
         }
         let facts = affinity.facts();
         assert_eq!(facts["top_topic"], "shoes");
@@ -459,11 +508,6 @@ mod tests {
     #[test]
     fn recommendations_are_the_most_read_pages_of_the_strongest_topics_not_read_yet() {
         const HOUR: f64 = 3_600_000.0;
-        let topic = |key: &str, share| PageTopic {
-            key: key.into(),
-            label: key.into(),
-            share,
-        };
         let mut shoes = Popular::default();
         let mut socks = Popular::default();
         for (url, views) in [("/trail", 5), ("/road", 3), ("/spikes", 1)] {
@@ -508,5 +552,43 @@ mod tests {
         assert_eq!(affinity.read.len(), 50);
         assert_eq!(affinity.read.first().map(String::as_str), Some("/p10"));
         assert_eq!(affinity.read.last().map(String::as_str), Some("/p30"));
+    }
+
+    #[test]
+    fn merged_affinities_add_up_as_of_the_newer() {
+        const DAY: i64 = 86_400_000;
+        let half_life = 14.0 * DAY as f64;
+        let mut phone = Affinity::default();
+        for day in 0..3 {
+            phone.add(&[topic("hats", 1.0)], Some("/hats"), day * DAY, half_life);
+        }
+        let mut laptop = Affinity::default();
+        laptop.add(&[topic("shoes", 1.0)], Some("/shoes"), 14 * DAY, half_life);
+        laptop.add(
+            &[topic("hats", 1.0)],
+            Some("/hats/wool"),
+            14 * DAY,
+            half_life,
+        );
+
+        let mut merged = laptop.clone();
+        merged.absorb(&phone, half_life);
+        assert_eq!(merged.as_of, 14 * DAY);
+        // Three hat pages two weeks ago weigh about one and a half now.
+        let hats = merged.scores["hats"];
+        assert!(
+            (hats - (1.0 + 0.5 + 0.5f64.powf(13.0 / 14.0) + 0.5f64.powf(12.0 / 14.0))).abs() < 1e-9,
+            "{hats}"
+        );
+        assert_eq!(merged.scores["shoes"], 1.0);
+        assert_eq!(merged.facts()["top_topic"], "hats");
+        // The older device's pages come first: the newer ones were read last.
+        assert_eq!(merged.read, vec!["/hats", "/shoes", "/hats/wool"]);
+
+        let mut other_way = phone.clone();
+        other_way.absorb(&laptop, half_life);
+        assert_eq!(other_way.as_of, merged.as_of);
+        assert_eq!(other_way.read, merged.read);
+        assert!((other_way.scores["hats"] - hats).abs() < 1e-9);
     }
 }
