@@ -1,7 +1,8 @@
 //! Synthetic shop traffic, as a website's tag would send it: shoppers with cookies
 //! browsing sections from a few places and devices, signing in (free-mail or work
-//! addresses), filling carts and ordering, and a crawler. `cairn up --demo` and `cairn
-//! loadgen` send it.
+//! addresses), filling carts and ordering, and a crawler. One shopper in four also
+//! browses on a phone, with a cookie of its own there: once they have signed in on both,
+//! their two profiles are one. `cairn up --demo` and `cairn loadgen` send it.
 
 use serde_json::{Value, json};
 
@@ -19,6 +20,10 @@ const BROWSERS: &[&str] = &[
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15",
 ];
 const CRAWLER: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+/// Shoppers whose number is a multiple of this also browse on a phone, half the time.
+const TWO_DEVICES_EVERY: usize = 4;
+/// The phone they browse on.
+const PHONE: &str = BROWSERS[1];
 
 /// The next thing someone on the shop does (one of `shoppers`, or the crawler): mostly
 /// page views; shoppers now and then sign in, fill a cart and (some of them) order.
@@ -45,13 +50,21 @@ fn shop_event(rng: &mut impl rand::Rng, shoppers: usize) -> Value {
     let shopper = rng.random_range(0..shoppers.max(1));
     let (ip, timezone, locale) = PLACES[shopper % PLACES.len()];
     let favourite = SECTIONS[shopper % SECTIONS.len()];
+    let on_phone = shopper % TWO_DEVICES_EVERY == 0 && rng.random_bool(0.5);
+    let (anonymous_id, user_agent) = if on_phone {
+        (format!("demo-visitor-{shopper}-phone"), PHONE)
+    } else {
+        (
+            format!("demo-visitor-{shopper}"),
+            BROWSERS[shopper % BROWSERS.len()],
+        )
+    };
     let context = json!({
-        "userAgent": BROWSERS[shopper % BROWSERS.len()],
+        "userAgent": user_agent,
         "ip": ip,
         "timezone": timezone,
         "locale": locale,
     });
-    let anonymous_id = format!("demo-visitor-{shopper}");
     let user_id = format!("demo-user-{shopper}");
     match rng.random_range(0..20) {
         0..=11 => {
@@ -117,5 +130,30 @@ mod tests {
             cairn_collector::event::parse_batch(&body)
                 .unwrap_or_else(|err| panic!("{err:?}: {event}"));
         }
+    }
+
+    #[test]
+    fn some_shoppers_sign_in_on_two_devices_as_one_user() {
+        let mut rng = rand::rng();
+        let mut cookies_of_user: std::collections::HashMap<
+            String,
+            std::collections::BTreeSet<String>,
+        > = Default::default();
+        for _ in 0..20_000 {
+            let event = next_event(&mut rng, 40);
+            if let Some(user) = event["userId"].as_str() {
+                cookies_of_user
+                    .entry(user.to_string())
+                    .or_default()
+                    .insert(event["anonymousId"].as_str().unwrap().to_string());
+            }
+        }
+        let two_devices: Vec<&String> = cookies_of_user
+            .iter()
+            .filter(|(_, cookies)| cookies.len() == 2)
+            .map(|(user, _)| user)
+            .collect();
+        assert_eq!(two_devices.len(), 10, "{cookies_of_user:?}");
+        assert!(cookies_of_user.values().all(|cookies| cookies.len() <= 2));
     }
 }
