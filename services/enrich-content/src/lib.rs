@@ -280,6 +280,9 @@ impl<S: Store> Enrich for Content<S> {
         )
         .await?
         .state;
+        if affinity.scores.is_empty() {
+            return Ok(None); // neither read anything with a topic: nothing to say
+        }
         self.learned(&affinity).await.map(Some)
     }
 
