@@ -36,7 +36,7 @@ fn idle_campaign(n: usize) -> String {
 pub async fn run(args: CampaignsArgs) -> anyhow::Result<()> {
     let settings = Settings::from_env(&modules::all_vars())?;
     let dir = tempfile::tempdir()?;
-    let (url, _server) = super::nats(&settings, &dir.path().join("nats")).await?;
+    let (url, server) = super::nats(&settings, &dir.path().join("nats")).await?;
     let store = super::embedded_store(&dir.path().join("store"))?;
     cairn_segmenter::campaigns::saved::put(&store, OFFER, 0).await?;
     for n in 0..9 {
@@ -104,8 +104,15 @@ pub async fn run(args: CampaignsArgs) -> anyhow::Result<()> {
     };
     // Every profile's first journey is made before the clock starts.
     let warm_up = profiles.len();
-    let latencies = run
-        .through_segmenter(&bus, warm_up, args.rate, args.rate * args.seconds, change)
+    let (latencies, (cairn_cpu, nats_cpu)) = run
+        .through_segmenter(
+            &bus,
+            server.as_ref(),
+            warm_up,
+            args.rate,
+            args.rate * args.seconds,
+            change,
+        )
         .await?;
     collector.abort();
     context.shutdown.trigger();
@@ -119,9 +126,10 @@ pub async fn run(args: CampaignsArgs) -> anyhow::Result<()> {
         args.rate,
         latencies.len()
     );
+    println!("  {}", super::cpu_line("event", cairn_cpu, nats_cpu));
     println!(
         "{}",
-        json!({"event_to_action_p50_ms": (p50 * 100.0).round() / 100.0, "event_to_action_p99_ms": (p99 * 100.0).round() / 100.0, "rate": args.rate, "measured": latencies.len()})
+        json!({"event_to_action_p50_ms": (p50 * 100.0).round() / 100.0, "event_to_action_p99_ms": (p99 * 100.0).round() / 100.0, "cairn_cpu_us_per_event": cairn_cpu.map(f64::round), "nats_cpu_us_per_event": nats_cpu.map(f64::round), "rate": args.rate, "measured": latencies.len()})
     );
     Ok(())
 }

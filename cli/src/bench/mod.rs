@@ -331,21 +331,36 @@ impl LatencyRun {
 
     /// A run through the segmenter: `warm_up` messages first, left for its `segmenter`
     /// consumer to drain (not measured), then `total` more at `rate` per second; the
-    /// latencies seen, sorted. `message` gives message `n` and its key.
+    /// latencies seen, sorted, and the CPU used per message until the segmenter and the
+    /// consumers behind it (activation, personalization) have caught up. `message`
+    /// gives message `n` and its key.
     async fn through_segmenter(
         &self,
         bus: &cairn_bus::Bus,
+        server: Option<&NatsServer>,
         warm_up: usize,
         rate: usize,
         total: usize,
         mut message: impl FnMut(usize) -> (String, cairn_bus::Outgoing),
-    ) -> anyhow::Result<Vec<std::time::Duration>> {
+    ) -> anyhow::Result<(Vec<std::time::Duration>, (Option<f64>, Option<f64>))> {
         bus.publish_all((0..warm_up).map(|n| message(n).1).collect())
             .await?;
         drained(bus, cairn_bus::streams::PROFILES, "segmenter").await?;
+        let cpu_before = CpuUsed::now(server);
         self.publish(bus, rate, total, |n| message(warm_up + n))
             .await?;
-        Ok(self.latencies(total).await)
+        drained(bus, cairn_bus::streams::PROFILES, "segmenter").await?;
+        for consumer in [
+            cairn_segmenter::activation::SERVICE.to_string(),
+            format!("{}_segments", cairn_segmenter::personalization::SERVICE),
+        ] {
+            caught_up(bus, cairn_bus::streams::SEGMENTS, &consumer, false).await?;
+        }
+        let cpu = CpuUsed::now(server).per_event_since(&cpu_before, total);
+        // Every change is handled (and what it flipped announced): the last answers are
+        // on their way. A change that flips nothing has none.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        Ok((self.seen(), cpu))
     }
 
     /// Waits (30 s at most) for `total` answers; the latencies seen, sorted.
@@ -355,6 +370,11 @@ impl LatencyRun {
         while count() < total && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        self.seen()
+    }
+
+    /// The latencies seen so far, sorted.
+    fn seen(&self) -> Vec<std::time::Duration> {
         let mut latencies = self
             .latencies
             .lock()
@@ -411,17 +431,17 @@ fn stat_cpu(stat: &str) -> Option<std::time::Duration> {
 }
 
 /// How a stage's CPU per event reads, with the rate it allows on this machine's cores.
-fn cpu_line(cairn: Option<f64>, nats: Option<f64>) -> String {
+fn cpu_line(unit: &str, cairn: Option<f64>, nats: Option<f64>) -> String {
     let Some(cairn) = cairn else {
-        return "CPU per event: not measured (no /proc)".to_string();
+        return format!("CPU per {unit}: not measured (no /proc)");
     };
     let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
     match nats {
         Some(nats) => format!(
-            "CPU per event: Cairn {cairn:.0} µs, nats-server {nats:.0} µs (at most {:.0} events/s on {cores} cores)",
+            "CPU per {unit}: Cairn {cairn:.0} µs, nats-server {nats:.0} µs (at most {:.0} {unit}s/s on {cores} cores)",
             cores * 1e6 / (cairn + nats)
         ),
-        None => format!("CPU per event: Cairn {cairn:.0} µs (NATS elsewhere)"),
+        None => format!("CPU per {unit}: Cairn {cairn:.0} µs (NATS elsewhere)"),
     }
 }
 
@@ -432,15 +452,28 @@ fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
         .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
 }
 
-/// Waits until `consumer` of `stream` has nothing pending and nothing unacknowledged.
+/// Waits until `consumer` of `stream` has been given messages and has nothing pending
+/// and nothing unacknowledged.
 async fn drained(bus: &cairn_bus::Bus, stream: &str, consumer: &str) -> anyhow::Result<()> {
+    caught_up(bus, stream, consumer, true).await
+}
+
+/// Waits until `consumer` of `stream` has nothing pending and nothing unacknowledged
+/// (and, if `delivered`, has been given messages: a consumer just made counts nothing
+/// pending yet).
+async fn caught_up(
+    bus: &cairn_bus::Bus,
+    stream: &str,
+    consumer: &str,
+    delivered: bool,
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     loop {
         let info = bus.consumer_info(stream, consumer).await?;
         if let Some(info) = info
             && info.num_pending == 0
             && info.num_ack_pending == 0
-            && info.delivered.stream_sequence > 0
+            && (info.delivered.stream_sequence > 0 || !delivered)
         {
             return Ok(());
         }

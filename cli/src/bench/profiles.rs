@@ -86,7 +86,7 @@ pub async fn run(args: ProfilesArgs) -> anyhow::Result<()> {
         super::CpuUsed::now(server.as_ref()).per_event_since(&cpu_first, args.events - 1);
     let eps = (args.events - 1) as f64 / (last - first).as_secs_f64();
     println!("  events.identified -> profiles.changed  {eps:>10.0} events/s (a backlog drained)");
-    println!("  {}", super::cpu_line(cairn_cpu, nats_cpu));
+    println!("  {}", super::cpu_line("event", cairn_cpu, nats_cpu));
 
     context.shutdown.trigger();
     served.host.await??;

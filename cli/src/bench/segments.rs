@@ -151,14 +151,20 @@ pub async fn run(args: SegmentsArgs) -> anyhow::Result<()> {
         "  {per_s:>12.0} segment evaluations/s ({:.1} memberships per profile)",
         members_total as f64 / (args.rounds * profiles.len()) as f64
     );
-    let (p50, p99, measured) = latency(&args, &profiles).await?;
-    println!(
-        "  profiles.changed -> segments.changed at {} changes/s ({measured} measured): p50 {p50:.2} ms, p99 {p99:.2} ms",
-        args.rate
+    let (latencies, (cairn_cpu, nats_cpu)) = latency(&args, &profiles).await?;
+    let (p50, p99) = (
+        super::percentile_ms(&latencies, 0.50),
+        super::percentile_ms(&latencies, 0.99),
     );
     println!(
+        "  profiles.changed -> segments.changed at {} changes/s ({} measured): p50 {p50:.2} ms, p99 {p99:.2} ms",
+        args.rate,
+        latencies.len()
+    );
+    println!("  {}", super::cpu_line("change", cairn_cpu, nats_cpu));
+    println!(
         "{}",
-        json!({"segment_evaluations_per_s": per_s.round(), "changed_to_segments_p50_ms": (p50 * 100.0).round() / 100.0, "changed_to_segments_p99_ms": (p99 * 100.0).round() / 100.0, "rate": args.rate})
+        json!({"segment_evaluations_per_s": per_s.round(), "changed_to_segments_p50_ms": (p50 * 100.0).round() / 100.0, "changed_to_segments_p99_ms": (p99 * 100.0).round() / 100.0, "cairn_cpu_us_per_change": cairn_cpu.map(f64::round), "nats_cpu_us_per_change": nats_cpu.map(f64::round), "rate": args.rate})
     );
     Ok(())
 }
@@ -170,14 +176,15 @@ pub async fn run(args: SegmentsArgs) -> anyhow::Result<()> {
 /// to the first `segments.changed` decided on that version. Changes that flip nothing
 /// announce nothing and are not measured. Every profile's first two versions go
 /// through before the clock starts: a profile seen for the first time enters dozens of
-/// segments at once, which is not the steady state.
+/// segments at once, which is not the steady state. The latencies, sorted, and the CPU
+/// per change (Cairn's, nats-server's).
 async fn latency(
     args: &SegmentsArgs,
     profiles: &[serde_json::Value],
-) -> anyhow::Result<(f64, f64, usize)> {
+) -> anyhow::Result<(Vec<std::time::Duration>, (Option<f64>, Option<f64>))> {
     let settings = Settings::from_env(&modules::all_vars())?;
     let dir = tempfile::tempdir()?;
-    let (url, _server) = super::nats(&settings, &dir.path().join("nats")).await?;
+    let (url, server) = super::nats(&settings, &dir.path().join("nats")).await?;
     let store = super::embedded_store(&dir.path().join("store"))?;
     for n in 0..100 {
         let draft = cairn_segmenter::definitions::Draft::new(&format!("s{n}"), &segment(n));
@@ -233,15 +240,18 @@ async fn latency(
         (format!("{id}:{version}"), message)
     };
     let warm_up = 2 * states.len();
-    let latencies = run
-        .through_segmenter(&bus, warm_up, args.rate, args.rate * args.seconds, change)
+    let (latencies, cpu) = run
+        .through_segmenter(
+            &bus,
+            server.as_ref(),
+            warm_up,
+            args.rate,
+            args.rate * args.seconds,
+            change,
+        )
         .await?;
     collector.abort();
     context.shutdown.trigger();
     served.host.await??;
-    Ok((
-        super::percentile_ms(&latencies, 0.50),
-        super::percentile_ms(&latencies, 0.99),
-        latencies.len(),
-    ))
+    Ok((latencies, cpu))
 }
