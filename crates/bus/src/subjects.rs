@@ -109,10 +109,27 @@ pub fn profile_facts(partition: u32) -> String {
 /// The wildcard covering every fact.
 pub const PROFILE_FACTS_ALL: &str = "profile.facts.>";
 
-/// A profile entered or left a segment: `segments.changed.<partition>`.
-pub fn segments_changed(partition: u32) -> String {
-    format!("segments.changed.{partition}")
+/// A profile entered or left a segment: `segments.changed.<partition>`, or
+/// `segments.changed.<partition>.synced` when the segment is synced to a webhook, so that
+/// activation reads only the changes it sends (see [`SEGMENTS_SYNCED_ALL`]).
+pub fn segments_changed(partition: u32, synced: bool) -> String {
+    if synced {
+        format!("segments.changed.{partition}.synced")
+    } else {
+        format!("segments.changed.{partition}")
+    }
 }
+
+/// Every segment change of `partition`, of synced segments or not.
+pub fn segments_changed_in(partition: u32) -> Vec<String> {
+    vec![
+        segments_changed(partition, false),
+        segments_changed(partition, true),
+    ]
+}
+
+/// The changes of segments synced to a webhook, in every partition.
+pub const SEGMENTS_SYNCED_ALL: &str = "segments.changed.*.synced";
 
 /// A profile in at least one segment gained identifiers (a `ProfileChanged` with only
 /// its id and version): `segments.identified.<partition>`, for the personalization

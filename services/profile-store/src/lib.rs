@@ -89,7 +89,7 @@ pub fn consumer_configs(
             streams::SEGMENTS,
             base(
                 format!("profile_store_segments_{partition}"),
-                vec![subjects::segments_changed(partition)],
+                subjects::segments_changed_in(partition),
             ),
         ),
     ]

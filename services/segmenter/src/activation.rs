@@ -1,9 +1,10 @@
 //! Activation: segments synced to their webhooks.
 //!
-//! A durable consumer (`segmenter_webhooks`, shared by the replicas) reads
-//! `segments.changed` in rounds (up to 500 changes, gathered for at most a second); each
-//! round's changes of a segment with a webhook go to
-//! it as one batch:
+//! A durable consumer (`segmenter_webhooks`, shared by the replicas) reads the changes
+//! of segments that had a webhook when they were decided (`segments.changed.*.synced`;
+//! the changes of other segments cost it nothing) in rounds (up to 500 changes,
+//! gathered for at most a second); each round's changes of a segment that still has a
+//! webhook go to it as one batch:
 //!
 //! ```json
 //! {"batch": "<id>", "segment": "buyers",
@@ -183,7 +184,7 @@ pub fn consumer_config(config: &WebhookConfig) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(SERVICE.to_string()),
         description: Some("Segmenter: entered/exited batches to webhooks".to_string()),
-        filter_subject: "segments.changed.>".to_string(),
+        filter_subject: subjects::SEGMENTS_SYNCED_ALL.to_string(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: (config.timeout + PROGRESS_EVERY) * 3,
         max_ack_pending: (ROUND * 4) as i64,

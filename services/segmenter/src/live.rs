@@ -1,7 +1,8 @@
 //! Keeping memberships live: every `profiles.changed` re-evaluates the segments the
 //! change can affect (all of them when the segments changed since the profile was last
 //! evaluated), and each profile entering or leaving a segment is announced on
-//! `segments.changed.<partition>`. A profile in at least one segment that gained
+//! `segments.changed.<partition>` (`segments.changed.<partition>.synced` when the
+//! segment is synced to a webhook, for [`crate::activation`]). A profile in at least one segment that gained
 //! identifiers is announced on `segments.identified.<partition>` (for the
 //! personalization answers, [`crate::personalization`]).
 //!
@@ -38,7 +39,7 @@ use cairn_profile_store::store::PROFILES;
 
 use crate::definitions::{self, SEGMENTS};
 use crate::error::SegmentError;
-use crate::segments::{SegmentSet, Transition};
+use crate::segments::Transition;
 
 const ATTEMPTS: u32 = 50;
 /// The furthest ahead a timer is ever set.
@@ -184,9 +185,8 @@ impl<S: Store> LiveHandler<S> {
         let mut at_least = definitions;
         for _ in 0..3 {
             let (loaded, version) = self.definitions.get(&self.store, at_least).await?;
-            let set = loaded.set.clone();
             match self
-                .decide_on(&set, version, changed, profile, trigger)
+                .decide_on(&loaded, version, changed, profile, trigger)
                 .await?
             {
                 Decided::Announce(outgoing) => return Ok(outgoing),
@@ -199,12 +199,13 @@ impl<S: Store> LiveHandler<S> {
 
     async fn decide_on(
         &self,
-        set: &SegmentSet,
+        loaded: &definitions::Loaded,
         definitions_version: u64,
         changed: &ProfileChanged,
         profile: Option<&serde_json::Value>,
         trigger: Trigger,
     ) -> Result<Decided, SegmentError> {
+        let set = &loaded.set;
         let now = now_ms();
         let horizon = now.saturating_add(self.timer_horizon.as_millis() as i64);
         let repeat = trigger.is_repeat();
@@ -326,8 +327,13 @@ impl<S: Store> LiveHandler<S> {
                 };
                 let mut headers = async_nats::HeaderMap::new();
                 cairn_bus::trace::inject_current(&mut headers);
+                let synced = loaded
+                    .definitions
+                    .segments
+                    .get(&segment)
+                    .is_some_and(|definition| definition.webhook.is_some());
                 Outgoing {
-                    subject: subjects::segments_changed(partition),
+                    subject: subjects::segments_changed(partition, synced),
                     message_id: Some(format!(
                         "segment:{}:{segment}:{}:{entered}",
                         changed.profile_id, version

@@ -287,7 +287,8 @@ async fn a_segment_syncs_to_its_webhook_signed_retried_and_dead_lettered() {
     use hmac::Mac as _;
     const SECRET: &str = "a-secret-of-16-chars";
     let (receiver, url) = Receiver::start().await;
-    let mesh = mesh(&[]).await;
+    // A segment without a webhook: its changes are none of activation's business.
+    let mesh = mesh(&[("browsers", "FILTER event_count.page.all >= 1")]).await;
     for (name, filter, path) in [
         ("regulars", "FILTER event_count.page.all >= 2", "flaky"),
         ("visitors", "FILTER event_count.page.all >= 1", "broken"),
@@ -361,6 +362,45 @@ async fn a_segment_syncs_to_its_webhook_signed_retried_and_dead_lettered() {
     );
     assert_eq!(receiver.requests("broken").len(), 1);
     assert_eq!(receiver.requests("down").len(), 3);
+
+    // Only the changes of the segments with a webhook are on the subject the webhooks'
+    // consumer reads, and it was given those alone.
+    let changes: Vec<(String, String)> =
+        cairn_testkit::stream_messages(&mesh.bus, streams::SEGMENTS)
+            .await
+            .into_iter()
+            .filter(|message| message.subject.starts_with("segments.changed."))
+            .map(|message| {
+                let changed =
+                    <pb::SegmentChanged as prost::Message>::decode(message.payload).unwrap();
+                (changed.segment, message.subject)
+            })
+            .collect();
+    let synced = |segment: &str| segment != "browsers";
+    assert_eq!(
+        changes
+            .iter()
+            .filter(|(segment, _)| !synced(segment))
+            .count(),
+        1,
+        "{changes:?}"
+    );
+    for (segment, subject) in &changes {
+        assert_eq!(subject.ends_with(".synced"), synced(segment), "{changes:?}");
+    }
+    let consumer = mesh
+        .bus
+        .consumer_info(streams::SEGMENTS, cairn_segmenter::activation::SERVICE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        consumer.delivered.consumer_sequence,
+        changes
+            .iter()
+            .filter(|(segment, _)| synced(segment))
+            .count() as u64
+    );
 }
 
 #[tokio::test]
