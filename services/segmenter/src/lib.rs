@@ -304,10 +304,10 @@ pub async fn start<S: Store>(context: &ModuleContext, store: S) -> Result<Module
         context.shutdown.clone(),
     );
     // The personalization answers, from what the live path and the campaigns announce.
-    let answers = personalization::AnswerWriter {
-        store: campaign_store.clone(),
-        bucket: cairn_bus::personalization::open(&bus).await?,
-    };
+    let answers = personalization::AnswerWriter::new(
+        campaign_store.clone(),
+        cairn_bus::personalization::open(&bus).await?,
+    );
     let mut answer_workers = Vec::new();
     for (stream, config) in personalization::consumer_configs() {
         let consumer = bus.ensure_consumer(stream, config).await?;

@@ -10,7 +10,8 @@
 //!
 //! Three durable consumers shared by the replicas, apart from the live path so that
 //! answering never slows deciding. An answer is changed by compare-and-set on its key
-//! revision; a segment change older than the one kept (by profile version, then time)
+//! revision, starting from the answer as this replica wrote it last when it did (read
+//! again when the compare-and-set finds another replica changed it since); a segment change older than the one kept (by profile version, then time)
 //! and a web action older than the one kept for its campaign change nothing, so the
 //! order messages arrive in does not matter and a redelivery is harmless.
 //!
@@ -20,6 +21,9 @@
 //! (an identify, a merge) is announced on `segments.identified.*` by the live path, and
 //! its new ids are pointed at its answer then; one with web content only, at its next
 //! change (the id it was first seen with leads to it meanwhile).
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_nats::jetstream::{consumer, kv};
 use bytes::Bytes;
@@ -84,6 +88,53 @@ pub fn consumer_configs() -> [(&'static str, consumer::pull::Config); 3] {
 pub struct AnswerWriter<S> {
     pub store: S,
     pub bucket: kv::Store,
+    pub written: Arc<Written>,
+}
+
+impl<S> AnswerWriter<S> {
+    pub fn new(store: S, bucket: kv::Store) -> Self {
+        Self {
+            store,
+            bucket,
+            written: Arc::default(),
+        }
+    }
+}
+
+/// The answers this replica wrote last, with their revisions: a profile's segment
+/// changes come a few at a time, and each would otherwise read back the answer just
+/// written (a request to NATS). Only a starting point: the write is a compare-and-set
+/// on the revision, so an answer another replica changed since is read again.
+#[derive(Debug, Default)]
+pub struct Written {
+    by_key: std::sync::Mutex<HashMap<String, (Answer, u64)>>,
+}
+
+impl Written {
+    /// Answers remembered at most; past it, everything is forgotten at once.
+    const CAPACITY: usize = 100_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Answer, u64)>> {
+        self.by_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &str) -> Option<(Answer, u64)> {
+        self.lock().get(key).cloned()
+    }
+
+    fn remember(&self, key: &str, answer: Answer, revision: u64) {
+        let mut by_key = self.lock();
+        if by_key.len() >= Self::CAPACITY && !by_key.contains_key(key) {
+            by_key.clear();
+        }
+        by_key.insert(key.to_string(), (answer, revision));
+    }
+
+    fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
 }
 
 fn unavailable(what: &str, err: impl std::fmt::Display) -> SegmentError {
@@ -215,6 +266,7 @@ impl<S: Store> AnswerWriter<S> {
         })
         .await?;
         tracing::debug!(from, into, key = %into_key, "personalization answer merged");
+        self.written.forget(&from_key);
         self.bucket
             .purge(&from_key)
             .await
@@ -238,6 +290,7 @@ impl<S: Store> AnswerWriter<S> {
                     .map_err(|err| unavailable(&id_key, err))?;
             }
         }
+        self.written.forget(&key);
         self.bucket
             .purge(&key)
             .await
@@ -342,8 +395,15 @@ impl<S: Store> AnswerWriter<S> {
             );
             return Ok(());
         };
+        // The answer as this replica wrote it last, if it did; read when that is stale.
+        let mut written = self.written.get(&key);
         for attempt in 1..=ATTEMPTS {
-            let (mut answer, revision) = match self.read(&key).await? {
+            let from_memory = written.is_some();
+            let known = match written.take() {
+                Some(known) => Some(known),
+                None => self.read(&key).await?,
+            };
+            let (mut answer, revision) = match known {
                 Some((answer, revision)) => (answer, Some(revision)),
                 None if create => (
                     Answer {
@@ -364,16 +424,20 @@ impl<S: Store> AnswerWriter<S> {
                 }
             }
             let value = Bytes::from(answer.encode_to_vec());
-            let written = match revision {
-                Some(revision) => self.bucket.update(&key, value, revision).await.is_ok(),
-                None => self.bucket.create(&key, value).await.is_ok(),
+            let stored = match revision {
+                Some(revision) => self.bucket.update(&key, value, revision).await.ok(),
+                None => self.bucket.create(&key, value).await.ok(),
             };
-            if written {
+            if let Some(revision) = stored {
+                self.written.remember(&key, answer, revision);
                 return Ok(());
             }
-            // Another replica came first, or the bucket is not answering: a pause
-            // before reading it again.
-            tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt))).await;
+            self.written.forget(&key);
+            if !from_memory {
+                // Another replica came first, or the bucket is not answering: a pause
+                // before reading it again.
+                tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt))).await;
+            }
         }
         Err(SegmentError::Busy(format!(
             "personalization answer {key} kept changing, or the bucket refuses writes"

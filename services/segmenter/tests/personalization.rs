@@ -146,3 +146,59 @@ async fn ids_a_member_gains_lead_to_its_answer_until_it_is_forgotten() {
         assert_eq!(gone["profile_id"], Value::Null, "{query}: {gone}");
     }
 }
+
+/// Two replicas write one answer in turn, each starting from the answer as it wrote it
+/// last: the other's change in between is read again, never written over.
+#[tokio::test]
+async fn replicas_writing_one_answer_in_turn_keep_each_other_s_changes() {
+    use cairn_bus::worker::{Delivered, Handler as _};
+    use cairn_proto::personalize::v1::Answer;
+    use cairn_proto::segment::v1::SegmentChanged;
+    use cairn_segmenter::personalization::AnswerWriter;
+    use prost::Message as _;
+
+    let nats = cairn_testkit::TestNats::start().await;
+    let bus = nats.bus().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = cairn_store::EmbeddedStore::open(
+        dir.path(),
+        cairn_store::Fsync::Buffer,
+        8 << 20,
+        cairn_store::Clock::system(),
+    )
+    .unwrap();
+    let bucket = cairn_bus::personalization::open(&bus).await.unwrap();
+    let replicas = [
+        AnswerWriter::new(store.clone(), bucket.clone()),
+        AnswerWriter::new(store, bucket.clone()),
+    ];
+    let change = |segment: &str, version: u64| Delivered {
+        subject: "segments.changed.0".to_string(),
+        headers: async_nats::HeaderMap::new(),
+        payload: SegmentChanged {
+            profile_id: "p1".to_string(),
+            segment: segment.to_string(),
+            entered: true,
+            at: Some(std::time::SystemTime::now().into()),
+            profile_version: version,
+        }
+        .encode_to_vec()
+        .into(),
+        delivered: 1,
+        stream: "SEGMENTS".to_string(),
+        stream_sequence: version,
+        attempt: 1,
+    };
+    for (n, segment) in ["a", "b", "c", "d", "e", "f"].into_iter().enumerate() {
+        let handled = replicas[n % 2].handle(&change(segment, n as u64 + 1)).await;
+        assert!(
+            matches!(handled, cairn_bus::worker::Handled::Publish(_)),
+            "{handled:?}"
+        );
+    }
+    let entry = bucket.get("p.p1").await.unwrap().unwrap();
+    let answer = Answer::decode(entry).unwrap();
+    let mut segments: Vec<&String> = answer.segments.keys().collect();
+    segments.sort();
+    assert_eq!(segments, ["a", "b", "c", "d", "e", "f"]);
+}
