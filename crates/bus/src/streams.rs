@@ -71,9 +71,10 @@ pub fn profiles(config: &BusConfig) -> Config {
 }
 
 /// The SEGMENTS stream: `segments.changed.<partition>[.synced]`, profiles entering and
-/// leaving segments (`.synced` for segments synced to a webhook), deduplicated on message ids so a redelivered change is announced once; and
-/// the segmenter's durable timers, message schedules on `segments.timer.<partition>.<profile>`
-/// (one per profile: a new one replaces the old) that produce `segments.due.<partition>`.
+/// leaving segments (`.synced` for segments synced to a webhook), deduplicated on
+/// message ids so a redelivered change is announced once; and the segmenter's durable
+/// timers, message schedules on `segments.timer.<partition>.<profile>` (one per
+/// profile: a new one replaces the old) that produce `segments.due.<partition>`.
 pub fn segments(config: &BusConfig) -> Config {
     Config {
         allow_message_schedules: true,

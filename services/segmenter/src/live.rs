@@ -2,9 +2,9 @@
 //! change can affect (all of them when the segments changed since the profile was last
 //! evaluated), and each profile entering or leaving a segment is announced on
 //! `segments.changed.<partition>` (`segments.changed.<partition>.synced` when the
-//! segment is synced to a webhook, for [`crate::activation`]). A profile in at least one segment that gained
-//! identifiers is announced on `segments.identified.<partition>` (for the
-//! personalization answers, [`crate::personalization`]).
+//! segment is synced to a webhook, for [`crate::activation`]). A profile in at least
+//! one segment that gained identifiers is announced on `segments.identified.<partition>`
+//! (for the personalization answers, [`crate::personalization`]).
 //!
 //! A profile's memberships are one record (`m:<profile id>`) holding the profile
 //! version they were decided on: an older or repeated change is not evaluated again

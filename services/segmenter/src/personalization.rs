@@ -11,9 +11,10 @@
 //! Three durable consumers shared by the replicas, apart from the live path so that
 //! answering never slows deciding. An answer is changed by compare-and-set on its key
 //! revision, starting from the answer as this replica wrote it last when it did (read
-//! again when the compare-and-set finds another replica changed it since); a segment change older than the one kept (by profile version, then time)
-//! and a web action older than the one kept for its campaign change nothing, so the
-//! order messages arrive in does not matter and a redelivery is harmless.
+//! again when the compare-and-set finds another replica changed it since); a segment
+//! change older than the one kept (by profile version, then time) and a web action
+//! older than the one kept for its campaign change nothing, so the order messages
+//! arrive in does not matter and a redelivery is harmless.
 //!
 //! An answer starts with the profile's first segment entered or web content; each
 //! change to it also writes the keys of the anonymous and user ids the profile has
@@ -88,7 +89,7 @@ pub fn consumer_configs() -> [(&'static str, consumer::pull::Config); 3] {
 pub struct AnswerWriter<S> {
     pub store: S,
     pub bucket: kv::Store,
-    pub written: Arc<Written>,
+    written: Arc<Written>,
 }
 
 impl<S> AnswerWriter<S> {
