@@ -177,6 +177,65 @@ async fn events_leader(mesh: &Mesh) -> usize {
         .unwrap_or_else(|| panic!("leader {leader} is not a test node"))
 }
 
+/// What the PROFILES and CAMPAIGNS streams hold about the profiles `ids`, in order: for
+/// a reminder that never came, where its way ended.
+async fn trail(bus: &cairn_bus::Bus, ids: &BTreeSet<String>) -> String {
+    use cairn_proto::campaign::v1::{Action, TimerDue};
+    use cairn_proto::profile::v1::ProfileChanged;
+    use prost::Message as _;
+    let mut lines = Vec::new();
+    for stream in [cairn_bus::streams::PROFILES, cairn_bus::streams::CAMPAIGNS] {
+        for message in cairn_testkit::stream_messages(bus, stream).await {
+            let subject = message.subject.as_str();
+            let line = if subject.starts_with("profiles.changed.") {
+                let Ok(changed) = ProfileChanged::decode(message.payload) else {
+                    continue;
+                };
+                if !ids.contains(&changed.profile_id) {
+                    continue;
+                }
+                let profile: Value =
+                    serde_json::from_str(&changed.profile_json).unwrap_or(Value::Null);
+                let event = changed
+                    .event
+                    .and_then(|identified| identified.envelope)
+                    .map(|envelope| String::from_utf8_lossy(&envelope.raw).into_owned());
+                format!(
+                    "{subject} {} v{} {:?} email={} merged_into={} event={event:?}",
+                    changed.profile_id,
+                    changed.version,
+                    changed.changed_fields,
+                    profile["traits"]["email"],
+                    profile["merged_into"]
+                )
+            } else if subject.starts_with("campaign.sends.") {
+                let Ok(action) = Action::decode(message.payload) else {
+                    continue;
+                };
+                if !ids.contains(&action.profile_id) {
+                    continue;
+                }
+                format!("{subject} {} {}", action.profile_id, action.idempotency_key)
+            } else if subject.starts_with("campaign.") {
+                let Ok(due) = TimerDue::decode(message.payload) else {
+                    continue;
+                };
+                if !ids.contains(&due.profile_id) {
+                    continue;
+                }
+                format!(
+                    "{subject} {} transition {} due {}",
+                    due.profile_id, due.transition, due.due_ms
+                )
+            } else {
+                continue;
+            };
+            lines.push(format!("  {line}"));
+        }
+    }
+    lines.join("\n")
+}
+
 fn count(profile: &Value, event: &str) -> u64 {
     profile["event_count"][event]["all"].as_u64().unwrap_or(0)
 }
@@ -445,6 +504,27 @@ async fn run(mut mesh: Mesh, mut faults: Vec<Fault>) {
         .iter()
         .filter(|email| !received.contains_key(**email))
         .collect();
+    if !missing.is_empty() {
+        let by_id: HashMap<&str, &Value> = profiles
+            .iter()
+            .map(|profile| (profile["id"].as_str().unwrap(), profile))
+            .collect();
+        for email in &missing {
+            let profile = by_id[owners[&format!("\"email\":\"{email}\"")].as_str()];
+            let mut ids: BTreeSet<String> = profile["merged_from"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|id| id.as_str().map(str::to_string))
+                .collect();
+            ids.insert(profile["id"].as_str().unwrap().to_string());
+            eprintln!(
+                "faults: no reminder for {email}; its profile {}, trail:\n{}",
+                profile["id"],
+                trail(&bus, &ids).await
+            );
+        }
+    }
     assert_eq!(
         received.len() + uncertain,
         due.len(),

@@ -61,8 +61,20 @@ pub fn find_binary(configured: Option<&Path>) -> Result<PathBuf, BusError> {
     )))
 }
 
+/// Ports [`free_local_addr`] picks from: below Linux's ephemeral range (32768–60999 by
+/// default), from which the kernel takes the local port of every outgoing connection and
+/// answers `bind(0)`. A port found free there could be taken by any client's connection
+/// before the server it was picked for binds it; here only another pick can take it.
+const PICKED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
 /// A TCP address on 127.0.0.1 that was free a moment ago (for a server to listen on).
 pub fn free_local_addr() -> std::io::Result<SocketAddr> {
+    for _ in 0..100 {
+        let port = rand::random_range(PICKED_PORTS);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr();
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
