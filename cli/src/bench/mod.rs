@@ -303,8 +303,9 @@ impl LatencyRun {
         }
     }
 
-    /// Publishes `total` messages at `rate` per second, in ticks of 10 ms; `message`
-    /// gives message `n` and its key.
+    /// Publishes `total` messages at `rate` per second, each millisecond those due by
+    /// then (a steady stream, as from many independent senders; not bursts, whose last
+    /// messages would wait behind the first); `message` gives message `n` and its key.
     async fn publish(
         &self,
         bus: &cairn_bus::Bus,
@@ -312,19 +313,23 @@ impl LatencyRun {
         total: usize,
         mut message: impl FnMut(usize) -> (String, cairn_bus::Outgoing),
     ) -> anyhow::Result<()> {
-        let per_tick = (rate / 100).max(1);
-        let mut ticker = tokio::time::interval(std::time::Duration::from_millis(10));
+        let started = std::time::Instant::now();
+        let mut ticker = tokio::time::interval(std::time::Duration::from_millis(1));
         let mut n = 0;
         while n < total {
             ticker.tick().await;
+            let due = ((started.elapsed().as_secs_f64() * rate as f64) as usize + 1).min(total);
+            if due <= n {
+                continue;
+            }
             let (keys, batch): (Vec<String>, Vec<cairn_bus::Outgoing>) =
-                (n..(n + per_tick).min(total)).map(&mut message).unzip();
+                (n..due).map(&mut message).unzip();
             if let Ok(mut sent) = self.sent_at.lock() {
                 let now = std::time::Instant::now();
                 sent.extend(keys.into_iter().map(|key| (key, now)));
             }
             bus.send_all(batch).await?;
-            n += per_tick;
+            n = due;
         }
         Ok(())
     }
@@ -497,5 +502,72 @@ mod tests {
         );
         assert_eq!(stat_cpu("4242 (cut short) S 1"), None);
         assert!(process_cpu("self").is_some());
+    }
+}
+
+/// A stage that does no work, for the floor of a benchmark: each message passed on
+/// unchanged to `<prefix>.<partition>` (the partition: its subject's last token).
+#[derive(Clone)]
+struct PassOn {
+    prefix: &'static str,
+}
+
+impl cairn_bus::worker::Handler for PassOn {
+    async fn handle(&self, message: &cairn_bus::worker::Delivered) -> cairn_bus::worker::Handled {
+        let partition = message.subject.rsplit('.').next().unwrap_or_default();
+        cairn_bus::worker::Handled::Publish(vec![cairn_bus::Outgoing {
+            subject: format!("{}.{partition}", self.prefix),
+            message_id: Some(format!(
+                "floor:{}:{}",
+                message.stream, message.stream_sequence
+            )),
+            headers: async_nats::HeaderMap::new(),
+            payload: message.payload.clone(),
+        }])
+    }
+}
+
+/// Workers of [`PassOn`] (the services' worker loop), one per consumer, and how to stop
+/// them.
+struct PassingOn {
+    shutdown: cairn_runtime::Shutdown,
+    workers: Vec<tokio::task::JoinHandle<Result<(), cairn_bus::BusError>>>,
+}
+
+impl PassingOn {
+    fn start(
+        bus: &cairn_bus::Bus,
+        consumers: &[async_nats::jetstream::consumer::PullConsumer],
+        batch: usize,
+        prefix: &'static str,
+    ) -> Self {
+        let shutdown = cairn_runtime::Shutdown::new();
+        let workers = consumers
+            .iter()
+            .map(|consumer| {
+                let options = cairn_bus::worker::WorkerOptions {
+                    service: "bench-floor",
+                    batch,
+                    max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
+                    handling: cairn_bus::worker::Handling::InOrder,
+                };
+                tokio::spawn(cairn_bus::worker::run(
+                    bus.clone(),
+                    consumer.clone(),
+                    PassOn { prefix },
+                    options,
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        Self { shutdown, workers }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        for worker in self.workers {
+            worker.await??;
+        }
+        Ok(())
     }
 }

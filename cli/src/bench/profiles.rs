@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use bytes::Bytes;
 use cairn_bus::server::NatsServer;
-use cairn_bus::worker::{Delivered, Handled, Handler, Handling, WorkerOptions};
 use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
 use cairn_proto::event::v1::{Envelope, EventType, IdentifiedEvent};
 use cairn_proto::identity::v1::Identifier;
@@ -94,60 +93,59 @@ pub async fn run(args: ProfilesArgs) -> anyhow::Result<()> {
     context.shutdown.trigger();
     served.host.await??;
 
-    // The floor: the same backlog through the same consumers and worker loop, by a
-    // stage that only passes each event on. No stage of this shape (one JetStream
-    // message in and one out per event) drains faster on this machine.
+    // The floor: the same runs through the same consumers and worker loop, by a stage
+    // that only passes each event on. No stage of this shape (one JetStream message in
+    // and one out per event) does better on this machine.
     let floor = floor(
         &bus,
         server.as_ref(),
-        (args.events, profiles),
-        announced + 2 * args.events as u64,
+        &args,
+        2 * (total + args.events) as u64,
     )
     .await?;
+    let (floor_p50, floor_p99) = (
+        super::percentile_ms(&floor.latencies, 0.50),
+        super::percentile_ms(&floor.latencies, 0.99),
+    );
     let floor_eps = (args.events - 1) as f64 / floor.seconds;
+    println!("  the floor, a stage passing each event on over the same consumers:");
     println!(
-        "  the floor: a stage passing each event on  {floor_eps:>10.0} events/s (a backlog drained)"
+        "  latency at {} events/s ({} measured): p50 {floor_p50:.2} ms, p99 {floor_p99:.2} ms",
+        args.rate,
+        floor.latencies.len()
+    );
+    println!(
+        "  events.identified -> profiles.changed  {floor_eps:>10.0} events/s (a backlog drained)"
     );
     println!("  {}", super::cpu_line("event", floor.cpu.0, floor.cpu.1));
     println!(
         "{}",
-        json!({"profiles_eps": eps.round(), "cairn_cpu_us_per_event": cairn_cpu.map(f64::round), "nats_cpu_us_per_event": nats_cpu.map(f64::round), "latency_p50_ms": (p50 * 100.0).round() / 100.0, "latency_p99_ms": (p99 * 100.0).round() / 100.0, "rate": args.rate, "floor_eps": floor_eps.round(), "floor_cairn_cpu_us_per_event": floor.cpu.0.map(f64::round), "floor_nats_cpu_us_per_event": floor.cpu.1.map(f64::round)})
+        json!({"profiles_eps": eps.round(), "cairn_cpu_us_per_event": cairn_cpu.map(f64::round), "nats_cpu_us_per_event": nats_cpu.map(f64::round), "latency_p50_ms": (p50 * 100.0).round() / 100.0, "latency_p99_ms": (p99 * 100.0).round() / 100.0, "rate": args.rate, "floor_eps": floor_eps.round(), "floor_cairn_cpu_us_per_event": floor.cpu.0.map(f64::round), "floor_nats_cpu_us_per_event": floor.cpu.1.map(f64::round), "floor_latency_p50_ms": (floor_p50 * 100.0).round() / 100.0, "floor_latency_p99_ms": (floor_p99 * 100.0).round() / 100.0})
     );
     Ok(())
 }
 
-/// A drained backlog: its seconds from the first output to the last, and the CPU per
-/// event meanwhile (Cairn, nats-server).
-struct Drained {
+/// What the floor's runs measured.
+struct Floor {
+    /// At the steady rate, sorted.
+    latencies: Vec<Duration>,
+    /// Draining the backlog: from the first output to the last.
     seconds: f64,
+    /// Draining the backlog: CPU per event (Cairn, nats-server).
     cpu: (Option<f64>, Option<f64>),
 }
 
-/// Passes each message on to `profiles.changed` of its partition, unchanged.
-#[derive(Clone)]
-struct PassOn;
-
-impl Handler for PassOn {
-    async fn handle(&self, message: &Delivered) -> Handled {
-        let partition = message.subject.rsplit('.').next().unwrap_or_default();
-        Handled::Publish(vec![Outgoing {
-            subject: format!("profiles.changed.{partition}"),
-            message_id: Some(format!("floor:{}", message.stream_sequence)),
-            headers: async_nats::HeaderMap::new(),
-            payload: message.payload.clone(),
-        }])
-    }
-}
-
-/// `events` new events of `profiles` people through [`PassOn`] on consumers shaped as the
-/// profile store's, one worker per partition; done when PROFILES holds `done` messages.
+/// The profile store's runs (`args`) again through a stage that does no work, on consumers shaped as the
+/// profile store's, one worker per partition; the backlog is drained when PROFILES holds
+/// `done` messages.
 async fn floor(
     bus: &Bus,
     server: Option<&NatsServer>,
-    (events, profiles): (usize, usize),
+    args: &ProfilesArgs,
     done: u64,
-) -> anyhow::Result<Drained> {
+) -> anyhow::Result<Floor> {
     let batch = cairn_profile_store::config::BATCH.default.parse()?;
+    let profiles = args.profiles.max(1);
     let mut consumers = Vec::new();
     for partition in 0..bus.partitions().count() {
         let [(stream, mut config), ..] = cairn_profile_store::consumer_configs(partition, batch);
@@ -155,39 +153,41 @@ async fn floor(
         config.deliver_policy = DeliverPolicy::New;
         consumers.push(bus.ensure_consumer(stream, config).await?);
     }
-    let burst: Vec<Outgoing> = (0..events).map(|n| event(bus, n, profiles, "f")).collect();
+
+    let passing = super::PassingOn::start(bus, &consumers, batch, "profiles.changed");
+    let run = super::LatencyRun::default();
+    let collector = run
+        .listen(bus, "profiles.changed.>", |payload| {
+            IdentifiedEvent::decode(payload)
+                .ok()
+                .and_then(|identified| identified.envelope)
+                .map(|envelope| envelope.message_id)
+        })
+        .await?;
+    let total = args.rate * args.seconds;
+    run.publish(bus, args.rate, total, |n| {
+        (format!("fs{n}"), event(bus, n, profiles, "fs"))
+    })
+    .await?;
+    let latencies = run.latencies(total).await;
+    collector.abort();
+    passing.stop().await?;
+
+    let burst: Vec<Outgoing> = (0..args.events)
+        .map(|n| event(bus, n, profiles, "f"))
+        .collect();
     for chunk in burst.chunks(1000) {
         bus.publish_all(chunk.to_vec()).await?;
     }
-    let shutdown = cairn_runtime::Shutdown::new();
-    let workers: Vec<_> = consumers
-        .into_iter()
-        .map(|consumer| {
-            let options = WorkerOptions {
-                service: "bench-floor",
-                batch,
-                max_attempts: cairn_bus::worker::MAX_ATTEMPTS,
-                handling: Handling::InOrder,
-            };
-            tokio::spawn(cairn_bus::worker::run(
-                bus.clone(),
-                consumer,
-                PassOn,
-                options,
-                shutdown.clone(),
-            ))
-        })
-        .collect();
+    let passing = super::PassingOn::start(bus, &consumers, batch, "profiles.changed");
     // Counted from the first output, as for the profile store.
-    let first = wait_for(bus, done - events as u64 + 1).await?;
+    let first = wait_for(bus, done - args.events as u64 + 1).await?;
     let cpu_first = super::CpuUsed::now(server);
     let last = wait_for(bus, done).await?;
-    let cpu = super::CpuUsed::now(server).per_event_since(&cpu_first, events - 1);
-    shutdown.trigger();
-    for worker in workers {
-        worker.await??;
-    }
-    Ok(Drained {
+    let cpu = super::CpuUsed::now(server).per_event_since(&cpu_first, args.events - 1);
+    passing.stop().await?;
+    Ok(Floor {
+        latencies,
         seconds: (last - first).as_secs_f64(),
         cpu,
     })

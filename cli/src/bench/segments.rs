@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
+use async_nats::jetstream::consumer::DeliverPolicy;
 use bytes::Bytes;
-use cairn_bus::{Bus, BusConfig, Outgoing, subjects};
+use cairn_bus::{Bus, BusConfig, Outgoing, streams, subjects};
 use cairn_profile_store::profile::{EventInput, FoldSettings, Identifier, Profile};
 use cairn_proto::profile::v1::ProfileChanged;
 use cairn_proto::segment::v1::SegmentChanged;
@@ -151,7 +152,7 @@ pub async fn run(args: SegmentsArgs) -> anyhow::Result<()> {
         "  {per_s:>12.0} segment evaluations/s ({:.1} memberships per profile)",
         members_total as f64 / (args.rounds * profiles.len()) as f64
     );
-    let (latencies, (cairn_cpu, nats_cpu)) = latency(&args, &profiles).await?;
+    let (latencies, (cairn_cpu, nats_cpu), floor) = latency(&args, &profiles).await?;
     let (p50, p99) = (
         super::percentile_ms(&latencies, 0.50),
         super::percentile_ms(&latencies, 0.99),
@@ -162,9 +163,17 @@ pub async fn run(args: SegmentsArgs) -> anyhow::Result<()> {
         latencies.len()
     );
     println!("  {}", super::cpu_line("change", cairn_cpu, nats_cpu));
+    let (floor_p50, floor_p99) = (
+        super::percentile_ms(&floor, 0.50),
+        super::percentile_ms(&floor, 0.99),
+    );
+    println!(
+        "  the floor, a stage passing each change on over a consumer shaped as the segmenter's: p50 {floor_p50:.2} ms, p99 {floor_p99:.2} ms ({} measured)",
+        floor.len()
+    );
     println!(
         "{}",
-        json!({"segment_evaluations_per_s": per_s.round(), "changed_to_segments_p50_ms": (p50 * 100.0).round() / 100.0, "changed_to_segments_p99_ms": (p99 * 100.0).round() / 100.0, "cairn_cpu_us_per_change": cairn_cpu.map(f64::round), "nats_cpu_us_per_change": nats_cpu.map(f64::round), "rate": args.rate})
+        json!({"segment_evaluations_per_s": per_s.round(), "changed_to_segments_p50_ms": (p50 * 100.0).round() / 100.0, "changed_to_segments_p99_ms": (p99 * 100.0).round() / 100.0, "cairn_cpu_us_per_change": cairn_cpu.map(f64::round), "nats_cpu_us_per_change": nats_cpu.map(f64::round), "rate": args.rate, "floor_p50_ms": (floor_p50 * 100.0).round() / 100.0, "floor_p99_ms": (floor_p99 * 100.0).round() / 100.0})
     );
     Ok(())
 }
@@ -177,11 +186,16 @@ pub async fn run(args: SegmentsArgs) -> anyhow::Result<()> {
 /// announce nothing and are not measured. Every profile's first two versions go
 /// through before the clock starts: a profile seen for the first time enters dozens of
 /// segments at once, which is not the steady state. The latencies, sorted, and the CPU
-/// per change (Cairn's, nats-server's).
+/// per change (Cairn's, nats-server's); then, the segmenter stopped, the latencies of
+/// more changes at the same rate through a stage that does no work (the floor).
 async fn latency(
     args: &SegmentsArgs,
     profiles: &[serde_json::Value],
-) -> anyhow::Result<(Vec<std::time::Duration>, (Option<f64>, Option<f64>))> {
+) -> anyhow::Result<(
+    Vec<std::time::Duration>,
+    (Option<f64>, Option<f64>),
+    Vec<std::time::Duration>,
+)> {
     let settings = Settings::from_env(&modules::all_vars())?;
     let dir = tempfile::tempdir()?;
     let (url, server) = super::nats(&settings, &dir.path().join("nats")).await?;
@@ -253,5 +267,32 @@ async fn latency(
     collector.abort();
     context.shutdown.trigger();
     served.host.await??;
-    Ok((latencies, cpu))
+
+    let mut config = cairn_segmenter::consumer_config();
+    config.durable_name = Some("bench_floor".to_string());
+    config.deliver_policy = DeliverPolicy::New;
+    let consumer = bus.ensure_consumer(streams::PROFILES, config).await?;
+    let passing = super::PassingOn::start(
+        &bus,
+        &[consumer],
+        cairn_segmenter::BATCH,
+        "segments.changed",
+    );
+    let floor = super::LatencyRun::default();
+    let collector = floor
+        .listen(&bus, "segments.changed.>", |payload| {
+            let changed = ProfileChanged::decode(payload).ok()?;
+            Some(format!("{}:{}", changed.profile_id, changed.version))
+        })
+        .await?;
+    // Changes after those of the run above (new versions, so new message ids).
+    let first = warm_up + args.rate * args.seconds;
+    let total = args.rate * args.seconds;
+    floor
+        .publish(&bus, args.rate, total, |n| change(first + n))
+        .await?;
+    let floor = floor.latencies(total).await;
+    collector.abort();
+    passing.stop().await?;
+    Ok((latencies, cpu, floor))
 }

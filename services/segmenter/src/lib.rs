@@ -49,7 +49,7 @@ pub fn vars() -> Vec<Var> {
 }
 
 /// Profile changes handled per round.
-const BATCH: usize = 500;
+pub const BATCH: usize = 500;
 
 /// The durable consumer of profile changes, shared by the segmenter's replicas.
 pub fn consumer_config() -> consumer::pull::Config {
