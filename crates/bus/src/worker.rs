@@ -67,6 +67,15 @@ pub enum Handled {
 /// Handles one message. Cloned into each partition's task.
 pub trait Handler: Clone + Send + Sync + 'static {
     fn handle(&self, message: &Delivered) -> impl Future<Output = Handled> + Send;
+
+    /// Called with the messages of a partition's round (two or more) before each is
+    /// handled: a handler may do their work together here (one write for several
+    /// changes of one thing), as long as handling each afterwards finds it done and
+    /// would do it otherwise. Nothing is acknowledged on the strength of this call.
+    fn prepare(&self, messages: &[Delivered]) -> impl Future<Output = ()> + Send {
+        let _ = messages;
+        async {}
+    }
 }
 
 /// How the loop pulls.
@@ -389,21 +398,53 @@ async fn handle_partition<H: Handler>(
     shutdown: Shutdown,
     messages: Vec<Message>,
 ) -> Option<Vec<Done>> {
+    let messages: Vec<(Message, Delivered)> = messages
+        .into_iter()
+        .map(|message| {
+            let view = view_of(&message);
+            (message, view)
+        })
+        .collect();
+    if messages.len() > 1 {
+        let views: Vec<Delivered> = messages.iter().map(|(_, view)| view.clone()).collect();
+        handler.prepare(&views).await;
+    }
     if options.handling == Handling::InOrder {
         let mut done = Vec::with_capacity(messages.len());
-        for message in messages {
-            done.push(handle_one(&handler, &options, &shutdown, message).await?);
+        for (message, view) in messages {
+            done.push(handle_one(&handler, &options, &shutdown, message, view).await?);
         }
         Some(done)
     } else {
         futures::future::join_all(
             messages
                 .into_iter()
-                .map(|message| handle_one(&handler, &options, &shutdown, message)),
+                .map(|(message, view)| handle_one(&handler, &options, &shutdown, message, view)),
         )
         .await
         .into_iter()
         .collect()
+    }
+}
+
+/// A message as a handler sees it, on its first attempt here.
+fn view_of(message: &Message) -> Delivered {
+    let (delivered, stream, stream_sequence) = match message.info() {
+        Ok(info) => (
+            info.delivered,
+            info.stream.to_string(),
+            info.stream_sequence,
+        ),
+        Err(_) => (1, String::new(), 0),
+    };
+    Delivered {
+        subject: message.subject.to_string(),
+        headers: message.headers.clone().unwrap_or_default(),
+        payload: message.payload.clone(),
+        delivered,
+        stream,
+        stream_sequence,
+        attempt: 1,
     }
 }
 
@@ -414,27 +455,11 @@ async fn handle_one<H: Handler>(
     options: &WorkerOptions,
     shutdown: &Shutdown,
     message: Message,
+    mut view: Delivered,
 ) -> Option<Done> {
     if shutdown.is_requested() {
         return None;
     }
-    let (delivered, stream, stream_sequence) = match message.info() {
-        Ok(info) => (
-            info.delivered,
-            info.stream.to_string(),
-            info.stream_sequence,
-        ),
-        Err(_) => (1, String::new(), 0),
-    };
-    let mut view = Delivered {
-        subject: message.subject.to_string(),
-        headers: message.headers.clone().unwrap_or_default(),
-        payload: message.payload.clone(),
-        delivered,
-        stream,
-        stream_sequence,
-        attempt: 1,
-    };
     let outgoing = loop {
         let handled = match options.handling {
             Handling::InOrder => handler.handle(&view).await,

@@ -183,27 +183,9 @@ impl<S: Store> AnswerWriter<S> {
     }
 
     async fn segment_changed(&self, changed: SegmentChanged) -> Result<(), SegmentError> {
-        let incoming = Membership {
-            member: changed.entered,
-            profile_version: changed.profile_version,
-            at: changed.at,
-        };
-        let order = |membership: &Membership| {
-            (
-                membership.profile_version,
-                membership.at.as_ref().map_or(0, timestamp_ms),
-            )
-        };
         // Leaving a segment makes no answer for a profile without one.
-        self.update(&changed.profile_id, changed.entered, |answer| match answer
-            .segments
-            .get(&changed.segment)
-        {
-            Some(kept) if order(kept) >= order(&incoming) => false,
-            _ => {
-                answer.segments.insert(changed.segment.clone(), incoming);
-                true
-            }
+        self.update(&changed.profile_id, changed.entered, |answer| {
+            keep_membership(answer, &changed)
         })
         .await
     }
@@ -446,6 +428,29 @@ impl<S: Store> AnswerWriter<S> {
     }
 }
 
+/// Keeps what `changed` says of its segment unless what is kept is as new (by profile
+/// version, then time); whether it changed anything.
+fn keep_membership(answer: &mut Answer, changed: &SegmentChanged) -> bool {
+    let incoming = Membership {
+        member: changed.entered,
+        profile_version: changed.profile_version,
+        at: changed.at,
+    };
+    let order = |membership: &Membership| {
+        (
+            membership.profile_version,
+            membership.at.as_ref().map_or(0, timestamp_ms),
+        )
+    };
+    match answer.segments.get(&changed.segment) {
+        Some(kept) if order(kept) >= order(&incoming) => false,
+        _ => {
+            answer.segments.insert(changed.segment.clone(), incoming);
+            true
+        }
+    }
+}
+
 /// Keeps `content` as `campaign`'s web content unless what is kept is as new; whether
 /// it changed anything.
 fn keep_newer(answer: &mut Answer, campaign: &str, content: &WebContent) -> bool {
@@ -465,9 +470,51 @@ fn keep_newer(answer: &mut Answer, campaign: &str, content: &WebContent) -> bool
     }
 }
 
+impl<S: Store> AnswerWriter<S> {
+    /// Writes the segment changes among `messages` into their answers, each profile's
+    /// together: one compare-and-set for what would be one per change. Handling each
+    /// message afterwards finds its change kept and writes nothing; one that fails
+    /// here is written then, on its own.
+    async fn prepare_round(&self, messages: &[Delivered]) {
+        let mut by_profile: HashMap<String, Vec<SegmentChanged>> = HashMap::new();
+        for message in messages {
+            if message.subject.starts_with("segments.changed.")
+                && let Ok(changed) = SegmentChanged::decode(message.payload.clone())
+            {
+                by_profile
+                    .entry(changed.profile_id.clone())
+                    .or_default()
+                    .push(changed);
+            }
+        }
+        for (profile_id, changes) in by_profile {
+            if changes.len() < 2 {
+                continue;
+            }
+            let create = changes.iter().any(|changed| changed.entered);
+            let written = self
+                .update(&profile_id, create, |answer| {
+                    let mut any = false;
+                    for changed in &changes {
+                        any |= keep_membership(answer, changed);
+                    }
+                    any
+                })
+                .await;
+            if let Err(err) = written {
+                tracing::debug!(profile_id, error = %err, "a round's answer not written together; each change will be");
+            }
+        }
+    }
+}
+
 impl<S: Store> Handler for AnswerWriter<S> {
     async fn handle(&self, message: &Delivered) -> Handled {
         crate::error::handled(self.on_message(message).await.map(|()| Vec::new()))
+    }
+
+    async fn prepare(&self, messages: &[Delivered]) {
+        self.prepare_round(messages).await;
     }
 }
 

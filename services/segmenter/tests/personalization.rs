@@ -202,3 +202,81 @@ async fn replicas_writing_one_answer_in_turn_keep_each_other_s_changes() {
     segments.sort();
     assert_eq!(segments, ["a", "b", "c", "d", "e", "f"]);
 }
+
+/// A round's segment changes of one profile are written into its answer together, once;
+/// handling each of them afterwards (as the worker does) finds it kept and writes nothing.
+#[tokio::test]
+async fn a_round_of_changes_to_one_answer_is_written_once() {
+    use cairn_bus::worker::{Delivered, Handled, Handler as _};
+    use cairn_proto::personalize::v1::Answer;
+    use cairn_proto::segment::v1::SegmentChanged;
+    use cairn_segmenter::personalization::AnswerWriter;
+    use prost::Message as _;
+
+    let nats = cairn_testkit::TestNats::start().await;
+    let bus = nats.bus().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = cairn_store::EmbeddedStore::open(
+        dir.path(),
+        cairn_store::Fsync::Buffer,
+        8 << 20,
+        cairn_store::Clock::system(),
+    )
+    .unwrap();
+    let bucket = cairn_bus::personalization::open(&bus).await.unwrap();
+    let writer = AnswerWriter::new(store, bucket.clone());
+    let change = |profile: &str, segment: &str, entered: bool, version: u64| Delivered {
+        subject: "segments.changed.0".to_string(),
+        headers: async_nats::HeaderMap::new(),
+        payload: SegmentChanged {
+            profile_id: profile.to_string(),
+            segment: segment.to_string(),
+            entered,
+            at: Some(std::time::SystemTime::now().into()),
+            profile_version: version,
+        }
+        .encode_to_vec()
+        .into(),
+        delivered: 1,
+        stream: "SEGMENTS".to_string(),
+        stream_sequence: version,
+        attempt: 1,
+    };
+    let round = vec![
+        change("p1", "a", true, 1),
+        change("p2", "x", true, 1),
+        change("p1", "b", true, 1),
+        change("p1", "a", false, 2),
+        change("p2", "y", true, 2),
+        change("p1", "c", true, 2),
+    ];
+    writer.prepare(&round).await;
+    let revision = |key: &'static str| {
+        let bucket = bucket.clone();
+        async move { bucket.entry(key).await.unwrap().unwrap().revision }
+    };
+    let written = [revision("p.p1").await, revision("p.p2").await];
+    assert_eq!(
+        written.iter().max(),
+        Some(&2),
+        "one write per profile for six changes: {written:?}"
+    );
+    for message in &round {
+        let handled = writer.handle(message).await;
+        assert!(matches!(handled, Handled::Publish(_)), "{handled:?}");
+    }
+    assert_eq!(
+        [revision("p.p1").await, revision("p.p2").await],
+        written,
+        "handling the round's messages wrote nothing more"
+    );
+    let answer = Answer::decode(bucket.get("p.p1").await.unwrap().unwrap()).unwrap();
+    let members: Vec<(&str, bool)> = answer
+        .segments
+        .iter()
+        .map(|(segment, membership)| (segment.as_str(), membership.member))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    assert_eq!(members, [("a", false), ("b", true), ("c", true)]);
+}
