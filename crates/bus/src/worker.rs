@@ -10,6 +10,9 @@
 //!   dead-lettered).
 //! - Publishing that fails for a while is retried; output NATS refuses for good (too
 //!   large, malformed) dead-letters the message that produced it.
+//! - A handler sees a partition's round as a whole first (`Handler::prepare`), to do
+//!   the work of several messages together; each is still handled, and acknowledged, on
+//!   its own.
 //! - Rounds are pipelined: the next round is handled while JetStream stores the previous
 //!   one's output, and each message is acknowledged (explicitly: several replicas may
 //!   share a consumer) once everything its round produced is stored.

@@ -7,7 +7,12 @@
 
 mod common;
 
+use cairn_bus::worker::{Delivered, Handled, Handler as _};
+use cairn_proto::personalize::v1::Answer;
+use cairn_proto::segment::v1::SegmentChanged;
+use cairn_segmenter::personalization::AnswerWriter;
 use common::{Mesh, VIP, mesh_with};
+use prost::Message as _;
 use serde_json::{Value, json};
 
 const WELCOME_VIP: &str = r#"
@@ -147,85 +152,55 @@ async fn ids_a_member_gains_lead_to_its_answer_until_it_is_forgotten() {
     }
 }
 
-/// Two replicas write one answer in turn, each starting from the answer as it wrote it
-/// last: the other's change in between is read again, never written over.
-#[tokio::test]
-async fn replicas_writing_one_answer_in_turn_keep_each_other_s_changes() {
-    use cairn_bus::worker::{Delivered, Handler as _};
-    use cairn_proto::personalize::v1::Answer;
-    use cairn_proto::segment::v1::SegmentChanged;
-    use cairn_segmenter::personalization::AnswerWriter;
-    use prost::Message as _;
-
-    let nats = cairn_testkit::TestNats::start().await;
-    let bus = nats.bus().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = cairn_store::EmbeddedStore::open(
-        dir.path(),
-        cairn_store::Fsync::Buffer,
-        8 << 20,
-        cairn_store::Clock::system(),
-    )
-    .unwrap();
-    let bucket = cairn_bus::personalization::open(&bus).await.unwrap();
-    let replicas = [
-        AnswerWriter::new(store.clone(), bucket.clone()),
-        AnswerWriter::new(store, bucket.clone()),
-    ];
-    let change = |segment: &str, version: u64| Delivered {
-        subject: "segments.changed.0".to_string(),
-        headers: async_nats::HeaderMap::new(),
-        payload: SegmentChanged {
-            profile_id: "p1".to_string(),
-            segment: segment.to_string(),
-            entered: true,
-            at: Some(std::time::SystemTime::now().into()),
-            profile_version: version,
-        }
-        .encode_to_vec()
-        .into(),
-        delivered: 1,
-        stream: "SEGMENTS".to_string(),
-        stream_sequence: version,
-        attempt: 1,
-    };
-    for (n, segment) in ["a", "b", "c", "d", "e", "f"].into_iter().enumerate() {
-        let handled = replicas[n % 2].handle(&change(segment, n as u64 + 1)).await;
-        assert!(
-            matches!(handled, cairn_bus::worker::Handled::Publish(_)),
-            "{handled:?}"
-        );
-    }
-    let entry = bucket.get("p.p1").await.unwrap().unwrap();
-    let answer = Answer::decode(entry).unwrap();
-    let mut segments: Vec<&String> = answer.segments.keys().collect();
-    segments.sort();
-    assert_eq!(segments, ["a", "b", "c", "d", "e", "f"]);
+/// A bucket of answers on its own nats-server, and a profile store for the writers.
+struct Answers {
+    _nats: cairn_testkit::TestNats,
+    _dir: tempfile::TempDir,
+    store: cairn_store::EmbeddedStore,
+    bucket: async_nats::jetstream::kv::Store,
 }
 
-/// A round's segment changes of one profile are written into its answer together, once;
-/// handling each of them afterwards (as the worker does) finds it kept and writes nothing.
-#[tokio::test]
-async fn a_round_of_changes_to_one_answer_is_written_once() {
-    use cairn_bus::worker::{Delivered, Handled, Handler as _};
-    use cairn_proto::personalize::v1::Answer;
-    use cairn_proto::segment::v1::SegmentChanged;
-    use cairn_segmenter::personalization::AnswerWriter;
-    use prost::Message as _;
+impl Answers {
+    async fn start() -> Self {
+        let nats = cairn_testkit::TestNats::start().await;
+        let bus = nats.bus().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = cairn_store::EmbeddedStore::open(
+            dir.path(),
+            cairn_store::Fsync::Buffer,
+            8 << 20,
+            cairn_store::Clock::system(),
+        )
+        .unwrap();
+        let bucket = cairn_bus::personalization::open(&bus).await.unwrap();
+        Self {
+            _nats: nats,
+            _dir: dir,
+            store,
+            bucket,
+        }
+    }
 
-    let nats = cairn_testkit::TestNats::start().await;
-    let bus = nats.bus().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = cairn_store::EmbeddedStore::open(
-        dir.path(),
-        cairn_store::Fsync::Buffer,
-        8 << 20,
-        cairn_store::Clock::system(),
-    )
-    .unwrap();
-    let bucket = cairn_bus::personalization::open(&bus).await.unwrap();
-    let writer = AnswerWriter::new(store, bucket.clone());
-    let change = |profile: &str, segment: &str, entered: bool, version: u64| Delivered {
+    fn writer(&self) -> AnswerWriter<cairn_store::EmbeddedStore> {
+        AnswerWriter::new(self.store.clone(), self.bucket.clone())
+    }
+
+    /// The answer of `profile` and its revision.
+    async fn answer(&self, profile: &str) -> (Answer, u64) {
+        let entry = self
+            .bucket
+            .entry(format!("p.{profile}"))
+            .await
+            .unwrap()
+            .unwrap();
+        (Answer::decode(entry.value).unwrap(), entry.revision)
+    }
+}
+
+/// `profile` entered (or left) `segment`, decided on its version `version`, as the
+/// answers' consumer is delivered it.
+fn segment_change(profile: &str, segment: &str, entered: bool, version: u64) -> Delivered {
+    Delivered {
         subject: "segments.changed.0".to_string(),
         headers: async_nats::HeaderMap::new(),
         payload: SegmentChanged {
@@ -241,42 +216,69 @@ async fn a_round_of_changes_to_one_answer_is_written_once() {
         stream: "SEGMENTS".to_string(),
         stream_sequence: version,
         attempt: 1,
-    };
-    let round = vec![
-        change("p1", "a", true, 1),
-        change("p2", "x", true, 1),
-        change("p1", "b", true, 1),
-        change("p1", "a", false, 2),
-        change("p2", "y", true, 2),
-        change("p1", "c", true, 2),
+    }
+}
+
+/// The segments an answer holds, each with whether the profile is in it.
+fn memberships(answer: &Answer) -> Vec<(&str, bool)> {
+    let sorted: std::collections::BTreeMap<&str, bool> = answer
+        .segments
+        .iter()
+        .map(|(segment, membership)| (segment.as_str(), membership.member))
+        .collect();
+    sorted.into_iter().collect()
+}
+
+/// Two replicas write one answer in turn, each starting from the answer as it wrote it
+/// last: the other's change in between is read again, never written over.
+#[tokio::test]
+async fn replicas_writing_one_answer_in_turn_keep_each_other_s_changes() {
+    let answers = Answers::start().await;
+    let replicas = [answers.writer(), answers.writer()];
+    for (n, segment) in ["a", "b", "c", "d", "e", "f"].into_iter().enumerate() {
+        let change = segment_change("p1", segment, true, n as u64 + 1);
+        let handled = replicas[n % 2].handle(&change).await;
+        assert!(matches!(handled, Handled::Publish(_)), "{handled:?}");
+    }
+    let (answer, _) = answers.answer("p1").await;
+    assert_eq!(
+        memberships(&answer),
+        ["a", "b", "c", "d", "e", "f"].map(|segment| (segment, true))
+    );
+}
+
+/// A round's segment changes of one profile are written into its answer together, once;
+/// handling each of them afterwards (as the worker does) finds it kept and writes nothing.
+#[tokio::test]
+async fn a_round_of_changes_to_one_answer_is_written_once() {
+    let answers = Answers::start().await;
+    let writer = answers.writer();
+    let round = [
+        segment_change("p1", "a", true, 1),
+        segment_change("p2", "x", true, 1),
+        segment_change("p1", "b", true, 1),
+        segment_change("p1", "a", false, 2),
+        segment_change("p2", "y", true, 2),
+        segment_change("p1", "c", true, 2),
     ];
     writer.prepare(&round).await;
-    let revision = |key: &'static str| {
-        let bucket = bucket.clone();
-        async move { bucket.entry(key).await.unwrap().unwrap().revision }
-    };
-    let written = [revision("p.p1").await, revision("p.p2").await];
+    let revisions = [answers.answer("p1").await.1, answers.answer("p2").await.1];
     assert_eq!(
-        written.iter().max(),
+        revisions.iter().max(),
         Some(&2),
-        "one write per profile for six changes: {written:?}"
+        "one write per profile for six changes: {revisions:?}"
     );
     for message in &round {
         let handled = writer.handle(message).await;
         assert!(matches!(handled, Handled::Publish(_)), "{handled:?}");
     }
+    let (p1, p1_revision) = answers.answer("p1").await;
+    let (p2, p2_revision) = answers.answer("p2").await;
     assert_eq!(
-        [revision("p.p1").await, revision("p.p2").await],
-        written,
+        [p1_revision, p2_revision],
+        revisions,
         "handling the round's messages wrote nothing more"
     );
-    let answer = Answer::decode(bucket.get("p.p1").await.unwrap().unwrap()).unwrap();
-    let members: Vec<(&str, bool)> = answer
-        .segments
-        .iter()
-        .map(|(segment, membership)| (segment.as_str(), membership.member))
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into_iter()
-        .collect();
-    assert_eq!(members, [("a", false), ("b", true), ("c", true)]);
+    assert_eq!(memberships(&p1), [("a", false), ("b", true), ("c", true)]);
+    assert_eq!(memberships(&p2), [("x", true), ("y", true)]);
 }
