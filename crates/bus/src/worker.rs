@@ -401,17 +401,11 @@ async fn handle_partition<H: Handler>(
     shutdown: Shutdown,
     messages: Vec<Message>,
 ) -> Option<Vec<Done>> {
-    let messages: Vec<(Message, Delivered)> = messages
-        .into_iter()
-        .map(|message| {
-            let view = view_of(&message);
-            (message, view)
-        })
-        .collect();
-    if messages.len() > 1 {
-        let views: Vec<Delivered> = messages.iter().map(|(_, view)| view.clone()).collect();
+    let views: Vec<Delivered> = messages.iter().map(view_of).collect();
+    if views.len() > 1 {
         handler.prepare(&views).await;
     }
+    let messages = messages.into_iter().zip(views);
     if options.handling == Handling::InOrder {
         let mut done = Vec::with_capacity(messages.len());
         for (message, view) in messages {
