@@ -70,12 +70,7 @@ pub async fn run(args: ProfilesArgs) -> anyhow::Result<()> {
     // on this 2-core machine it would take a core from the profile store).
     context.shutdown.trigger();
     served.host.await??;
-    let events: Vec<Outgoing> = (0..args.events)
-        .map(|n| event(&bus, n, args.profiles.max(1), "t"))
-        .collect();
-    for chunk in events.chunks(1000) {
-        bus.publish_all(chunk.to_vec()).await?;
-    }
+    publish_backlog(&bus, args.events, profiles, "t").await?;
     let context = super::context(&url, &[])?;
     let module = cairn_profile_store::start(&context, store).await?;
     let served = super::serve(module, &context).await?;
@@ -135,9 +130,9 @@ struct Floor {
     cpu: (Option<f64>, Option<f64>),
 }
 
-/// The profile store's runs (`args`) again through a stage that does no work, on consumers shaped as the
-/// profile store's, one worker per partition; the backlog is drained when PROFILES holds
-/// `done` messages.
+/// The profile store's runs (`args`) again through a stage that does no work, on
+/// consumers shaped as the profile store's, one worker per partition; the backlog is
+/// drained when PROFILES holds `done` messages.
 async fn floor(
     bus: &Bus,
     server: Option<&NatsServer>,
@@ -173,12 +168,7 @@ async fn floor(
     collector.abort();
     passing.stop().await?;
 
-    let burst: Vec<Outgoing> = (0..args.events)
-        .map(|n| event(bus, n, profiles, "f"))
-        .collect();
-    for chunk in burst.chunks(1000) {
-        bus.publish_all(chunk.to_vec()).await?;
-    }
+    publish_backlog(bus, args.events, profiles, "f").await?;
     let passing = super::PassingOn::start(bus, &consumers, batch, "profiles.changed");
     // Counted from the first output, as for the profile store.
     let first = wait_for(bus, done - args.events as u64 + 1).await?;
@@ -191,6 +181,21 @@ async fn floor(
         seconds: (last - first).as_secs_f64(),
         cpu,
     })
+}
+
+/// Publishes `events` identified events of `profiles` people (message ids `<tag><n>`),
+/// for a stage to drain.
+async fn publish_backlog(
+    bus: &Bus,
+    events: usize,
+    profiles: usize,
+    tag: &str,
+) -> anyhow::Result<()> {
+    let backlog: Vec<Outgoing> = (0..events).map(|n| event(bus, n, profiles, tag)).collect();
+    for chunk in backlog.chunks(1000) {
+        bus.publish_all(chunk.to_vec()).await?;
+    }
+    Ok(())
 }
 
 /// Identified event `n`: a page view of one of `profiles` people, as identity publishes it.
